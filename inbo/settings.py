@@ -1,0 +1,99 @@
+"""The one typed settings object: every knob of the platform, read from `INBO_*` variables or `.env`.
+
+Every field is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inbo.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Platform configuration. Paths default to folders under `var_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="INBO_", env_file=".env", extra="ignore")
+
+    var_dir: Path = Field(REPO_ROOT / "var", description="Runtime state: lake, databases, logs.")
+    lake_url: str = Field("", description="fsspec URL of the lake; default <var_dir>/lake.")
+    app_db_url: str = Field("", description="SQLAlchemy URL of the INBO app database.")
+    redis_url: str = Field(
+        "", description="Redis to publish to; empty starts the embedded server under var/."
+    )
+    redis_prefix: str = Field("inbo", description="Prefix of every Redis key the platform writes.")
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins, default SQLite under var/."
+    )
+    quarantine_threshold: float = Field(
+        0.01, ge=0.0, le=1.0, description="Bad-row share above which a batch fails."
+    )
+    top_n: int = Field(50, ge=1, le=500, description="Items per user in the published table.")
+    fallback_n: int = Field(100, ge=1, description="Items in the fallback list.")
+    publish_batch_size: int = Field(2000, ge=1, description="Keys per pipelined Redis batch.")
+    version_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="How long a superseded table version stays for rollback."
+    )
+    popularity_half_life_days: float = Field(
+        7.0, gt=0, description="Half-life of the time decay in popularity scores."
+    )
+    history_days: int = Field(30, ge=1, description="Days of events the nightly models look at.")
+    continue_reading_min: float = Field(
+        0.05, ge=0, le=1, description="Read fraction from which an issue counts as started."
+    )
+    continue_reading_max: float = Field(
+        0.9, ge=0, le=1, description="Read fraction from which an issue counts as read."
+    )
+    continue_reading_days: int = Field(
+        14, ge=1, description="How old a started issue may be to be offered again."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def lake(self) -> str:
+        return self.lake_url or str(self.var_dir / "lake")
+
+    @property
+    def app_db(self) -> str:
+        return self.app_db_url or f"sqlite:///{self.var_dir / 'app' / 'inbo_app.db'}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        explicit = os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow_tracking_uri
+        return explicit or f"sqlite:///{self.var_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.var_dir / "mlflow" / "artifacts"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.var_dir / "redis"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.var_dir / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, parsed once; a bad value is a `ConfigError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"INBO_{field.upper()}: {first['msg']}") from None
