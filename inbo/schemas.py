@@ -93,7 +93,9 @@ INTERACTIONS = pa.schema(
         pa.field("weight", pa.float64(), nullable=False),
         pa.field("events", pa.int32(), nullable=False),
         pa.field("last_ts", TS, nullable=False),
+        pa.field("read_fraction", pa.float64(), nullable=False),
         pa.field("is_read", pa.bool_(), nullable=False),
+        pa.field("dismissed", pa.bool_(), nullable=False),
     ]
 )
 

@@ -1,0 +1,56 @@
+"""The one small interface every recommender implements, and the frame it answers with.
+
+A model is fitted on `TrainingData` (the batch's feature tables) and answers `recommend` with
+candidates: one row per (user, item) with a score, the source that proposed it and why, so the
+blend and the published table can always say where an item came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, Self
+
+import numpy as np
+import pandas as pd
+
+CANDIDATE_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "item_id",
+    "score",
+    "source",
+    "reason_code",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a model may learn from: everything strictly before `as_of`."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    continue_reading: pd.DataFrame
+    as_of: datetime
+
+
+class Recommender(Protocol):
+    name: str
+
+    def fit(self, data: TrainingData) -> Self: ...
+
+    def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
+        """Up to `n` candidates per user, columns `CANDIDATE_COLUMNS`."""
+        ...
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path) -> Self: ...
+
+
+def no_candidates() -> pd.DataFrame:
+    return pd.DataFrame({column: [] for column in CANDIDATE_COLUMNS}).astype(
+        {"user_id": "int64", "item_id": "int64", "score": "float64"}
+    )

@@ -1,0 +1,460 @@
+"""Ingest: extract the app's rows for one batch and turn them into canonical tables.
+
+Exactly-once by watermark: the first run of a batch records, per incremental table, the range
+(low, high] it read in a manifest; a re-run of the batch reads that same range again, so its output is
+identical, and the next batch starts where this one ended, so a late row is read by whichever batch
+first sees it. Every extracted row ends up either converted or quarantined with a reason:
+converted + quarantined = extracted, always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from inbo import schemas
+from inbo.lake import Lake, batch_key
+from inbo.settings import Settings, get_settings
+from pipelines.sources import (
+    INCREMENTAL_TABLES,
+    SNAPSHOT_TABLES,
+    IncrementalTable,
+    Source,
+    Watermark,
+    as_strings,
+    open_source,
+)
+
+log = logging.getLogger(__name__)
+
+KIND_TO_EVENT_TYPE: dict[str, str] = {
+    "impression": "impression",
+    "email_open": "open",
+    "click": "click",
+    "bookmark": "save",
+    "share": "share",
+    "hide": "dismiss",
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+}
+"""The app's interaction kinds, as the canonical event types they stand for."""
+
+STATE = "_state/watermarks"
+REPORTS = "_reports/ingest"
+
+
+@dataclass
+class Converted:
+    """Rows that converted, and the ones that did not with why."""
+
+    good: pd.DataFrame
+    bad: pd.DataFrame
+
+
+@dataclass
+class IngestReport:
+    batch: str
+    source: str
+    watermarks: dict[str, dict[str, Watermark | None]]
+    extracted: dict[str, int] = field(default_factory=dict)
+    converted: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    checks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def conversion_rate(self) -> float:
+        """Share of extracted event rows (interactions and progress) that became user events."""
+        tables = [t.name for t in INCREMENTAL_TABLES]
+        extracted = sum(self.extracted.get(t, 0) for t in tables)
+        converted = sum(self.converted.get(t, 0) for t in tables)
+        return converted / extracted if extracted else 1.0
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "conversion_rate": self.conversion_rate}, indent=2)
+
+
+# --- parsing helpers: each returns the parsed column and the mask of values that failed to parse ---
+
+
+def parse_int(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    numbers = pd.to_numeric(raw, errors="coerce")
+    whole = numbers.notna() & (numbers == np.floor(numbers.fillna(0)))
+    failed = raw.notna() & ~whole
+    return numbers.where(whole).astype("Int64"), failed
+
+
+def parse_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    numbers = pd.to_numeric(raw, errors="coerce").astype("Float64")
+    return numbers, raw.notna() & numbers.isna()
+
+
+def parse_ts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    stamps = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
+    return stamps, raw.notna() & stamps.isna()
+
+
+Parser = Callable[[pd.Series], tuple[pd.Series, pd.Series]]
+
+
+def convert_columns(
+    raw: pd.DataFrame, parsers: dict[str, Parser], table: str
+) -> tuple[dict[str, pd.Series], pd.DataFrame]:
+    """Parse the typed columns of `raw`; rows where a present value does not parse go to `bad`."""
+    parsed: dict[str, pd.Series] = {}
+    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    for column, parser in parsers.items():
+        values, failed = parser(raw[column])
+        parsed[column] = values
+        text = (
+            "conversion: " + column + " '" + raw[column].astype("string") + "' is not a valid value"
+        )
+        reason = reason.where(reason.notna() | ~failed, text)
+    failed_rows = reason.notna()
+    bad = quarantine_rows(raw[failed_rows], table, "conversion", reason[failed_rows])
+    return {name: values[~failed_rows] for name, values in parsed.items()}, bad
+
+
+def quarantine_rows(
+    rows: pd.DataFrame, table: str, check: str | pd.Series, reason: str | pd.Series
+) -> pd.DataFrame:
+    """`rows` as strings plus the quarantine columns, ready to be written with a batch key."""
+    out = as_strings(rows)
+    out["_table"] = table
+    out["_check"] = check if isinstance(check, str) else check.to_numpy()
+    out["_reason"] = reason if isinstance(reason, str) else reason.to_numpy()
+    return out
+
+
+def _rec_context(raw: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """Split the app's JSON `rec_context` into the three recommendation columns."""
+    columns = ["rec_table_version", "rec_source", "rec_variant"]
+    keys = ["table_version", "source", "variant"]
+    values: list[list[object]] = []
+    failed = []
+    for text in raw.tolist():
+        if text is None or text is pd.NA:
+            values.append([None, None, None])
+            failed.append(False)
+            continue
+        try:
+            payload = json.loads(text)
+            values.append([payload.get(key) for key in keys])
+            failed.append(not isinstance(payload, dict))
+        except (json.JSONDecodeError, AttributeError):
+            values.append([None, None, None])
+            failed.append(True)
+    return pd.DataFrame(values, columns=columns, index=raw.index), pd.Series(
+        failed, index=raw.index
+    )
+
+
+def convert_interactions(raw: pd.DataFrame) -> Converted:
+    """One `experience_interactions` row -> one canonical user event, or a quarantined row."""
+    table = "experience_interactions"
+    kinds = raw["kind"].map(KIND_TO_EVENT_TYPE)
+    context, bad_context = _rec_context(raw["rec_context"])
+    unknown_kind = kinds.isna()
+    pre_bad = unknown_kind | bad_context
+    reasons = np.where(
+        unknown_kind,
+        "unknown interaction kind '" + raw["kind"].astype(str) + "'",
+        "rec_context is not valid JSON",
+    )
+    bad_first = quarantine_rows(
+        raw[pre_bad], table, "conversion", pd.Series(reasons, index=raw.index)[pre_bad]
+    )
+    rows = raw[~pre_bad]
+    parsed, bad = convert_columns(
+        rows,
+        {
+            "id": parse_int,
+            "user_id": parse_int,
+            "issue_id": parse_int,
+            "occurred_at": parse_ts,
+            "dwell_ms": parse_float,
+            "position": parse_int,
+        },
+        table,
+    )
+    kept = parsed["id"].index
+    events = pd.DataFrame(
+        {
+            "event_id": "ei-" + parsed["id"].astype("string"),
+            "user_id": parsed["user_id"],
+            "item_id": parsed["issue_id"],
+            "event_type": kinds[kept],
+            "ts": parsed["occurred_at"],
+            "session_id": rows.loc[kept, "session_id"],
+            "dwell_seconds": parsed["dwell_ms"] / 1000.0,
+            "read_fraction": pd.Series(np.nan, index=kept),
+            "position": parsed["position"],
+            "surface": rows.loc[kept, "surface"],
+            "device": rows.loc[kept, "device"],
+            "country": rows.loc[kept, "country"],
+        }
+    ).join(context.loc[kept])
+    return Converted(events.reset_index(drop=True), pd.concat([bad_first, bad], ignore_index=True))
+
+
+def convert_progress(raw: pd.DataFrame) -> Converted:
+    """Each reading-progress state -> one canonical `read` event carrying the read fraction."""
+    parsed, bad = convert_columns(
+        raw,
+        {
+            "user_id": parse_int,
+            "issue_id": parse_int,
+            "progress": parse_float,
+            "seconds_read": parse_float,
+            "updated_at": parse_ts,
+        },
+        "reading_progress",
+    )
+    kept = parsed["user_id"].index
+    stamp = parsed["updated_at"].dt.strftime("%Y%m%dT%H%M%S%f")
+    events = pd.DataFrame(
+        {
+            "event_id": "rp-"
+            + parsed["user_id"].astype("string")
+            + "-"
+            + parsed["issue_id"].astype("string")
+            + "-"
+            + stamp,
+            "user_id": parsed["user_id"],
+            "item_id": parsed["issue_id"],
+            "event_type": "read",
+            "ts": parsed["updated_at"],
+            "session_id": raw.loc[kept, "session_id"],
+            "dwell_seconds": parsed["seconds_read"],
+            "read_fraction": parsed["progress"],
+            "position": pd.Series(pd.NA, index=kept, dtype="Int64"),
+            "surface": "reader",
+            "device": raw.loc[kept, "device"],
+            "country": pd.Series(None, index=kept, dtype="string"),
+            "rec_table_version": None,
+            "rec_source": None,
+            "rec_variant": None,
+        }
+    )
+    return Converted(events.reset_index(drop=True), bad)
+
+
+def convert_items(issues: pd.DataFrame, publishers: pd.DataFrame) -> Converted:
+    """Newsletter issues joined with their publisher -> canonical items."""
+    names = publishers.set_index("id")["name"]
+    publisher_name = issues["publisher_id"].map(names)
+    orphan = publisher_name.isna() & issues["publisher_id"].notna()
+    bad_orphan = quarantine_rows(
+        issues[orphan],
+        "newsletter_issues",
+        "conversion",
+        "publisher_id '" + issues.loc[orphan, "publisher_id"].astype(str) + "' has no publisher",
+    )
+    rows = issues[~orphan]
+    parsed, bad = convert_columns(
+        rows,
+        {"id": parse_int, "publisher_id": parse_int, "published_at": parse_ts},
+        "newsletter_issues",
+    )
+    kept = parsed["id"].index
+    tags = rows.loc[kept, "tags"].map(
+        lambda text: (
+            [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else []
+        ),
+        na_action=None,
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": parsed["id"],
+            "publisher_id": parsed["publisher_id"],
+            "publisher": publisher_name[kept],
+            "title": rows.loc[kept, "title"],
+            "description": rows.loc[kept, "body_preview"],
+            "category": rows.loc[kept, "category"],
+            "tags": tags,
+            "published_at": parsed["published_at"],
+            "language": rows.loc[kept, "language"],
+        }
+    )
+    return Converted(items.reset_index(drop=True), pd.concat([bad_orphan, bad], ignore_index=True))
+
+
+def convert_users(raw: pd.DataFrame) -> Converted:
+    parsed, bad = convert_columns(raw, {"id": parse_int, "created_at": parse_ts}, "users")
+    kept = parsed["id"].index
+    users = pd.DataFrame(
+        {
+            "user_id": parsed["id"],
+            "created_at": parsed["created_at"],
+            "country": raw.loc[kept, "country"],
+            "language": raw.loc[kept, "language"],
+        }
+    )
+    return Converted(users.reset_index(drop=True), bad)
+
+
+def convert_subscriptions(raw: pd.DataFrame) -> Converted:
+    parsed, bad = convert_columns(
+        raw,
+        {
+            "user_id": parse_int,
+            "publisher_id": parse_int,
+            "subscribed_at": parse_ts,
+            "unsubscribed_at": parse_ts,
+        },
+        "subscriptions",
+    )
+    return Converted(pd.DataFrame(parsed).reset_index(drop=True), bad)
+
+
+# --- watermarks ---
+
+
+def plan_watermarks(
+    lake: Lake, source: Source, batch: str, until: datetime
+) -> dict[str, dict[str, Watermark | None]]:
+    """This batch's (low, high] per incremental table: recorded on first run, reused on re-runs."""
+    folder = f"{STATE}/{source.name}"
+    if lake.fs.exists(f"{lake.path(folder)}/{batch}.json"):
+        return json.loads(lake.read_json(folder, batch))
+    earlier = [
+        path.rsplit("/", 1)[-1].removesuffix(".json")
+        for path in lake.fs.glob(f"{lake.path(folder)}/*.json")
+    ]
+    previous = max((key for key in earlier if key < batch), default=None)
+    before = json.loads(lake.read_json(folder, previous)) if previous else {}
+    plan: dict[str, dict[str, Watermark | None]] = {}
+    for table in INCREMENTAL_TABLES:
+        low = before.get(table.name, {}).get("high")
+        high = source.high_watermark(table, until)
+        plan[table.name] = {"low": low, "high": high if high is not None else low}
+    lake.write_json(json.dumps(plan, indent=2), folder, batch)
+    return plan
+
+
+def _extract(
+    source: Source, table: IncrementalTable, marks: dict[str, Watermark | None]
+) -> pd.DataFrame:
+    high = marks["high"]
+    if high is None or high == marks["low"]:
+        return pd.DataFrame()
+    return source.read_increment(table, marks["low"], high)
+
+
+# --- the step ---
+
+
+def ingest(
+    interval_end: datetime,
+    settings: Settings | None = None,
+    source: Source | None = None,
+) -> IngestReport:
+    """Extract one batch from the source, validate raw interactions, stage canonical tables."""
+    from validation import validate
+
+    settings = settings or get_settings()
+    source = source or open_source("appdb", settings.app_db)
+    lake = Lake(settings.lake)
+    batch = batch_key(interval_end)
+    plan = plan_watermarks(lake, source, batch, interval_end)
+    report = IngestReport(batch=batch, source=source.name, watermarks=plan)
+
+    raw = {t.name: _extract(source, t, plan[t.name]) for t in INCREMENTAL_TABLES}
+    raw.update({name: source.read_snapshot(name, interval_end) for name in SNAPSHOT_TABLES})
+    for name, frame in raw.items():
+        report.extracted[name] = len(frame)
+        if not frame.empty:
+            lake.write(frame, f"raw/{name}", "part", {"batch": batch})
+
+    bad_frames: list[pd.DataFrame] = []
+    interactions = raw["experience_interactions"]
+    if not interactions.empty:
+        checked = validate(interactions, "experience_interactions")
+        bad_frames.append(
+            quarantine_rows(
+                checked.bad.drop(columns=["_check", "_reason"]),
+                "experience_interactions",
+                checked.bad["_check"],
+                checked.bad["_reason"],
+            )
+        )
+        interactions = checked.good
+    results = {
+        "experience_interactions": convert_interactions(interactions)
+        if not interactions.empty
+        else None,
+        "reading_progress": convert_progress(raw["reading_progress"])
+        if not raw["reading_progress"].empty
+        else None,
+        "newsletter_issues": convert_items(raw["newsletter_issues"], raw["publishers"]),
+        "users": convert_users(raw["users"]),
+        "subscriptions": convert_subscriptions(raw["subscriptions"]),
+    }
+    for name, result in results.items():
+        if result is None:
+            report.converted[name] = 0
+            continue
+        report.converted[name] = len(result.good)
+        bad_frames.append(result.bad)
+
+    events = [
+        r.good
+        for n, r in results.items()
+        if r is not None and n in ("experience_interactions", "reading_progress")
+    ]
+    staged = {
+        "user_events": schemas.conform(pd.concat(events, ignore_index=True), schemas.USER_EVENTS)
+        if events
+        else schemas.empty(schemas.USER_EVENTS),
+        "items": schemas.conform(results["newsletter_issues"].good, schemas.ITEMS),
+        "users": schemas.conform(results["users"].good, schemas.USERS),
+        "subscriptions": schemas.conform(results["subscriptions"].good, schemas.SUBSCRIPTIONS),
+    }
+    for name, frame in staged.items():
+        lake.write(
+            frame, f"staging/{name}", "part", {"batch": batch}, getattr(schemas, name.upper())
+        )
+
+    bad = (
+        pd.concat([b for b in bad_frames if not b.empty], ignore_index=True)
+        if any(not b.empty for b in bad_frames)
+        else pd.DataFrame()
+    )
+    write_quarantine(lake, bad, batch, "ingest")
+    if not bad.empty:
+        report.quarantined = {str(k): int(v) for k, v in Counter(bad["_table"]).items()}
+        report.checks = check_counts(bad)
+    lake.write_json(report.to_json(), REPORTS, batch)
+    log.info(
+        "ingested batch %s from %s: %s extracted, conversion rate %.2f%%, %d quarantined",
+        batch,
+        source.name,
+        report.extracted,
+        100 * report.conversion_rate,
+        len(bad),
+    )
+    return report
+
+
+def check_counts(bad: pd.DataFrame) -> dict[str, int]:
+    """Counts per failed check, the stable part of a reason (the sentence names the value)."""
+    return {str(k): int(v) for k, v in bad["_check"].value_counts().items()}
+
+
+def write_quarantine(lake: Lake, bad: pd.DataFrame, batch: str, stage: str) -> str | None:
+    """Write a stage's quarantined rows for a batch, one file per source table (or clear stale ones)."""
+    written = None
+    for path in lake.fs.glob(f"{lake.path('quarantine')}/*/batch={batch}/{stage}.parquet"):
+        lake.fs.rm(path)
+    if bad.empty:
+        return None
+    bad = bad.assign(_batch=batch)
+    for table, rows in bad.groupby("_table", sort=True):
+        written = lake.write(rows.astype("string"), f"quarantine/{table}", stage, {"batch": batch})
+    return written

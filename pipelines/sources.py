@@ -1,0 +1,222 @@
+"""Source adapters: where the app's raw rows come from.
+
+Two kinds share one small interface, so ingest does not care which it reads:
+- `AppDbSource`: the INBO app database through SQLAlchemy (embedded SQLite by default, Postgres by URL);
+- `FileDropSource`: exports dropped as CSV, JSONL or Parquet files under `<root>/<table>/`.
+
+Append-only and mutable tables are read incrementally between two watermarks (`low` exclusive,
+`high` inclusive); dimension tables are read as a snapshot of what existed before the interval end.
+Raw rows come back as strings: the app's types are not trusted until validation has looked at them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from inbo.errors import ServiceUnavailable, SourceError
+
+log = logging.getLogger(__name__)
+
+Watermark = int | str
+
+
+@dataclass(frozen=True)
+class IncrementalTable:
+    """An app table read by watermark: `column` orders rows, `time_column` bounds the interval."""
+
+    name: str
+    column: str
+    time_column: str
+
+
+INCREMENTAL_TABLES: tuple[IncrementalTable, ...] = (
+    IncrementalTable("experience_interactions", column="id", time_column="recorded_at"),
+    IncrementalTable("reading_progress", column="updated_at", time_column="updated_at"),
+)
+
+SNAPSHOT_TABLES: dict[str, str] = {
+    "users": "created_at",
+    "publishers": "created_at",
+    "newsletter_issues": "created_at",
+    "subscriptions": "subscribed_at",
+}
+"""Dimension tables and the column that says when a row came to exist."""
+
+
+class Source(Protocol):
+    name: str
+
+    def high_watermark(self, table: IncrementalTable, until: datetime) -> Watermark | None: ...
+
+    def read_increment(
+        self, table: IncrementalTable, low: Watermark | None, high: Watermark
+    ) -> pd.DataFrame: ...
+
+    def read_snapshot(self, table: str, until: datetime) -> pd.DataFrame: ...
+
+
+def as_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column as nullable strings; timestamps in ISO format so they survive a round trip."""
+    out = pd.DataFrame(index=frame.index)
+    for name, column in frame.items():
+        if pd.api.types.is_datetime64_any_dtype(column):
+            text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        else:
+            text = column.map(lambda v: None if v is None or v != v else str(v), na_action=None)
+        out[name] = text.astype("string")
+    return out.reset_index(drop=True)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _bound(table: IncrementalTable, value: Watermark) -> object:
+    """A watermark as a query parameter: ids stay integers, ISO text becomes a datetime."""
+    return value if table.column == "id" else pd.Timestamp(value).to_pydatetime()
+
+
+class AppDbSource:
+    """The INBO app database, read through SQLAlchemy Core."""
+
+    name = "appdb"
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self.url = url
+        self.engine = create_engine(url)
+
+    def _query(self, sql: str, params: dict[str, object]) -> pd.DataFrame:
+        """Run `sql`; datetime parameters are bound as SQL timestamps, whatever the backend."""
+        from sqlalchemy import DateTime, bindparam, text
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        typed = [
+            bindparam(name, type_=DateTime())
+            for name, v in params.items()
+            if isinstance(v, datetime)
+        ]
+        try:
+            with self.engine.connect() as conn:
+                return pd.read_sql(text(sql).bindparams(*typed), conn, params=params)
+        except (OperationalError, ProgrammingError) as exc:
+            message = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+            if "no such table" in message or "does not exist" in message:
+                raise SourceError(
+                    f"app database {self.engine.url!r} has no table: {message}; "
+                    "run `inbo simulate` to create a demo world"
+                ) from None
+            raise ServiceUnavailable(
+                f"app database {self.engine.url!r} is unreachable: {message}"
+            ) from None
+
+    def high_watermark(self, table: IncrementalTable, until: datetime) -> Watermark | None:
+        frame = self._query(
+            f"SELECT MAX({table.column}) AS high FROM {table.name} "
+            f"WHERE {table.time_column} < :until",
+            {"until": _naive_utc(until)},
+        )
+        value = frame["high"].iloc[0]
+        if value is None or pd.isna(value):
+            return None
+        return int(value) if table.column == "id" else pd.Timestamp(value).isoformat()
+
+    def read_increment(
+        self, table: IncrementalTable, low: Watermark | None, high: Watermark
+    ) -> pd.DataFrame:
+        bound = (
+            (lambda v: v) if table.column == "id" else (lambda v: pd.Timestamp(v).to_pydatetime())
+        )
+        where = f"{table.column} <= :high"
+        params: dict[str, object] = {"high": bound(high)}
+        if low is not None:
+            where += f" AND {table.column} > :low"
+            params["low"] = bound(low)
+        frame = self._query(
+            f"SELECT * FROM {table.name} WHERE {where} ORDER BY {table.column}", params
+        )
+        return as_strings(frame)
+
+    def read_snapshot(self, table: str, until: datetime) -> pd.DataFrame:
+        column = SNAPSHOT_TABLES[table]
+        frame = self._query(
+            f"SELECT * FROM {table} WHERE {column} < :until ORDER BY 1",
+            {"until": _naive_utc(until)},
+        )
+        return as_strings(frame)
+
+
+class FileDropSource:
+    """Exports dropped as files: `<root>/<table>/<name>.{csv,jsonl,parquet}`.
+
+    Files are taken in name order, so exports should be named by time (e.g. `2026-11-26T0100.csv`);
+    the watermark of an incremental table is the last file name read.
+    """
+
+    name = "filedrop"
+    suffixes = (".csv", ".jsonl", ".parquet")
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _files(self, table: str) -> list[Path]:
+        folder = self.root / table
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix in self.suffixes)
+
+    @staticmethod
+    def _read(path: Path) -> pd.DataFrame:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=True)
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        return pd.read_parquet(path)
+
+    def _concat(self, paths: list[Path]) -> pd.DataFrame:
+        if not paths:
+            return pd.DataFrame()
+        try:
+            frames = [self._read(path) for path in paths]
+        except (ValueError, OSError) as exc:
+            raise SourceError(f"cannot read dropped file: {exc}") from None
+        return as_strings(pd.concat(frames, ignore_index=True))
+
+    def high_watermark(self, table: IncrementalTable, until: datetime) -> Watermark | None:
+        files = self._files(table.name)
+        return files[-1].name if files else None
+
+    def read_increment(
+        self, table: IncrementalTable, low: Watermark | None, high: Watermark
+    ) -> pd.DataFrame:
+        chosen = [
+            p
+            for p in self._files(table.name)
+            if (low is None or p.name > str(low)) and p.name <= str(high)
+        ]
+        log.info("reading %d dropped files of %s", len(chosen), table.name)
+        return self._concat(chosen)
+
+    def read_snapshot(self, table: str, until: datetime) -> pd.DataFrame:
+        frame = self._concat(self._files(table))
+        column = SNAPSHOT_TABLES[table]
+        if frame.empty or column not in frame:
+            return frame
+        existed = pd.to_datetime(frame[column], errors="coerce", utc=True) < pd.Timestamp(until)
+        return frame[existed.fillna(True)].reset_index(drop=True)
+
+
+def open_source(kind: str, location: str) -> Source:
+    """The adapter for `kind` ('appdb' with a SQLAlchemy URL, 'filedrop' with a folder)."""
+    if kind == "appdb":
+        return AppDbSource(location)
+    if kind == "filedrop":
+        return FileDropSource(location)
+    raise SourceError(f"unknown source kind {kind!r}; expected 'appdb' or 'filedrop'")

@@ -1,0 +1,72 @@
+"""MLflow tracking: every training step logs its params, metrics, data window and the git commit.
+
+Runs are keyed by (step, batch): re-running a step for the same batch resumes its run instead of
+adding a second one, so the run id a task returns is stable for its interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from inbo.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "inbo-nightly"
+
+
+def git_commit() -> str:
+    """The commit the code runs from, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _experiment_id(settings: Settings, name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    return str(mlflow.create_experiment(name, artifact_location=settings.mlflow_artifacts.as_uri()))
+
+
+def log_step_run(
+    settings: Settings,
+    step: str,
+    batch: str,
+    params: Mapping[str, object],
+    metrics: Mapping[str, float],
+    artifacts: Path | None = None,
+) -> str:
+    """Log one pipeline step's run for `batch` and return its run id."""
+    import mlflow
+
+    experiment_id = _experiment_id(settings, EXPERIMENT)
+    existing = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.step = '{step}' and tags.batch = '{batch}'",
+        output_format="list",
+        max_results=1,
+    )
+    run_id = existing[0].info.run_id if existing else None
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=experiment_id, run_name=f"{step}-{batch}"
+    ) as run:
+        mlflow.set_tags({"step": step, "batch": batch, "mlflow.source.git.commit": git_commit()})
+        if run_id is None:
+            mlflow.log_params(dict(params))
+        mlflow.log_metrics(dict(metrics))
+        if artifacts is not None:
+            mlflow.log_artifacts(str(artifacts), artifact_path=step)
+    log.info("MLflow run %s for %s/%s", run.info.run_id, step, batch)
+    return str(run.info.run_id)

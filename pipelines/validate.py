@@ -1,0 +1,127 @@
+"""Validate: run the Great Expectations suites on a staged batch and promote what passes to the lake.
+
+Failed rows go to `quarantine/<table>/batch=<key>/validate.parquet` with the expectation that
+failed; the batch fails when a table's bad-row share (ingest's quarantine included) is above the
+configured threshold, after everything has been written, so nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from inbo import schemas
+from inbo.lake import Lake, batch_key
+from inbo.settings import Settings, get_settings
+from pipelines.ingest import REPORTS as INGEST_REPORTS
+from pipelines.ingest import check_counts, quarantine_rows, write_quarantine
+
+log = logging.getLogger(__name__)
+
+REPORTS = "_reports/validate"
+
+SOURCES: dict[str, tuple[str, ...]] = {
+    "users": ("users",),
+    "items": ("newsletter_issues",),
+    "user_events": ("experience_interactions", "reading_progress"),
+}
+"""Each staged table (validated by the suite of the same name, in this order, so events are checked
+against the users and items that passed) and the source tables whose ingest quarantine counts
+against its threshold."""
+
+KNOWN_IDS = {"users": ("user_id", "known_user_ids"), "items": ("item_id", "known_item_ids")}
+
+
+@dataclass
+class ValidationReport:
+    batch: str
+    checked: dict[str, int] = field(default_factory=dict)
+    passed: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    bad_share: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, int] = field(default_factory=dict)
+    data_docs: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _ingest_counts(lake: Lake, batch: str) -> tuple[dict[str, int], dict[str, int]]:
+    """What ingest extracted and quarantined for this batch, per source table."""
+    report = json.loads(lake.read_json(INGEST_REPORTS, batch))
+    return report["extracted"], report["quarantined"]
+
+
+def _write_events(lake: Lake, events: pd.DataFrame, batch: str) -> None:
+    """Replace this batch's event files, one per event date."""
+    for stale in lake.fs.glob(f"{lake.path('user_events')}/date=*/{batch}.parquet"):
+        lake.fs.rm(stale)
+    if not events.empty:
+        lake.write_partitioned(events, "user_events", batch, by="ts", schema=schemas.USER_EVENTS)
+
+
+def validate_batch(interval_end: datetime, settings: Settings | None = None) -> ValidationReport:
+    """Validate the staged tables of the batch ending at `interval_end`."""
+    from validation import enforce_threshold, validate
+
+    settings = settings or get_settings()
+    lake = Lake(settings.lake)
+    batch = batch_key(interval_end)
+    extracted, ingest_bad = _ingest_counts(lake, batch)
+    report = ValidationReport(batch=batch)
+    docs_dir = settings.reports_dir / "data_docs"
+    known: dict[str, set[int]] = {}
+    bad_frames = []
+    bad_rows: dict[str, int] = {}
+    extracted_rows: dict[str, int] = {}
+    for table, sources in SOURCES.items():
+        schema = getattr(schemas, table.upper())
+        staged = lake.read(f"staging/{table}", {"batch": batch}, "part", schema)
+        result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)  # type: ignore[arg-type]
+        good = schemas.conform(result.good, schema)
+        if table == "user_events":
+            _write_events(lake, good, batch)
+        else:
+            lake.write(good, table, "part", {"batch": batch}, schema)
+            id_column, argument = KNOWN_IDS[table]
+            known[argument] = set(good[id_column].tolist())
+        if not result.bad.empty:
+            bad_frames.append(
+                quarantine_rows(
+                    result.bad.drop(columns=["_check", "_reason"]),
+                    table,
+                    result.bad["_check"],
+                    result.bad["_reason"],
+                )
+            )
+        extracted_rows[table] = sum(extracted.get(s, 0) for s in sources)
+        bad_rows[table] = len(result.bad) + sum(ingest_bad.get(s, 0) for s in sources)
+        report.checked[table] = result.checked
+        report.passed[table] = len(good)
+        report.quarantined[table] = len(result.bad)
+        report.bad_share[table] = bad_rows[table] / max(extracted_rows[table], 1)
+        if result.docs_path is not None:
+            report.data_docs = str(result.docs_path)
+    bad = pd.concat(bad_frames, ignore_index=True) if bad_frames else pd.DataFrame()
+    write_quarantine(lake, bad, batch, "validate")
+    if not bad.empty:
+        report.checks = check_counts(bad)
+    lake.write_json(report.to_json(), REPORTS, batch)
+    log.info(
+        "validated batch %s: %s passed, %s quarantined", batch, report.passed, report.quarantined
+    )
+    if report.data_docs:
+        log.info("Data Docs: %s", report.data_docs)
+    for table in SOURCES:
+        enforce_threshold(
+            table,
+            bad_rows[table],
+            extracted_rows[table],
+            settings.quarantine_threshold,
+            quarantine_path=lake.path("quarantine"),
+        )
+    return report
