@@ -71,7 +71,9 @@ class Lake:
             for day, part in frame.groupby(days, sort=True)
         ]
 
-    def exists(self, table: str, partition: Mapping[str, str] | None = None, name: str = "") -> bool:
+    def exists(
+        self, table: str, partition: Mapping[str, str] | None = None, name: str = ""
+    ) -> bool:
         return bool(self.fs.exists(self.path(table, partition, name)))
 
     def files(self, table: str, pattern: str = "**/*.parquet") -> list[str]:
