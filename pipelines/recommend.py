@@ -23,8 +23,8 @@ from pipelines.train import model_dir
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"continue_reading": 0, "popularity": 1, "trending": 2}
-"""Lower goes first when blending; a source missing here sorts after all of these."""
+PRIORITY = {"continue_reading": 0, "popular_in_category": 1, "trending": 2}
+"""Reason codes in blending order (lower first); a code missing here sorts after all of these."""
 
 
 @dataclass(frozen=True)

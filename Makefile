@@ -1,0 +1,37 @@
+# INBO Recs. Two commands on a fresh machine with Python 3.11: `make demo`, `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_HOME := $(CURDIR)
+export GX_ANALYTICS_ENABLED := False
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned requirements
+
+demo: install ## generate a demo world, run the nightly DAG through Airflow, print recommendations
+	$(BIN)/inbo demo
+
+test: install ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: install ## ruff (lint + format check, Airflow 3 rules) and mypy on the library code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## stop the embedded Redis and remove all runtime state under var/
+	-@test -x $(BIN)/inbo && $(BIN)/inbo services --stop
+	rm -rf var

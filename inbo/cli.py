@@ -1,0 +1,398 @@
+"""`inbo`: run any step of the platform from a terminal, the same functions the DAGs call.
+
+Heavy libraries are imported inside each command so `inbo --help` answers at once. A user error
+(bad config, unknown user, Redis unreachable, ...) prints one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inbo import logs
+from inbo.errors import InboError
+from inbo.settings import REPO_ROOT, Settings, get_settings
+
+app = typer.Typer(
+    help="INBO Recs: build and publish newsletter recommendations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--date",
+        help="End of the batch's data interval (YYYY-MM-DD, midnight UTC). Default: today.",
+    ),
+]
+
+
+def interval_end(date: str | None) -> datetime:
+    """The batch end for `--date`, midnight UTC; today's midnight when not given."""
+    if date is None:
+        now = datetime.now(UTC)
+        return datetime(now.year, now.month, now.day, tzinfo=UTC)
+    try:
+        return datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{date!r} is not a date like 2026-11-26", param_hint="--date"
+        ) from None
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logs.configure(verbose)
+
+
+@app.command()
+def services(
+    stop: Annotated[bool, typer.Option(help="Stop the embedded Redis server.")] = False,
+) -> None:
+    """Start (or reuse) the embedded services and print where everything is."""
+    from inbo.services import ensure_redis, service_status, stop_redis
+
+    settings = get_settings()
+    if stop:
+        stopped = stop_redis(settings)
+        console.print("embedded Redis stopped" if stopped else "no embedded Redis was running")
+        return
+    ensure_redis(settings)
+    status = service_status(settings)
+    table = Table(title="INBO services", show_header=False)
+    for key, value in _flatten(status).items():
+        table.add_row(key, str(value))
+    table.add_row("lake", settings.lake)
+    table.add_row("airflow home", str(REPO_ROOT))
+    console.print(table)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 2000,
+    items: Annotated[int, typer.Option(min=5, help="Number of newsletter issues.")] = 500,
+    days: Annotated[int, typer.Option(min=1, help="Days of app activity.")] = 14,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same world.")] = 7,
+    date: DateOption = None,
+) -> None:
+    """Generate a demo world into the app database (replaces what is there)."""
+    from rich.progress import Progress
+
+    from pipelines.simulate import simulate as run_simulation
+
+    settings = get_settings()
+    end = interval_end(date)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("simulating days", total=days)
+        summary = run_simulation(
+            settings.app_db,
+            users=users,
+            items=items,
+            days=days,
+            seed=seed,
+            end=end.replace(tzinfo=None),
+            truth_dir=settings.var_dir / "simulation",
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(f"simulated world written to {settings.app_db}")
+    console.print(summary)
+
+
+@app.command()
+def ingest(date: DateOption = None) -> None:
+    """Extract the batch from the app database and stage canonical tables."""
+    from pipelines.ingest import ingest as run_ingest
+
+    report = run_ingest(interval_end(date))
+    console.print_json(report.to_json())
+
+
+@app.command()
+def validate(date: DateOption = None) -> None:
+    """Run the Great Expectations suites on the staged batch; quarantine what fails."""
+    from pipelines.validate import validate_batch
+
+    report = validate_batch(interval_end(date))
+    console.print_json(report.to_json())
+    if report.data_docs:
+        console.print(f"Data Docs: {report.data_docs}")
+
+
+@app.command()
+def features(date: DateOption = None) -> None:
+    """Build the batch's interaction and continue-reading tables."""
+    from features.interactions import build_interactions
+
+    console.print(build_interactions(interval_end(date)))
+
+
+@app.command()
+def train(date: DateOption = None) -> None:
+    """Fit the batch's models and log them to MLflow."""
+    from pipelines.train import fit_baselines
+
+    console.print(fit_baselines(interval_end(date)))
+
+
+@app.command()
+def score(date: DateOption = None) -> None:
+    """Write every user's top-N and the fallback list to the lake."""
+    from pipelines.recommend import score_users
+
+    console.print(score_users(interval_end(date)))
+
+
+@app.command()
+def publish(
+    date: DateOption = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="MLflow run of the models, for the table's metadata.")
+    ] = None,
+) -> None:
+    """Stage the batch's table in Redis, verify it, then switch readers to it."""
+    from pipelines.publish import activate_version, publish_batch, verify_batch
+
+    end = interval_end(date)
+    version = publish_batch(end, models_run_id=run_id)
+    verify_batch(end, version)
+    previous = activate_version(version)
+    console.print(f"live table version: {version} (previous: {previous or 'none'})")
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None, typer.Option(help="Version to switch to. Default: the previous one.")
+    ] = None,
+    list_versions: Annotated[
+        bool, typer.Option("--list", help="List the versions kept in Redis.")
+    ] = False,
+) -> None:
+    """Switch readers back to an earlier table version."""
+    from pipelines.publish import rollback_table, table_versions
+
+    if list_versions:
+        table = Table("version", "created at", "status", "users", "live")
+        for row in table_versions():
+            table.add_row(
+                row["version"],
+                str(row.get("created_at")),
+                str(row.get("status")),
+                str(row.get("users")),
+                "yes" if row.get("live") else "",
+            )
+        console.print(table)
+        return
+    before, after = rollback_table(to)
+    console.print(f"rolled back: {before} -> {after}")
+
+
+@app.command()
+def recs(
+    user_id: Annotated[int, typer.Argument(help="The user to read recommendations for.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw payload.")] = False,
+) -> None:
+    """Read a user's recommendations from Redis, exactly as a frontend does."""
+    from pipelines.publish import read_recs
+
+    result = read_recs(user_id)
+    if as_json:
+        console.print_json(json.dumps(result["payload"]))
+        return
+    console.print(_recs_table(result, _titles()))
+
+
+def _titles() -> dict[int, str]:
+    """Item titles from the lake's newest items snapshot, for display only."""
+    from inbo.lake import Lake
+    from inbo.schemas import ITEMS
+
+    lake = Lake(get_settings().lake)
+    snapshots = lake.files("items")
+    if not snapshots:
+        return {}
+    items = lake.read_files(snapshots[-1:], ITEMS)
+    return dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
+
+
+def _recs_table(result: dict[str, Any], titles: dict[int, str]) -> Table:
+    payload = result["payload"]
+    kind = "personal" if result["personal"] else "fallback (no personal row)"
+    table = Table(
+        "rank",
+        "item",
+        "title",
+        "score",
+        "source",
+        "why",
+        title=f"user {result['user_id']}: {kind}, table {payload['table_version']}",
+    )
+    for item in payload["items"]:
+        table.add_row(
+            str(item["rank"]),
+            str(item["item_id"]),
+            titles.get(item["item_id"], ""),
+            f"{item['score']:.3f}",
+            item["source"],
+            item["reason"]["text"],
+        )
+    return table
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=10)] = 2000,
+    items: Annotated[int, typer.Option(min=10)] = 500,
+    days: Annotated[int, typer.Option(min=2)] = 14,
+    seed: int = 7,
+) -> None:
+    """Generate a demo world, run the nightly DAG through Airflow, show what it published."""
+    started = time.monotonic()
+    settings = get_settings()
+    end = interval_end(None)
+    simulate(users=users, items=items, days=days, seed=seed, date=f"{end:%Y-%m-%d}")
+    from inbo.services import ensure_redis
+
+    redis_url = ensure_redis(settings)
+    log_path = run_airflow_dag("inbo_nightly", end, settings)
+    console.print(f"[green]inbo_nightly succeeded[/green] (Airflow log: {log_path})")
+    _print_run_summary(settings, end)
+    from pipelines.publish import sample_users
+
+    for user_id in sample_users(3):
+        recs(user_id, as_json=False)
+    console.print(f"\ndemo finished in {time.monotonic() - started:.0f} s\n")
+    console.print(_next_steps(redis_url, end))
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """The environment for an Airflow command: this repo as AIRFLOW_HOME, our settings passed on."""
+    env = dict(os.environ)
+    env["AIRFLOW_HOME"] = str(REPO_ROOT)
+    env["INBO_VAR_DIR"] = str(settings.var_dir)
+    env.setdefault("GX_ANALYTICS_ENABLED", "False")
+    return env
+
+
+def run_airflow_dag(dag_id: str, end: datetime, settings: Settings) -> Path:
+    """`airflow dags test` for the batch ending at `end`; Airflow's output goes to a log file."""
+    log_dir = settings.var_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{dag_id}-{end:%Y%m%d}.log"
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    env = airflow_env(settings)
+    with log_path.open("w") as log_file:
+        err.print("preparing the Airflow database ...")
+        _run([airflow, "db", "migrate"], env, log_file, log_path)
+        err.print(f"running {dag_id} for {end:%Y-%m-%d} through Airflow ...")
+        _run([airflow, "dags", "test", dag_id, f"{end:%Y-%m-%d}"], env, log_file, log_path)
+    failed = _failed_tasks(log_path)
+    if failed:
+        raise InboError(f"{dag_id} failed in {', '.join(failed)}; see {log_path}")
+    return log_path
+
+
+def _run(command: list[str], env: dict[str, str], log_file: Any, log_path: Path) -> None:
+    result = subprocess.run(
+        command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+    )
+    if result.returncode != 0:
+        raise InboError(
+            f"`{' '.join(command[1:])}` failed (exit {result.returncode}); see {log_path}"
+        )
+
+
+def _failed_tasks(log_path: Path) -> list[str]:
+    """`airflow dags test` exits 0 even when a task fails: read the run's verdict from its log."""
+    text = log_path.read_text(errors="replace")
+    if "state=success" in text.rsplit("DagRun Finished", 1)[-1]:
+        return []
+    return sorted(
+        {
+            line.split("task_id=")[1].split()[0]
+            for line in text.splitlines()
+            if "task_id=" in line and "FAILED" in line.upper()
+        }
+    ) or ["the DAG run"]
+
+
+def _print_run_summary(settings: Settings, end: datetime) -> None:
+    from inbo.lake import Lake, batch_key
+
+    lake = Lake(settings.lake)
+    batch = batch_key(end)
+    ingest = json.loads(lake.read_json("_reports/ingest", batch))
+    validated = json.loads(lake.read_json("_reports/validate", batch))
+    table = Table("step", "figures", title=f"batch {batch}")
+    table.add_row("extracted", ", ".join(f"{k}={v:,}" for k, v in ingest["extracted"].items()))
+    table.add_row("conversion rate", f"{100 * ingest['conversion_rate']:.2f}%")
+    quarantined = {
+        **ingest["quarantined"],
+        **{f"{k} (validate)": v for k, v in validated["quarantined"].items() if v},
+    }
+    table.add_row("quarantined", ", ".join(f"{k}={v:,}" for k, v in quarantined.items()) or "none")
+    table.add_row(
+        "passed validation", ", ".join(f"{k}={v:,}" for k, v in validated["passed"].items())
+    )
+    if validated.get("data_docs"):
+        table.add_row("Data Docs", validated["data_docs"])
+    console.print(table)
+
+
+def _next_steps(redis_url: str, end: datetime) -> str:
+    venv = Path(sys.executable).parent
+    return "\n".join(
+        [
+            "Where to look next:",
+            f"  recommendations  {venv}/inbo recs <USER_ID>",
+            f"  redis-cli        {_redis_cli_hint(redis_url)}",
+            f"  Airflow UI       AIRFLOW_HOME={REPO_ROOT} {venv}/airflow standalone   (http://localhost:8080)",
+            f"  MLflow UI        {venv}/mlflow ui --backend-store-uri {get_settings().mlflow_uri} --port 5000",
+            f"  re-run the DAG   AIRFLOW_HOME={REPO_ROOT} {venv}/airflow dags test inbo_nightly {end:%Y-%m-%d}",
+        ]
+    )
+
+
+def _redis_cli_hint(url: str) -> str:
+    from pipelines.publish import redis_cli_example
+
+    return redis_cli_example(url)
+
+
+def main() -> None:
+    """Entry point: platform errors become one line on stderr and a non-zero exit code."""
+    try:
+        app()
+    except InboError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

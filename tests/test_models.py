@@ -1,0 +1,160 @@
+"""Baseline models and the blend: hand-checked rankings, reasons and exclusions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inbo import schemas
+from models.base import TrainingData
+from models.continue_reading import ContinueReadingModel
+from models.factory import create
+from models.popularity import PopularityModel
+from pipelines.recommend import blend
+
+AS_OF = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def items_frame() -> pd.DataFrame:
+    rows = [
+        (10, "sport", 2),
+        (11, "sport", 2),
+        (12, "sport", 2),
+        (20, "finance", 2),
+        (21, "finance", 2),
+        (30, "food", -1),  # published after as_of: must never be recommended
+    ]
+    frame = pd.DataFrame(
+        {
+            "item_id": [r[0] for r in rows],
+            "publisher_id": 1,
+            "publisher": "p",
+            "title": "t",
+            "description": "d",
+            "category": [r[1] for r in rows],
+            "tags": [[] for _ in rows],
+            "published_at": [AS_OF - timedelta(days=r[2]) for r in rows],
+            "language": "en",
+        }
+    )
+    return schemas.conform(frame, schemas.ITEMS)
+
+
+def interactions_frame(rows: list[tuple[int, int, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "weight"])
+    frame = frame.assign(events=1, last_ts=AS_OF, read_fraction=0.0, is_read=False, dismissed=False)
+    return schemas.conform(frame, schemas.INTERACTIONS)
+
+
+def training(
+    rows: list[tuple[int, int, float]], started: pd.DataFrame | None = None
+) -> TrainingData:
+    return TrainingData(
+        interactions=interactions_frame(rows),
+        items=items_frame(),
+        continue_reading=started
+        if started is not None
+        else schemas.empty(schemas.CONTINUE_READING),
+        as_of=AS_OF,
+    )
+
+
+def test_popularity_orders_items_by_positive_weight() -> None:
+    data = training([(1, 10, 3.0), (2, 10, 1.0), (2, 20, 2.0), (3, 11, 1.0), (3, 12, -5.0)])
+    model = PopularityModel().fit(data)
+    assert model.scores["item_id"].tolist()[:3] == [10, 20, 11]
+    assert 30 not in model.scores["item_id"].tolist()
+    top = model.global_top(2)
+    assert top["item_id"].tolist() == [10, 20]
+    assert top["score"].tolist() == pytest.approx([1.0, 0.5])
+    assert set(top["reason_code"]) == {"trending"}
+
+
+def test_a_user_who_only_reads_sport_gets_sport() -> None:
+    data = training([(1, 10, 3.0), (2, 20, 5.0), (2, 21, 4.0), (3, 11, 1.0)])
+    model = PopularityModel().fit(data)
+    recs = model.recommend(np.array([1]), n=10)
+    assert set(recs["item_id"]) == {10, 11, 12}
+    assert recs["reason"].str.contains("Sport").all()
+
+
+def test_category_shares_split_a_mixed_reader() -> None:
+    data = training([(1, 10, 3.0), (1, 20, 1.0)])
+    model = PopularityModel().fit(data)
+    shares = model.affinity.set_index("category")["share"]
+    assert shares["sport"] == pytest.approx(0.75) and shares["finance"] == pytest.approx(0.25)
+
+
+def test_continue_reading_newest_first_with_progress_in_reason() -> None:
+    started = schemas.conform(
+        pd.DataFrame(
+            {
+                "user_id": [1, 1],
+                "item_id": [10, 11],
+                "read_fraction": [0.4, 0.25],
+                "updated_at": [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1)],
+            }
+        ),
+        schemas.CONTINUE_READING,
+    )
+    model = ContinueReadingModel().fit(training([], started))
+    recs = model.recommend(np.array([1, 2]), n=10)
+    assert recs["item_id"].tolist() == [11, 10]
+    assert recs["reason"].tolist() == [
+        "Continue reading: you are 25% through",
+        "Continue reading: you are 40% through",
+    ]
+
+
+def test_models_round_trip_through_save_and_load(tmp_path) -> None:
+    data = training([(1, 10, 3.0), (2, 20, 1.0)])
+    for name in ("popularity", "continue_reading"):
+        fitted = create(name).fit(data)
+        fitted.save(tmp_path / name)
+        loaded = type(fitted).load(tmp_path / name)
+        pd.testing.assert_frame_equal(
+            fitted.recommend(np.array([1, 2]), 5), loaded.recommend(np.array([1, 2]), 5)
+        )
+
+
+def candidates(rows: list[tuple[int, int, float, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "user_id": u,
+                "item_id": i,
+                "score": s,
+                "source": code,
+                "reason_code": code,
+                "reason": code,
+            }
+            for u, i, s, code in rows
+        ]
+    )
+
+
+def test_blend_excludes_seen_puts_continue_reading_first_and_ranks() -> None:
+    pool = candidates(
+        [
+            (1, 10, 0.9, "popular_in_category"),
+            (1, 11, 0.8, "popular_in_category"),
+            (1, 12, 0.1, "continue_reading"),
+            (1, 10, 0.5, "trending"),
+            (1, 13, 0.4, "trending"),
+        ]
+    )
+    seen = pd.DataFrame({"user_id": [1], "item_id": [11]})
+    recs = blend(pool, seen, n=3)
+    assert recs["item_id"].tolist() == [12, 10, 13]
+    assert recs["rank"].tolist() == [1, 2, 3]
+    assert recs["reason_code"].tolist() == ["continue_reading", "popular_in_category", "trending"]
+
+
+def test_blend_caps_each_user_at_n() -> None:
+    pool = candidates([(u, i, float(i), "trending") for u in (1, 2) for i in range(10)])
+    recs = blend(pool, pd.DataFrame({"user_id": [], "item_id": []}, dtype="int64"), n=4)
+    assert recs.groupby("user_id").size().tolist() == [4, 4]
+    assert recs[recs["user_id"] == 1]["item_id"].tolist() == [9, 8, 7, 6]
