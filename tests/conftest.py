@@ -31,6 +31,11 @@ WORLD_END = datetime(2026, 11, 20, tzinfo=UTC)
 """The simulated world ends here: the first nightly batch closes at this instant."""
 
 
+@pytest.fixture(scope="session")
+def world_end() -> datetime:
+    return WORLD_END
+
+
 def make_settings(var_dir: Path, **overrides: object) -> Settings:
     return Settings(var_dir=var_dir, **overrides)  # type: ignore[arg-type]
 
