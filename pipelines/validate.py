@@ -122,6 +122,6 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
             bad_rows[table],
             extracted_rows[table],
             settings.quarantine_threshold,
-            quarantine_path=lake.path("quarantine"),
+            quarantine=lake.path("quarantine"),
         )
     return report

@@ -1,0 +1,487 @@
+"""Validation suites: each kind of malformed row lands in quarantine with the right reason.
+
+Every case is a small clean frame plus one bad row; the clean rows must all stay good and no row
+may be dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from inbo.errors import SourceError, ValidationFailed
+from inbo.schemas import ITEMS, USER_EVENTS, USERS
+from validation import ValidationResult, enforce_threshold, validate
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+YESTERDAY = datetime(2026, 11, 25, 12, tzinfo=UTC)
+KNOWN_USERS = {1, 2, 3}
+KNOWN_ITEMS = {10, 11}
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows in the given column order, absent keys null, on a non-unique index like a concat's."""
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    frame.index = [7] * len(frame)
+    return frame
+
+
+def raw_row(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "id": 1,
+        "user_id": 1,
+        "issue_id": 10,
+        "kind": "click",
+        "occurred_at": "2026-11-25T12:00:00Z",
+        "recorded_at": "2026-11-25T12:00:05Z",
+        "session_id": "s1",
+        "dwell_ms": 1500,
+        "position": 0,
+        "surface": "home",
+        "device": "ios",
+        "country": "BE",
+        "rec_context": None,
+    }
+    return row | overrides
+
+
+def raw_clean() -> list[dict[str, Any]]:
+    """Loosely typed like SQLite/CSV rows: numbers as text, floats, datetime objects, nulls."""
+    return [
+        raw_row(id=1),
+        raw_row(id="2", user_id="2", issue_id=11.0, dwell_ms="250.5", position="3"),
+        raw_row(id=3, occurred_at=datetime(2026, 11, 25, 9, 30), dwell_ms=None, position=None),
+        raw_row(id=4, kind="email_open", occurred_at="2026-11-25 08:00:00+01:00", dwell_ms=0.0),
+    ]
+
+
+def event_row(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "event_id": "e1",
+        "user_id": 1,
+        "item_id": 10,
+        "event_type": "read",
+        "ts": YESTERDAY,
+        "dwell_seconds": 30.0,
+        "read_fraction": 0.5,
+        "position": 2,
+    }
+    return row | overrides
+
+
+def events_clean() -> list[dict[str, Any]]:
+    return [
+        event_row(event_id="e1"),
+        event_row(event_id="e2", user_id=2, item_id=11, event_type="open", read_fraction=None),
+        event_row(event_id="e3", user_id=3, dwell_seconds=0.0, read_fraction=1.0, position=0),
+    ]
+
+
+def item_row(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "item_id": 10,
+        "publisher_id": 1,
+        "publisher": "Morning Brew",
+        "title": "Markets today",
+        "description": "What moved.",
+        "category": "business",
+        "published_at": YESTERDAY,
+    }
+    return row | overrides
+
+
+def items_clean() -> list[dict[str, Any]]:
+    return [item_row(item_id=10), item_row(item_id=11, description=None, title="x" * 300)]
+
+
+def user_row(**overrides: Any) -> dict[str, Any]:
+    return {"user_id": 1, "created_at": YESTERDAY, "country": "BE"} | overrides
+
+
+def users_clean() -> list[dict[str, Any]]:
+    return [user_row(user_id=1), user_row(user_id=2)]
+
+
+CLEAN = {
+    "experience_interactions": (raw_clean, list(raw_row())),
+    "user_events": (events_clean, USER_EVENTS.names),
+    "items": (items_clean, ITEMS.names),
+    "users": (users_clean, USERS.names),
+}
+
+
+def run(suite: str, *bad_rows: dict[str, Any]) -> ValidationResult:
+    clean, columns = CLEAN[suite]
+    frame = _frame([*clean(), *bad_rows], columns)
+    result = validate(frame, suite, known_user_ids=KNOWN_USERS, known_item_ids=KNOWN_ITEMS, now=NOW)
+    assert result.checked == len(frame)
+    assert len(result.good) + len(result.bad) == result.checked
+    assert list(result.good.columns) == list(frame.columns)
+    assert list(result.bad.columns) == [*frame.columns, "_check", "_reason"]
+    return result
+
+
+@pytest.mark.parametrize("suite", list(CLEAN))
+def test_clean_rows_all_pass(suite: str) -> None:
+    result = run(suite)
+
+    assert result.bad.empty
+    assert result.success
+    assert result.statistics["unsuccessful_expectations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("suite", "bad_row", "check", "reason"),
+    [
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, user_id=None),
+            "expect_column_values_to_not_be_null(user_id)",
+            "user_id is null",
+            id="raw-null-user",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, user_id="x"),
+            "expect_column_values_to_match_regex(user_id)",
+            "user_id 'x' is not an integer",
+            id="raw-text-user-id",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, issue_id=10.5),
+            "expect_column_values_to_match_regex(issue_id)",
+            "issue_id 10.5 is not an integer",
+            id="raw-fractional-issue-id",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, dwell_ms="abc"),
+            "expect_column_values_to_match_regex(dwell_ms)",
+            "dwell_ms 'abc' is not a non-negative number",
+            id="raw-text-dwell",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, dwell_ms=-5),
+            "expect_column_values_to_match_regex(dwell_ms)",
+            "dwell_ms -5 is not a non-negative number",
+            id="raw-negative-dwell",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, position="-1"),
+            "expect_column_values_to_match_regex(position)",
+            "position '-1' is not a non-negative integer",
+            id="raw-negative-position",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, kind="poke"),
+            "expect_column_values_to_be_in_set(kind)",
+            "unknown kind 'poke'",
+            id="raw-unknown-kind",
+        ),
+        pytest.param(
+            "experience_interactions",
+            raw_row(id=9, occurred_at="yesterday"),
+            "expect_column_values_to_be_in_set(occurred_at_is_timestamp)",
+            "occurred_at 'yesterday' is not a timestamp",
+            id="raw-bad-timestamp",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id=None),
+            "expect_column_values_to_not_be_null(event_id)",
+            "event_id is null",
+            id="null-event-id",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", item_id=None),
+            "expect_column_values_to_not_be_null(item_id)",
+            "item_id is null",
+            id="null-item-id",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", user_id=42),
+            "expect_column_values_to_be_in_set(user_id_is_known)",
+            "unknown user 42",
+            id="unknown-user",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", item_id=99),
+            "expect_column_values_to_be_in_set(item_id_is_known)",
+            "unknown item 99",
+            id="unknown-item",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", event_type="poke"),
+            "expect_column_values_to_be_in_set(event_type)",
+            "unknown event_type 'poke'",
+            id="unknown-event-type",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", ts=datetime(2026, 12, 1, tzinfo=UTC)),
+            "expect_column_values_to_be_between(ts)",
+            "ts 2026-12-01 00:00:00+00:00 is in the future",
+            id="future-ts",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", ts=datetime(1999, 12, 31, tzinfo=UTC)),
+            "expect_column_values_to_be_between(ts)",
+            "ts 1999-12-31 00:00:00+00:00 is before 2000-01-01",
+            id="pre-2000-ts",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", dwell_seconds=-3.0),
+            "expect_column_values_to_be_between(dwell_seconds)",
+            "dwell_seconds -3.0 is negative",
+            id="negative-dwell",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", read_fraction=1.5),
+            "expect_column_values_to_be_between(read_fraction)",
+            "read_fraction 1.5 is not between 0 and 1",
+            id="read-fraction-above-1",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", position=-1),
+            "expect_column_values_to_be_between(position)",
+            "position -1 is negative",
+            id="negative-position",
+        ),
+        pytest.param(
+            "items",
+            item_row(item_id=12, title="x" * 301),
+            "expect_column_value_lengths_to_be_between(title)",
+            "title has 301 characters, outside 1..300",
+            id="long-title",
+        ),
+        pytest.param(
+            "items",
+            item_row(item_id=12, title=""),
+            "expect_column_value_lengths_to_be_between(title)",
+            "title has 0 characters, outside 1..300",
+            id="empty-title",
+        ),
+        pytest.param(
+            "items",
+            item_row(item_id=12, description="y" * 5001),
+            "expect_column_value_lengths_to_be_between(description)",
+            "description has 5001 characters, outside 0..5000",
+            id="long-description",
+        ),
+        pytest.param(
+            "items",
+            item_row(item_id=12, category=None),
+            "expect_column_values_to_not_be_null(category)",
+            "category is null",
+            id="null-category",
+        ),
+        pytest.param(
+            "items",
+            item_row(item_id=12, published_at=datetime(1990, 1, 1, tzinfo=UTC)),
+            "expect_column_values_to_be_between(published_at)",
+            "published_at 1990-01-01 00:00:00+00:00 is before 2000-01-01",
+            id="pre-2000-item",
+        ),
+        pytest.param(
+            "users",
+            user_row(user_id=None),
+            "expect_column_values_to_not_be_null(user_id)",
+            "user_id is null",
+            id="null-user",
+        ),
+        pytest.param(
+            "users",
+            user_row(user_id=3, created_at=datetime(2027, 1, 1, tzinfo=UTC)),
+            "expect_column_values_to_be_between(created_at)",
+            "created_at 2027-01-01 00:00:00+00:00 is in the future",
+            id="future-user",
+        ),
+    ],
+)
+def test_malformed_row_is_quarantined(
+    suite: str, bad_row: dict[str, Any], check: str, reason: str
+) -> None:
+    result = run(suite, bad_row)
+
+    assert len(result.good) == len(CLEAN[suite][0]())
+    assert result.bad[["_check", "_reason"]].values.tolist() == [[check, reason]]
+    assert not result.success
+
+
+@pytest.mark.parametrize(
+    ("suite", "key", "first", "copy", "marker"),
+    [
+        (
+            "user_events",
+            "event_id",
+            event_row(event_id="d", dwell_seconds=1.0),
+            event_row(event_id="d"),
+            "dwell_seconds",
+        ),
+        ("items", "item_id", item_row(item_id=12, title="first"), item_row(item_id=12), "title"),
+        ("users", "user_id", user_row(user_id=5, country="FR"), user_row(user_id=5), "country"),
+    ],
+)
+def test_duplicate_keeps_first_copy(
+    suite: str, key: str, first: dict[str, Any], copy: dict[str, Any], marker: str
+) -> None:
+    result = run(suite, first, copy, copy)
+
+    assert len(result.good) == len(CLEAN[suite][0]()) + 1
+    assert result.good.iloc[-1][marker] == first[marker]
+    assert result.bad["_reason"].tolist() == [f"duplicate {key}"] * 2
+    assert set(result.bad["_check"]) == {f"expect_column_values_to_be_unique({key})"}
+
+
+def test_row_with_several_problems_is_reported_once_with_its_first() -> None:
+    result = run("user_events", event_row(event_id="e9", user_id=None, read_fraction=7.0))
+
+    assert result.bad["_reason"].tolist() == ["user_id is null"]
+
+
+def test_bad_rows_keep_input_order_and_index() -> None:
+    rows = [
+        event_row(event_id="a", user_id=42),
+        *events_clean(),
+        event_row(event_id="b", item_id=99),
+        event_row(event_id="c", user_id=None),
+    ]
+    frame = _frame(rows, USER_EVENTS.names)
+    frame.index = [30, 20, 20, 10, 0, 30]
+
+    result = validate(
+        frame, "user_events", known_user_ids=KNOWN_USERS, known_item_ids=KNOWN_ITEMS, now=NOW
+    )
+
+    assert result.bad["event_id"].tolist() == ["a", "b", "c"]
+    assert result.bad.index.tolist() == [30, 0, 30]
+    assert result.good.index.tolist() == [20, 20, 10]
+    assert result.bad["_reason"].tolist() == [
+        "unknown user 42",
+        "unknown item 99",
+        "user_id is null",
+    ]
+
+
+def test_reference_checks_run_only_when_ids_are_given() -> None:
+    frame = _frame([*events_clean(), event_row(event_id="e9", user_id=42)], USER_EVENTS.names)
+
+    result = validate(frame, "user_events", now=NOW)
+
+    assert result.bad.empty
+
+
+def test_missing_column_quarantines_every_row() -> None:
+    frame = _frame(raw_clean(), list(raw_row())).drop(columns="dwell_ms")
+
+    result = validate(frame, "experience_interactions", now=NOW)
+
+    assert result.good.empty
+    assert set(result.bad["_reason"]) == {"column dwell_ms is missing"}
+    assert set(result.bad["_check"]) == {"expect_column_to_exist(dwell_ms)"}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("read_fraction", "half", "expect_column_values_to_be_between(read_fraction) could not"),
+        ("ts", "garbage", "ts is not a timestamp column"),
+    ],
+)
+def test_wrongly_typed_canonical_column_is_a_source_error(
+    column: str, value: str, message: str
+) -> None:
+    frame = _frame(
+        [*events_clean(), event_row(event_id="e9", **{column: value})], USER_EVENTS.names
+    )
+
+    with pytest.raises(SourceError, match=re.escape(f"user_events: {message}")):
+        validate(frame, "user_events", now=NOW)
+
+
+def test_empty_frame() -> None:
+    result = run("user_events")
+    empty = validate(result.good.iloc[:0], "user_events", now=NOW)
+
+    assert (empty.checked, len(empty.good), len(empty.bad)) == (0, 0, 0)
+
+
+def test_unknown_suite() -> None:
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        validate(_frame(users_clean(), USERS.names), "nope")
+
+
+def test_data_docs_are_written(tmp_path: Any) -> None:
+    frame = _frame([*users_clean(), user_row(user_id=None)], USERS.names)
+
+    result = validate(frame, "users", now=NOW, docs_dir=tmp_path)
+
+    assert result.docs_path == tmp_path / "users" / "index.html"
+    assert result.docs_path.is_file()
+    pages = list((tmp_path / "users" / "validations" / "users").rglob("*.html"))
+    assert len(pages) == 1
+    assert "values must never be null" in pages[0].read_text()
+
+
+def test_great_expectations_stays_quiet(caplog: Any, capfd: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    run("users", user_row(user_id=None))
+
+    assert not [r for r in caplog.records if r.name.startswith("great_expectations")]
+    assert capfd.readouterr() == ("", "")
+
+
+def test_import_is_cheap() -> None:
+    code = (
+        "import sys, validation\n"
+        "heavy = {'great_expectations', 'pandas'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_threshold_exceeded_fails_with_one_line() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        enforce_threshold("user_events", 37, 1000, 0.01, "lake/quarantine/user_events")
+
+    assert str(caught.value) == (
+        "user_events: 37 of 1,000 rows (3.70%) failed validation, above the 1.00% threshold; "
+        "see lake/quarantine/user_events"
+    )
+
+
+def test_threshold_not_exceeded_warns(caplog: Any) -> None:
+    with caplog.at_level(logging.WARNING, logger="validation"):
+        enforce_threshold("items", 1, 200, 0.01)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "items: 1 of 200 rows (0.50%) failed validation, within the 1.00% threshold"
+    ]
+
+
+def test_no_bad_rows_is_silent(caplog: Any) -> None:
+    with caplog.at_level(logging.DEBUG, logger="validation"):
+        enforce_threshold("items", 0, 200, 0.01)
+        enforce_threshold("items", 0, 0, 0.01)
+
+    assert caplog.records == []
