@@ -34,19 +34,25 @@ INTERACTIONS = Asset(name="inbo_interactions", uri="inbo://lake/features/interac
 RECS = Asset(name="inbo_recs", uri="inbo://lake/recs")
 REDIS_TABLE = Asset(name="inbo_redis_recs", uri="inbo://redis/recs")
 
-NOT_RETRYABLE = ExceptionRetryPolicy(
+RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
     rules=[
         RetryRule(
             exception=[
                 "inbo.errors.ValidationFailed",
                 "inbo.errors.ConfigError",
                 "inbo.errors.SourceError",
+                "inbo.errors.DataNotFound",
+                "builtins.TypeError",
+                "builtins.ValueError",
+                "builtins.KeyError",
+                "builtins.AttributeError",
             ],
             action=RetryAction.FAIL,
-            reason="bad data or configuration: retrying gives the same answer",
+            reason="bad data, configuration or code: a retry gives the same answer",
         )
     ]
 )
+"""Services that drop out (Redis, MLflow, the app DB) are retried; deterministic failures are not."""
 
 
 @dag(
@@ -60,7 +66,7 @@ NOT_RETRYABLE = ExceptionRetryPolicy(
     default_args={
         "retries": 2,
         "retry_delay": timedelta(minutes=2),
-        "retry_policy": NOT_RETRYABLE,
+        "retry_policy": RETRY_TRANSIENT_ONLY,
     },
 )
 def inbo_nightly() -> None:
@@ -101,16 +107,16 @@ def inbo_nightly() -> None:
         return fit_baselines(data_interval_end).run_id
 
     @task(outlets=[RECS])
-    def score_users(run_id: str, data_interval_end: datetime | None = None) -> int:
+    def score_users(_: str, data_interval_end: datetime | None = None) -> int:
         from pipelines.recommend import score_users
 
         return score_users(data_interval_end).users
 
     @task
-    def publish(_: int, run_id: str, data_interval_end: datetime | None = None) -> str:
+    def publish(_: int, models_run: str, data_interval_end: datetime | None = None) -> str:
         from pipelines.publish import publish_batch
 
-        return publish_batch(data_interval_end, models_run_id=run_id)
+        return publish_batch(data_interval_end, models_run_id=models_run)
 
     @task
     def verify(version: str, data_interval_end: datetime | None = None) -> str:
@@ -122,13 +128,14 @@ def inbo_nightly() -> None:
     def activate(version: str) -> str:
         from pipelines.publish import activate_version
 
-        return activate_version(version)
+        activate_version(version)
+        return version
 
     ingested = ingest()
     validated = validate(ingested)
     pairs = build_interactions(validated)
-    run_id = fit_baselines(pairs)
-    activate(verify(publish(score_users(run_id), run_id)))
+    models_run = fit_baselines(pairs)
+    activate(verify(publish(score_users(models_run), models_run)))
 
 
 inbo_nightly()

@@ -26,6 +26,7 @@ def quiet_libraries() -> None:
     """Keep third-party libraries to warnings, and their progress bars and telemetry off."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -18,6 +18,6 @@ MODELS: dict[str, type] = {
 def create(name: str, **params: Any) -> Recommender:
     """A new, unfitted model called `name`."""
     try:
-        return MODELS[name](**params)  # type: ignore[no-any-return]
+        return MODELS[name](**params)
     except KeyError:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from inbo import schemas
 from inbo.lake import Lake, batch_key
@@ -313,6 +314,55 @@ def convert_subscriptions(raw: pd.DataFrame) -> Converted:
     return Converted(pd.DataFrame(parsed).reset_index(drop=True), bad)
 
 
+def check_raw_interactions(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The raw-interactions suite: (quarantined rows, rows fit to convert)."""
+    from validation import validate
+
+    if raw.empty:
+        return pd.DataFrame(), raw
+    checked = validate(raw, "experience_interactions")
+    bad = quarantine_rows(
+        checked.bad.drop(columns=["_check", "_reason"]),
+        "experience_interactions",
+        checked.bad["_check"],
+        checked.bad["_reason"],
+    )
+    return bad, checked.good
+
+
+def convert_all(raw: dict[str, pd.DataFrame]) -> dict[str, Converted]:
+    """Every raw table of the batch converted; an empty table converts to an empty one."""
+
+    def unless_empty(table: str, schema: pa.Schema, convert: Callable[[], Converted]) -> Converted:
+        if raw[table].empty:
+            return Converted(schemas.empty(schema), pd.DataFrame())
+        return convert()
+
+    return {
+        "experience_interactions": unless_empty(
+            "experience_interactions",
+            schemas.USER_EVENTS,
+            lambda: convert_interactions(raw["experience_interactions"]),
+        ),
+        "reading_progress": unless_empty(
+            "reading_progress",
+            schemas.USER_EVENTS,
+            lambda: convert_progress(raw["reading_progress"]),
+        ),
+        "newsletter_issues": unless_empty(
+            "newsletter_issues",
+            schemas.ITEMS,
+            lambda: convert_items(raw["newsletter_issues"], raw["publishers"]),
+        ),
+        "users": unless_empty("users", schemas.USERS, lambda: convert_users(raw["users"])),
+        "subscriptions": unless_empty(
+            "subscriptions",
+            schemas.SUBSCRIPTIONS,
+            lambda: convert_subscriptions(raw["subscriptions"]),
+        ),
+    }
+
+
 # --- watermarks ---
 
 
@@ -356,8 +406,6 @@ def ingest(
     source: Source | None = None,
 ) -> IngestReport:
     """Extract one batch from the source, validate raw interactions, stage canonical tables."""
-    from validation import validate
-
     settings = settings or get_settings()
     source = source or open_source("appdb", settings.app_db)
     lake = Lake(settings.lake)
@@ -372,55 +420,25 @@ def ingest(
         if not frame.empty:
             lake.write(frame, f"raw/{name}", "part", {"batch": batch})
 
-    bad_frames: list[pd.DataFrame] = []
-    interactions = raw["experience_interactions"]
-    if not interactions.empty:
-        checked = validate(interactions, "experience_interactions")
-        bad_frames.append(
-            quarantine_rows(
-                checked.bad.drop(columns=["_check", "_reason"]),
-                "experience_interactions",
-                checked.bad["_check"],
-                checked.bad["_reason"],
-            )
-        )
-        interactions = checked.good
-    results = {
-        "experience_interactions": convert_interactions(interactions)
-        if not interactions.empty
-        else None,
-        "reading_progress": convert_progress(raw["reading_progress"])
-        if not raw["reading_progress"].empty
-        else None,
-        "newsletter_issues": convert_items(raw["newsletter_issues"], raw["publishers"]),
-        "users": convert_users(raw["users"]),
-        "subscriptions": convert_subscriptions(raw["subscriptions"]),
-    }
-    for name, result in results.items():
-        if result is None:
-            report.converted[name] = 0
-            continue
-        report.converted[name] = len(result.good)
-        bad_frames.append(result.bad)
-
-    events = [
-        r.good
-        for n, r in results.items()
-        if r is not None and n in ("experience_interactions", "reading_progress")
-    ]
+    raw_bad, raw["experience_interactions"] = check_raw_interactions(raw["experience_interactions"])
+    results = convert_all(raw)
+    report.converted = {name: len(result.good) for name, result in results.items()}
     staged = {
-        "user_events": schemas.conform(pd.concat(events, ignore_index=True), schemas.USER_EVENTS)
-        if events
-        else schemas.empty(schemas.USER_EVENTS),
-        "items": schemas.conform(results["newsletter_issues"].good, schemas.ITEMS),
-        "users": schemas.conform(results["users"].good, schemas.USERS),
-        "subscriptions": schemas.conform(results["subscriptions"].good, schemas.SUBSCRIPTIONS),
+        "user_events": pd.concat(
+            [results["experience_interactions"].good, results["reading_progress"].good],
+            ignore_index=True,
+        ),
+        "items": results["newsletter_issues"].good,
+        "users": results["users"].good,
+        "subscriptions": results["subscriptions"].good,
     }
     for name, frame in staged.items():
+        schema = getattr(schemas, name.upper())
         lake.write(
-            frame, f"staging/{name}", "part", {"batch": batch}, getattr(schemas, name.upper())
+            schemas.conform(frame, schema), f"staging/{name}", "part", {"batch": batch}, schema
         )
 
+    bad_frames = [raw_bad, *(result.bad for result in results.values())]
     bad = (
         pd.concat([b for b in bad_frames if not b.empty], ignore_index=True)
         if any(not b.empty for b in bad_frames)

@@ -44,7 +44,7 @@ class ValidationReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     bad_share: dict[str, float] = field(default_factory=dict)
     checks: dict[str, int] = field(default_factory=dict)
-    data_docs: str | None = None
+    data_docs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -81,7 +81,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     for table, sources in SOURCES.items():
         schema = getattr(schemas, table.upper())
         staged = lake.read(f"staging/{table}", {"batch": batch}, "part", schema)
-        result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)  # type: ignore[arg-type]
+        result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)
         good = schemas.conform(result.good, schema)
         if table == "user_events":
             _write_events(lake, good, batch)
@@ -105,7 +105,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         report.quarantined[table] = len(result.bad)
         report.bad_share[table] = bad_rows[table] / max(extracted_rows[table], 1)
         if result.docs_path is not None:
-            report.data_docs = str(result.docs_path)
+            report.data_docs[table] = str(result.docs_path)
     bad = pd.concat(bad_frames, ignore_index=True) if bad_frames else pd.DataFrame()
     write_quarantine(lake, bad, batch, "validate")
     if not bad.empty:
@@ -114,8 +114,8 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     log.info(
         "validated batch %s: %s passed, %s quarantined", batch, report.passed, report.quarantined
     )
-    if report.data_docs:
-        log.info("Data Docs: %s", report.data_docs)
+    for table, page in report.data_docs.items():
+        log.info("Data Docs for %s: %s", table, page)
     for table in SOURCES:
         enforce_threshold(
             table,
