@@ -24,9 +24,6 @@
 # %%
 from datetime import timedelta
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
