@@ -88,8 +88,13 @@ class AppDbSource:
     name = "appdb"
 
     def __init__(self, url: str) -> None:
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, make_url
 
+        database = make_url(url).database
+        if url.startswith("sqlite") and database and not Path(database).exists():
+            raise SourceError(
+                f"app database {database} does not exist; run `inbo simulate` to create a demo world"
+            )
         self.url = url
         self.engine = create_engine(url)
 

@@ -1,0 +1,109 @@
+"""The CLI: user mistakes are one clear line and a non-zero exit; start-up stays light."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inbo.settings import Settings
+
+INBO = str(Path(sys.executable).with_name("inbo"))
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [INBO, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in (
+        "services",
+        "simulate",
+        "ingest",
+        "validate",
+        "publish",
+        "rollback",
+        "recs",
+        "demo",
+    ):
+        assert command in result.stdout
+
+
+def test_start_up_imports_no_heavy_library() -> None:
+    probe = (
+        "import sys, inbo.cli; heavy = {'pandas', 'pyarrow', 'great_expectations', 'mlflow', 'torch', "
+        "'airflow', 'redis', 'sqlalchemy'}; print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unreachable_redis_is_one_line_with_the_password_masked(settings: Settings) -> None:
+    result = run("recs", "1", INBO_REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
+    assert result.returncode == 3
+    line = one_error_line(result)
+    assert "unreachable" in line and "hunter2" not in line
+
+
+def test_bad_config_is_one_line(settings: Settings) -> None:
+    result = run("recs", "1", INBO_TOP_N="lots")
+    assert result.returncode == 2
+    assert "INBO_TOP_N" in one_error_line(result)
+
+
+def test_bad_redis_url_scheme_is_a_config_error(settings: Settings) -> None:
+    result = run("recs", "1", INBO_REDIS_URL="http://localhost:6379")
+    assert result.returncode == 2
+    assert "INBO_REDIS_URL" in one_error_line(result)
+
+
+def test_ingest_without_a_world_says_what_to_do(settings: Settings) -> None:
+    result = run("ingest", "--date", "2026-11-20")
+    assert result.returncode != 0
+    assert "inbo simulate" in one_error_line(result)
+
+
+def test_a_malformed_date_is_a_usage_error(settings: Settings) -> None:
+    result = run("ingest", "--date", "2026-13-01")
+    assert result.returncode == 2
+    assert "--date" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def published(world: Settings, live_redis: Settings, world_end) -> Settings:
+    """The world run through every step with the same functions the CLI calls."""
+    date = f"{world_end:%Y-%m-%d}"
+    for command in ("ingest", "validate", "features", "train", "score", "publish"):
+        result = run(command, "--date", date)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    return live_redis
+
+
+def test_recs_for_known_unknown_and_rollback(published: Settings) -> None:
+    from pipelines.publish import sample_users
+
+    user = sample_users(1, published)[0]
+    shown = run("recs", str(user))
+    assert shown.returncode == 0 and f"user {user}: personal" in shown.stdout
+
+    unknown = run("recs", "987654321")
+    assert unknown.returncode == 4
+    assert "unknown user 987654321" in one_error_line(unknown)
+
+    nothing_before = run("rollback")
+    assert nothing_before.returncode == 1
+    assert "nothing to roll back" in one_error_line(nothing_before)

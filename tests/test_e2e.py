@@ -1,0 +1,146 @@
+"""End to end: the nightly DAG through Airflow against real Redis, MLflow and Great Expectations.
+
+`dag.test()` runs every task in this process on the generated world; then the published table is
+read back the way a frontend reads it and checked against the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from inbo import schemas
+from inbo.lake import Lake, batch_key
+from inbo.settings import REPO_ROOT, Settings
+
+pytestmark = pytest.mark.e2e
+
+USER_SCHEMA = json.loads((REPO_ROOT / "docs/schemas/user-recs.v1.schema.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Create the test session's Airflow metadata DB (the same command users run)."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ)
+
+
+def run_nightly(logical_date: datetime) -> str:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag("inbo_nightly")
+    run = dag.test(logical_date=logical_date)
+    return str(run.state)
+
+
+def test_nightly_dag_publishes_a_valid_table(
+    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+) -> None:
+    from inbo.services import redis_client
+    from pipelines.publish import read_recs
+
+    assert run_nightly(world_end) == "success"
+
+    lake = Lake(live_redis.lake)
+    batch = batch_key(world_end)
+    recs = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    client = redis_client(live_redis)
+    prefix = f"{live_redis.redis_prefix}:recs:v1"
+    version = client.get(f"{prefix}:current")
+    assert version and version.startswith(batch)
+
+    meta = json.loads(client.get(f"{prefix}:{version}:meta"))
+    assert meta["status"] == "live"
+    assert meta["counts"]["users"] == recs["user_id"].nunique() > 100
+
+    for user_id, rows in list(recs.groupby("user_id"))[:50]:
+        answer = read_recs(int(user_id), live_redis)
+        assert answer["personal"] and answer["table_version"] == version
+        jsonschema.validate(answer["payload"], USER_SCHEMA)
+        items = answer["payload"]["items"]
+        assert [i["item_id"] for i in items] == rows.sort_values("rank")["item_id"].tolist()
+        assert all(i["reason"]["code"] and i["reason"]["text"] for i in items)
+
+    stranger = read_recs(10**9, live_redis)
+    assert not stranger["personal"] and stranger["payload"]["items"]
+
+    interactions = lake.read(
+        "features/interactions", {"batch": batch}, "part", schemas.INTERACTIONS
+    )
+    read_pairs = set(
+        zip(
+            *interactions.loc[interactions["is_read"], ["user_id", "item_id"]].T.to_numpy(),
+            strict=True,
+        )
+    )
+    published_pairs = set(zip(recs["user_id"], recs["item_id"], strict=True))
+    assert read_pairs and not read_pairs & published_pairs, "an already-read issue was recommended"
+
+
+def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
+    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+) -> None:
+    from inbo.services import redis_client
+
+    assert run_nightly(world_end) == "success"
+    lake = Lake(live_redis.lake)
+    batch = batch_key(world_end)
+    first = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    client = redis_client(live_redis)
+    prefix = f"{live_redis.redis_prefix}:recs:v1"
+    first_version = client.get(f"{prefix}:current")
+
+    assert run_nightly(world_end) == "success"
+    again = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    assert again.equals(first)
+    second_version = client.get(f"{prefix}:current")
+    assert second_version != first_version
+    assert client.zscore(f"{prefix}:versions", first_version) is not None
+    assert client.ttl(f"{prefix}:{first_version}:meta") > 0
+
+
+def test_recommendations_follow_the_simulated_tastes(
+    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+) -> None:
+    """Personal rows hit a user's true favourite categories far more often than chance."""
+    import pandas as pd
+
+    assert run_nightly(world_end) == "success"
+    lake = Lake(live_redis.lake)
+    recs = lake.read("recs", {"batch": batch_key(world_end)}, "part", schemas.RECOMMENDATIONS)
+    truth = pd.read_parquet(live_redis.var_dir / "simulation" / "user_tastes.parquet")
+    items = pd.read_parquet(live_redis.var_dir / "simulation" / "items.parquet")
+    top = recs[recs["rank"] <= 10].merge(items[["item_id", "category"]], on="item_id")
+    favourite = truth.sort_values("weight", ascending=False).groupby("user_id").head(2)
+    hits = top.merge(favourite, on=["user_id", "category"], how="left")["weight"].notna().mean()
+    catalogue_share = items[["item_id", "category"]].merge(favourite, on="category").groupby(
+        "user_id"
+    ).size().mean() / len(items)
+    assert hits > 2 * catalogue_share, (hits, catalogue_share)
+
+
+def test_demo_command_runs_the_dag_through_the_airflow_cli(settings: Settings) -> None:
+    """`inbo demo` end to end in a subprocess: simulate, `airflow dags test`, read back."""
+    inbo = str(Path(sys.executable).with_name("inbo"))
+    env = {**os.environ, "INBO_VAR_DIR": str(settings.var_dir)}
+    out = subprocess.run(
+        [inbo, "demo", "--users", "150", "--items", "40", "--days", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    from inbo.services import stop_redis
+
+    stop_redis(settings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "inbo_nightly succeeded" in out.stdout
+    assert "personal, table" in out.stdout
+    assert "Where to look next" in out.stdout
