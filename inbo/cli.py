@@ -103,6 +103,12 @@ def simulate(
     items: Annotated[int, typer.Option(min=5, help="Number of newsletter issues.")] = 500,
     days: Annotated[int, typer.Option(min=1, help="Days of app activity.")] = 14,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same world.")] = 7,
+    dirty_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.5, help="Share of interactions broken on purpose, for the quarantine."
+        ),
+    ] = 0.001,
     date: DateOption = None,
 ) -> None:
     """Generate a demo world into the app database (replaces what is there)."""
@@ -123,9 +129,13 @@ def simulate(
             end=end.replace(tzinfo=None),
             truth_dir=settings.var_dir / "simulation",
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            dirty_share=dirty_share,
         )
-    console.print(f"simulated world written to {settings.app_db}")
-    console.print(summary)
+    console.print(
+        f"simulated {summary.users:,} users, {summary.newsletter_issues:,} issues, "
+        f"{summary.experience_interactions:,} interactions and {summary.reading_progress:,} "
+        f"reading-progress rows over {days} days into {settings.app_db}"
+    )
 
 
 @app.command()
@@ -287,7 +297,9 @@ def demo(
     started = time.monotonic()
     settings = get_settings()
     end = interval_end(None)
-    simulate(users=users, items=items, days=days, seed=seed, date=f"{end:%Y-%m-%d}")
+    simulate(
+        users=users, items=items, days=days, seed=seed, dirty_share=0.001, date=f"{end:%Y-%m-%d}"
+    )
     from inbo.services import ensure_redis
 
     redis_url = ensure_redis(settings)
@@ -351,6 +363,8 @@ def _print_run_summary(settings: Settings, end: datetime) -> None:
         **{f"{k} (validate)": v for k, v in validated["quarantined"].items() if v},
     }
     table.add_row("quarantined", ", ".join(f"{k}={v:,}" for k, v in quarantined.items()) or "none")
+    if quarantined:
+        table.add_row("quarantine files", f"{lake.path('quarantine')}/<table>/batch={batch}/")
     table.add_row(
         "passed validation", ", ".join(f"{k}={v:,}" for k, v in validated["passed"].items())
     )

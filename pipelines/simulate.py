@@ -234,10 +234,18 @@ def simulate(
     end: datetime,
     truth_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    dirty_share: float = 0.0,
 ) -> SimulationSummary:
-    """Replace the app database at `db_url` with a simulated world of `days` days up to `end`."""
+    """Replace the app database at `db_url` with a simulated world of `days` days up to `end`.
+
+    `dirty_share` of the interactions are broken the ways real app data breaks (an unknown kind, a
+    negative dwell, an issue that does not exist, a clock in the future), from a random stream of
+    their own, so the same seed gives the same clean rows whatever the share.
+    """
     if min(users, items, days) < 1:
         raise ValueError("users, items and days must all be at least 1")
+    if not 0.0 <= dirty_share < 1.0:
+        raise ValueError("dirty_share must be in [0, 1)")
     end = _naive_utc(end)
     start = end - timedelta(days=days)
     rng = np.random.default_rng(seed)
@@ -259,13 +267,14 @@ def simulate(
             _insert(conn, appdb.subscriptions, subs)
             conn.commit()
             world = _World.build(people, tastes, issues, subs, len(pubs), end)
-            events, reads = _play(conn, rng, world, start, days, progress)
+            flaws = _Flaws(np.random.default_rng([seed, 1]), dirty_share)
+            events, reads = _play(conn, rng, world, start, days, progress, flaws)
     finally:
         engine.dispose()
     summary = SimulationSummary(
         start, end, len(people), len(pubs), len(issues), len(subs), events, reads
     )
-    log.info("simulated %s", summary)
+    log.debug("simulated %s", summary)
     return summary
 
 
@@ -690,6 +699,7 @@ def _play(
     start: datetime,
     days: int,
     progress: Callable[[int, int], None] | None,
+    flaws: _Flaws,
 ) -> tuple[int, int]:
     """Simulate and insert day by day; returns (interactions, reading_progress) rows written."""
     start64 = np.datetime64(start, "us")
@@ -705,13 +715,13 @@ def _play(
         events, day_reads = _one_day(rng, world, following, day_start, popularity)
         clicked = events["issue_id"][events["kind"] == "click"] - 1
         clicks = CLICK_MEMORY * clicks + np.bincount(clicked, minlength=len(clicks))
-        log.info(
+        log.debug(
             "day %d/%d (%s): %d interactions, %d reads",
             day + 1, days, str(day_start)[:10], len(events["kind"]), len(day_reads["progress"]),
         )  # fmt: skip
         due, pending = _split_due(_concat([pending, events]), day_start + DAY)
         del events  # a day of rows is the biggest thing held: keep one copy of it, not two
-        written += _insert(conn, appdb.experience_interactions, due)
+        written += _insert(conn, appdb.experience_interactions, flaws.apply(due))
         conn.commit()
         reads.append(day_reads)
         if progress is not None:
@@ -721,6 +731,29 @@ def _play(
     _insert(conn, appdb.reading_progress, latest)
     conn.commit()
     return written, len(latest)
+
+
+@dataclass(frozen=True)
+class _Flaws:
+    """Breaks a share of interaction rows, one flaw per row, cycling through `KINDS`."""
+
+    rng: np.random.Generator
+    share: float
+    KINDS = ("unknown kind", "negative dwell", "unknown issue", "future clock")
+
+    def apply(self, rows: Columns) -> Columns:
+        count = self.rng.binomial(len(rows["kind"]), self.share) if self.share else 0
+        if count == 0:
+            return rows
+        picked = self.rng.choice(len(rows["kind"]), size=count, replace=False)
+        flaw = np.arange(count) % len(self.KINDS)
+        out = {name: np.array(values, copy=True) for name, values in rows.items()}
+        out["kind"][picked[flaw == 0]] = "swipe"
+        out["dwell_ms"] = out["dwell_ms"].astype(float)
+        out["dwell_ms"][picked[flaw == 1]] = -1500.0
+        out["issue_id"][picked[flaw == 2]] = 9_000_000
+        out["occurred_at"][picked[flaw == 3]] = np.datetime64("2099-01-01T00:00:00", "us")
+        return out
 
 
 def _popularity(world: _World, day_start: np.datetime64, clicks: np.ndarray) -> np.ndarray:
