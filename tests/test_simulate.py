@@ -298,3 +298,31 @@ def test_users_click_more_in_the_categories_they_like(world: World, events: pd.D
     liked_ctr = liked["click"] / liked["impression"]
     disliked_ctr = disliked.get("click", 0) / disliked["impression"]
     assert liked_ctr > 5 * disliked_ctr
+
+
+def test_dirty_share_breaks_that_share_of_rows_and_leaves_the_rest(
+    world: World, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    simulate(
+        url, users=USERS, items=ITEMS, days=DAYS, seed=SEED, end=END,
+        truth_dir=tmp_path / "truth", dirty_share=0.01,
+    )  # fmt: skip
+    dirty = _read_all(url)["experience_interactions"]
+    clean = world["experience_interactions"]
+    assert len(dirty) == len(clean)
+    flaws = {
+        "unknown kind": dirty["kind"] == "swipe",
+        "negative dwell": dirty["dwell_ms"] < 0,
+        "unknown issue": dirty["issue_id"] == 9_000_000,
+        "future clock": pd.to_datetime(dirty["occurred_at"])
+        > pd.Timestamp("2099-01-01") - pd.Timedelta(days=1),
+    }
+    broken = pd.concat(flaws, axis=1).any(axis=1)
+    assert all(mask.sum() > 0 for mask in flaws.values())
+    assert 0.005 < broken.mean() < 0.02
+    columns = ["user_id", "issue_id", "kind", "occurred_at", "session_id"]
+    pd.testing.assert_frame_equal(
+        dirty.loc[~broken, columns].reset_index(drop=True),
+        clean.loc[~broken, columns].reset_index(drop=True),
+    )
