@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from inbo.errors import ConfigError
@@ -9,15 +10,24 @@ from models.base import Recommender
 from models.continue_reading import ContinueReadingModel
 from models.popularity import PopularityModel
 
-MODELS: dict[str, type] = {
+MODELS: dict[str, Any] = {
     PopularityModel.name: PopularityModel,
     ContinueReadingModel.name: ContinueReadingModel,
 }
 
 
-def create(name: str, **params: Any) -> Recommender:
-    """A new, unfitted model called `name`."""
+def model_class(name: str) -> Any:
     try:
-        return MODELS[name](**params)
+        return MODELS[name]
     except KeyError:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def load(name: str, directory: Path) -> Recommender:
+    """A model of kind `name` from the folder its `save` wrote."""
+    return model_class(name).load(directory)
+
+
+def create(name: str, **params: Any) -> Recommender:
+    """A new, unfitted model called `name`."""
+    return model_class(name)(**params)

@@ -10,6 +10,7 @@ import logging
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from inbo.settings import REPO_ROOT, Settings
 
@@ -29,10 +30,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _experiment_id(settings: Settings, name: str) -> str:
+def connect(settings: Settings) -> Any:
+    """An MlflowClient on the platform's tracking URI (also set for the fluent `mlflow.*` API)."""
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    return mlflow.MlflowClient()
+
+
+def _experiment_id(settings: Settings, name: str) -> str:
+    import mlflow
+
+    connect(settings)
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)

@@ -77,6 +77,8 @@ def settings(
     var_dir = tmp_path / "var"
     monkeypatch.setenv("INBO_VAR_DIR", str(var_dir))
     monkeypatch.setenv("INBO_REDIS_PREFIX", f"t{abs(hash(request.node.nodeid)) % 10**8}")
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would point this test at the last one's DB
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
