@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from inbo import schemas
+from inbo.errors import SourceError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from pipelines.sources import (
@@ -330,8 +331,60 @@ def check_raw_interactions(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     return bad, checked.good
 
 
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "experience_interactions": (
+        "id",
+        "user_id",
+        "issue_id",
+        "kind",
+        "occurred_at",
+        "session_id",
+        "dwell_ms",
+        "position",
+        "surface",
+        "device",
+        "country",
+        "rec_context",
+    ),
+    "reading_progress": (
+        "user_id",
+        "issue_id",
+        "progress",
+        "seconds_read",
+        "updated_at",
+        "session_id",
+        "device",
+    ),
+    "newsletter_issues": (
+        "id",
+        "publisher_id",
+        "title",
+        "body_preview",
+        "category",
+        "tags",
+        "published_at",
+        "language",
+    ),
+    "publishers": ("id", "name"),
+    "users": ("id", "created_at", "country", "language"),
+    "subscriptions": ("user_id", "publisher_id", "subscribed_at", "unsubscribed_at"),
+}
+"""What each raw table must have for conversion; a source without them is broken, not dirty."""
+
+
+def check_columns(raw: dict[str, pd.DataFrame]) -> None:
+    for table, required in REQUIRED_COLUMNS.items():
+        frame = raw[table]
+        missing = [column for column in required if column not in frame.columns]
+        if not frame.empty and missing:
+            raise SourceError(
+                f"{table} has no column(s) {missing}; its rows are kept under raw/{table}/"
+            )
+
+
 def convert_all(raw: dict[str, pd.DataFrame]) -> dict[str, Converted]:
     """Every raw table of the batch converted; an empty table converts to an empty one."""
+    check_columns(raw)
 
     def unless_empty(table: str, schema: pa.Schema, convert: Callable[[], Converted]) -> Converted:
         if raw[table].empty:
@@ -388,6 +441,36 @@ def plan_watermarks(
     return plan
 
 
+RAW_TABLES = tuple(t.name for t in INCREMENTAL_TABLES) + tuple(SNAPSHOT_TABLES)
+
+
+def extract_raw(
+    lake: Lake,
+    source: Source,
+    batch: str,
+    plan: dict[str, dict[str, Watermark | None]],
+    interval_end: datetime,
+) -> dict[str, pd.DataFrame]:
+    """Read the batch from the source and land it untouched under `raw/<table>/batch=<key>/`."""
+    raw = {t.name: _extract(source, t, plan[t.name]) for t in INCREMENTAL_TABLES}
+    raw.update({name: source.read_snapshot(name, interval_end) for name in SNAPSHOT_TABLES})
+    for name, frame in raw.items():
+        lake.write(frame, f"raw/{name}", "part", {"batch": batch})
+    return raw
+
+
+def landed_raw(lake: Lake, batch: str) -> dict[str, pd.DataFrame] | None:
+    """The batch's landed raw tables, when a first run wrote them all.
+
+    A re-run converts these instead of asking the source again, so it is identical even after
+    mutable rows (reading progress, unsubscriptions) have changed in the app since.
+    """
+    if not all(lake.exists(f"raw/{name}", {"batch": batch}, "part") for name in RAW_TABLES):
+        return None
+    log.info("batch %s was extracted before: converting its landed raw tables again", batch)
+    return {name: lake.read(f"raw/{name}", {"batch": batch}, "part") for name in RAW_TABLES}
+
+
 def _extract(
     source: Source, table: IncrementalTable, marks: dict[str, Watermark | None]
 ) -> pd.DataFrame:
@@ -413,12 +496,8 @@ def ingest(
     plan = plan_watermarks(lake, source, batch, interval_end)
     report = IngestReport(batch=batch, source=source.name, watermarks=plan)
 
-    raw = {t.name: _extract(source, t, plan[t.name]) for t in INCREMENTAL_TABLES}
-    raw.update({name: source.read_snapshot(name, interval_end) for name in SNAPSHOT_TABLES})
-    for name, frame in raw.items():
-        report.extracted[name] = len(frame)
-        if not frame.empty:
-            lake.write(frame, f"raw/{name}", "part", {"batch": batch})
+    raw = landed_raw(lake, batch) or extract_raw(lake, source, batch, plan, interval_end)
+    report.extracted = {name: len(frame) for name, frame in raw.items()}
 
     raw_bad, raw["experience_interactions"] = check_raw_interactions(raw["experience_interactions"])
     results = convert_all(raw)

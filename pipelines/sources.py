@@ -66,9 +66,13 @@ def as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=frame.index)
     for name, column in frame.items():
         if pd.api.types.is_datetime64_any_dtype(column):
+            if column.dt.tz is not None:
+                column = column.dt.tz_convert("UTC")
             text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
         else:
-            text = column.map(lambda v: None if v is None or v != v else str(v), na_action=None)
+            text = column.map(
+                lambda v: None if v is None or v is pd.NA or v != v else str(v), na_action=None
+            )
         out[name] = text.astype("string")
     return out.reset_index(drop=True)
 
@@ -89,14 +93,20 @@ class AppDbSource:
 
     def __init__(self, url: str) -> None:
         from sqlalchemy import create_engine, make_url
+        from sqlalchemy.exc import ArgumentError
 
-        database = make_url(url).database
-        if url.startswith("sqlite") and database and not Path(database).exists():
+        try:
+            database = make_url(url).database
+            if url.startswith("sqlite") and database and not Path(database).exists():
+                raise SourceError(
+                    f"app database {database} does not exist; run `inbo simulate` to create a demo world"
+                )
+            self.url = url
+            self.engine = create_engine(url)
+        except (ArgumentError, ImportError) as exc:
             raise SourceError(
-                f"app database {database} does not exist; run `inbo simulate` to create a demo world"
-            )
-        self.url = url
-        self.engine = create_engine(url)
+                f"cannot open the app database: {exc}; check INBO_APP_DB_URL and its driver"
+            ) from None
 
     def _query(self, sql: str, params: dict[str, object]) -> pd.DataFrame:
         """Run `sql`; datetime parameters are bound as SQL timestamps, whatever the backend."""
@@ -111,8 +121,11 @@ class AppDbSource:
         try:
             with self.engine.connect() as conn:
                 return pd.read_sql(text(sql).bindparams(*typed), conn, params=params)
-        except (OperationalError, ProgrammingError) as exc:
-            message = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        except (OperationalError, ProgrammingError, pd.errors.DatabaseError) as exc:
+            # pandas wraps an error raised while reading in its own DatabaseError
+            error = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) else exc
+            orig = getattr(error, "orig", None)
+            message = str(orig or error).splitlines()[0]
             if "no such table" in message or "does not exist" in message:
                 raise SourceError(
                     f"app database {self.engine.url!r} has no table: {message}; "
@@ -180,7 +193,7 @@ class FileDropSource:
     @staticmethod
     def _read(path: Path) -> pd.DataFrame:
         if path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=True)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if path.suffix == ".jsonl":
             return pd.read_json(path, lines=True, dtype=False)
         return pd.read_parquet(path)
@@ -188,10 +201,12 @@ class FileDropSource:
     def _concat(self, paths: list[Path]) -> pd.DataFrame:
         if not paths:
             return pd.DataFrame()
-        try:
-            frames = [self._read(path) for path in paths]
-        except (ValueError, OSError) as exc:
-            raise SourceError(f"cannot read dropped file: {exc}") from None
+        frames = []
+        for path in paths:
+            try:
+                frames.append(self._read(path))
+            except (ValueError, OSError) as exc:
+                raise SourceError(f"cannot read dropped file {path}: {exc}") from None
         return as_strings(pd.concat(frames, ignore_index=True))
 
     def high_watermark(self, table: IncrementalTable, until: datetime) -> Watermark | None:
@@ -214,8 +229,9 @@ class FileDropSource:
         column = SNAPSHOT_TABLES[table]
         if frame.empty or column not in frame:
             return frame
-        existed = pd.to_datetime(frame[column], errors="coerce", utc=True) < pd.Timestamp(until)
-        return frame[existed.fillna(True)].reset_index(drop=True)
+        stamps = pd.to_datetime(frame[column], errors="coerce", utc=True, format="ISO8601")
+        existed = stamps.isna() | (stamps < pd.Timestamp(until))
+        return frame[existed].reset_index(drop=True)
 
 
 def open_source(kind: str, location: str) -> Source:

@@ -110,6 +110,14 @@ def _rows(frame: pd.DataFrame, failure: Failure) -> np.ndarray:
     return rows
 
 
+def _percent(share: float, threshold: float) -> str:
+    """`share` as a percentage with enough decimals to tell it from `threshold` (1.001% vs 1.00%)."""
+    for decimals in range(2, 6):
+        if f"{share:.{decimals}%}" != f"{threshold:.{decimals}%}":
+            break
+    return f"{share:.{decimals}%}"
+
+
 def enforce_threshold(
     table: str, bad: int, total: int, threshold: float, quarantine: str | None = None
 ) -> None:
@@ -120,7 +128,7 @@ def enforce_threshold(
     if bad <= 0:
         return
     share = bad / total
-    summary = f"{table}: {bad:,} of {total:,} rows ({share:.2%}) failed validation"
+    summary = f"{table}: {bad:,} of {total:,} rows ({_percent(share, threshold)}) failed validation"
     where = f"; see {quarantine}" if quarantine else ""
     if share > threshold:
         raise ValidationFailed(f"{summary}, above the {threshold:.2%} threshold{where}")

@@ -1,0 +1,679 @@
+"""Ingest and validate on the simulated world: the real SQLite app database, the real GE suites.
+
+Every extracted row ends up in the lake or in quarantine with its reason, a batch with too many bad
+rows fails after writing both, and watermarks make each batch read each row exactly once.
+Bad rows are written the way the app (or a careless exporter) would: raw SQL into its tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import create_engine, text
+
+from features.interactions import load_events
+from inbo import schemas
+from inbo.errors import ValidationFailed
+from inbo.lake import Lake, batch_key
+from inbo.settings import Settings
+from pipelines.ingest import IngestReport, ingest
+from pipelines.sources import INCREMENTAL_TABLES, SNAPSHOT_TABLES, FileDropSource, Source
+from pipelines.validate import ValidationReport, validate_batch
+
+B1 = datetime(2026, 11, 20, tzinfo=UTC)
+"""End of the first batch: the end of the simulated world (conftest's `world_end`)."""
+B2 = B1 + timedelta(days=1)
+KEY1, KEY2 = batch_key(B1), batch_key(B2)
+LAST_ID = 13_044
+"""The simulated world's interactions are ids 1..LAST_ID, all recorded before B1."""
+PROGRESS_ROWS = 305
+WORLD_EVENTS = LAST_ID + PROGRESS_ROWS
+"""Interactions and reading-progress rows of the simulated world before B1."""
+
+
+def ei(offset: int) -> str:
+    """Event id of the interaction inserted `offset` rows after the world's last one."""
+    return f"ei-{LAST_ID + offset}"
+
+
+def at(moment: str) -> str:
+    """A naive UTC time as the app stores it in SQLite (SQLAlchemy's DateTime text)."""
+    return datetime.fromisoformat(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def insert(settings: Settings, table: str, *rows: dict[str, Any]) -> None:
+    """Raw INSERTs into the app database: SQLite keeps 'abc' in an INTEGER column as text."""
+    columns = list(rows[0])
+    sql = text(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+    )
+    engine = create_engine(settings.app_db)
+    with engine.begin() as conn:
+        conn.execute(sql, list(rows))
+    engine.dispose()
+
+
+def interaction(**overrides: Any) -> dict[str, Any]:
+    """A clean interaction recorded inside the first batch; known user 1 and issue 1."""
+    row = {
+        "user_id": 1,
+        "issue_id": 1,
+        "kind": "click",
+        "occurred_at": at("2026-11-19 12:00:00"),
+        "recorded_at": at("2026-11-19 12:00:02"),
+        "session_id": "added",
+        "dwell_ms": 1500,
+        "position": 0,
+        "surface": "feed",
+        "device": "ios",
+        "country": "BE",
+        "rec_context": None,
+    }
+    return row | overrides
+
+
+def progress(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """A clean reading-progress state of user 1 on an issue they had not opened yet."""
+    engine = create_engine(settings.app_db)
+    with engine.connect() as conn:
+        issue = conn.execute(
+            text(
+                "SELECT MIN(id) FROM newsletter_issues WHERE id NOT IN "
+                "(SELECT issue_id FROM reading_progress WHERE user_id = 1)"
+            )
+        ).scalar_one()
+    engine.dispose()
+    row = {
+        "user_id": 1,
+        "issue_id": issue,
+        "progress": 0.5,
+        "seconds_read": 40.0,
+        "started_at": at("2026-11-19 12:00:00"),
+        "updated_at": at("2026-11-19 12:01:00"),
+        "session_id": "added",
+        "device": "web",
+    }
+    return row | overrides
+
+
+def run_batch(
+    settings: Settings, end: datetime, source: Source | None = None
+) -> tuple[IngestReport, ValidationReport]:
+    return ingest(end, settings, source), validate_batch(end, settings)
+
+
+def lake_events(lake: Lake, batch: str | None = None) -> pd.DataFrame:
+    """The lake's user events (of one batch, or all), sorted by event id."""
+    pattern = f"date=*/{batch}.parquet" if batch else "date=*/*.parquet"
+    events = lake.read_files(lake.files("user_events", pattern), schemas.USER_EVENTS)
+    return events.sort_values("event_id", ignore_index=True)
+
+
+def lake_table(lake: Lake, table: str, key: str = KEY1) -> pd.DataFrame:
+    frame = lake.read(table, {"batch": key}, "part")
+    return frame.sort_values(frame.columns[0], ignore_index=True)
+
+
+def quarantined(lake: Lake, table: str, stage: str, key: str = KEY1) -> pd.DataFrame:
+    if not lake.exists(f"quarantine/{table}", {"batch": key}, stage):
+        return pd.DataFrame()
+    return lake.read(f"quarantine/{table}", {"batch": key}, stage)
+
+
+def quarantine_files(lake: Lake) -> list[str]:
+    root = lake.path("quarantine") + "/"
+    return [path.removeprefix(root) for path in lake.files("quarantine")]
+
+
+def assert_every_row_accounted_for(
+    lake: Lake, report: IngestReport, checked: ValidationReport, key: str = KEY1
+) -> None:
+    """extracted = converted + quarantined per table; staged events = lake + validate quarantine."""
+    for table, converted in report.converted.items():
+        bad = len(quarantined(lake, table, "ingest", key))
+        assert report.quarantined.get(table, 0) == bad, table
+        assert report.extracted[table] == converted + bad, table
+    staged = lake.read("staging/user_events", {"batch": key}, "part")
+    sources = [t.name for t in INCREMENTAL_TABLES]
+    assert len(staged) == sum(report.converted[t] for t in sources)
+    rejected = len(quarantined(lake, "user_events", "validate", key))
+    assert checked.quarantined["user_events"] == rejected
+    assert len(lake_events(lake, key)) == len(staged) - rejected == checked.passed["user_events"]
+
+
+# --- first batches of the world, clean and dirty, each run once for the module ---
+
+
+@dataclass(frozen=True)
+class Run:
+    settings: Settings
+    report: IngestReport
+    checked: ValidationReport
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.settings.lake)
+
+
+def run_world(
+    world_template: Path, folder: Path, prepare: Callable[[Settings, Path], Source | None]
+) -> Run:
+    """Batch 1 of a fresh copy of the world, after `prepare` changed it (and maybe chose a source)."""
+    settings = Settings(var_dir=folder / "var")
+    shutil.copytree(world_template, settings.var_dir)
+    source = prepare(settings, folder / "drop")
+    report, checked = run_batch(settings, B1, source)
+    return Run(settings, report, checked)
+
+
+@pytest.fixture(scope="module")
+def clean(world_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The untouched world: what the clean rows of every dirty batch must still look like."""
+    return run_world(world_template, tmp_path_factory.mktemp("clean"), lambda *_: None)
+
+
+def test_clean_world_counts_add_up(clean: Run, world_end: datetime) -> None:
+    assert world_end == B1
+    report, checked = clean.report, clean.checked
+    engine = create_engine(clean.settings.app_db)
+    with engine.connect() as conn:
+        in_app = [
+            conn.execute(text(f"SELECT COUNT(*), MAX({column}) FROM {table}")).one()
+            for table, column in (("experience_interactions", "id"), ("reading_progress", "1"))
+        ]
+    engine.dispose()
+    assert in_app == [(LAST_ID, LAST_ID), (PROGRESS_ROWS, 1)]
+    assert report.extracted["experience_interactions"] == LAST_ID
+    assert report.extracted["reading_progress"] == PROGRESS_ROWS
+    assert report.quarantined == {}
+    assert report.conversion_rate == 1.0
+    assert_every_row_accounted_for(clean.lake, report, checked)
+    assert len(lake_events(clean.lake)) == WORLD_EVENTS
+    assert quarantine_files(clean.lake) == []
+    assert checked.bad_share == {"users": 0.0, "items": 0.0, "user_events": 0.0}
+
+
+# --- one bad row of each kind, in a batch of clean ones ---
+
+
+Row = Callable[[Settings, str], tuple[str, dict[str, Any]]]
+"""(app table, raw row), given the settings and the row's session_id."""
+
+
+@dataclass(frozen=True)
+class Bad:
+    row: Row | None
+    """How to make the row in the app database; None: it only comes in a file drop."""
+    table: str
+    """Quarantine folder: the app table at ingest, the canonical table at validation."""
+    stage: str
+    check: str
+    reason: str
+    marker: tuple[str, str] | None = None
+    """Column and value that single out the row in quarantine; default: its session_id."""
+
+
+def bad_interaction(**overrides: Any) -> Row:
+    return lambda _, mark: ("experience_interactions", interaction(session_id=mark) | overrides)
+
+
+def bad_progress(**overrides: Any) -> Row:
+    return lambda settings, mark: (
+        "reading_progress",
+        progress(settings, session_id=mark) | overrides,
+    )
+
+
+def long_title_issue(_settings: Settings, _mark: str) -> tuple[str, dict[str, Any]]:
+    return "newsletter_issues", {
+        "id": 121,
+        "publisher_id": 1,
+        "title": "x" * 301,
+        "body_preview": "a preview",
+        "category": "gaming",
+        "tags": "games",
+        "language": "en",
+        "published_at": at("2026-11-19 08:00:00"),
+        "created_at": at("2026-11-19 07:00:00"),
+    }
+
+
+IN_APP_DB = {
+    "unknown user id": Bad(
+        bad_interaction(user_id=99_999),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_in_set(user_id_is_known)",
+        "unknown user 99999",
+    ),
+    "unknown item id": Bad(
+        bad_interaction(issue_id=99_999),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_in_set(item_id_is_known)",
+        "unknown item 99999",
+    ),
+    "dwell_ms is text": Bad(
+        bad_interaction(dwell_ms="abc"),
+        "experience_interactions",
+        "ingest",
+        "expect_column_values_to_match_regex(dwell_ms)",
+        "dwell_ms 'abc' is not a non-negative number",
+    ),
+    "user_id is text": Bad(
+        bad_interaction(user_id="x"),
+        "experience_interactions",
+        "ingest",
+        "expect_column_values_to_match_regex(user_id)",
+        "user_id 'x' is not an integer",
+    ),
+    "progress is text": Bad(
+        bad_progress(progress="abc"),
+        "reading_progress",
+        "ingest",
+        "conversion",
+        "conversion: progress 'abc' is not a valid value",
+    ),
+    "occurred after the batch end": Bad(
+        bad_interaction(occurred_at=at("2026-11-20 06:00:00")),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(ts)",
+        "ts 2026-11-20 06:00:00+00:00 is in the future",
+    ),
+    "occurred before 2000": Bad(
+        bad_interaction(occurred_at=at("1999-12-31 23:00:00")),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(ts)",
+        "ts 1999-12-31 23:00:00+00:00 is before 2000-01-01",
+    ),
+    "negative dwell_ms": Bad(
+        bad_interaction(dwell_ms=-1.5),
+        "experience_interactions",
+        "ingest",
+        "expect_column_values_to_match_regex(dwell_ms)",
+        "dwell_ms '-1.5' is not a non-negative number",
+    ),
+    "negative seconds_read": Bad(
+        bad_progress(seconds_read=-40.0),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(dwell_seconds)",
+        "dwell_seconds -40.0 is negative",
+    ),
+    "read progress 1.5": Bad(
+        bad_progress(progress=1.5),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(read_fraction)",
+        "read_fraction 1.5 is not between 0 and 1",
+    ),
+    "unknown kind": Bad(
+        bad_interaction(kind="like"),
+        "experience_interactions",
+        "ingest",
+        "expect_column_values_to_be_in_set(kind)",
+        "unknown kind 'like'",
+    ),
+    "rec_context is not JSON": Bad(
+        bad_interaction(rec_context="{table_version: 1"),
+        "experience_interactions",
+        "ingest",
+        "conversion",
+        "rec_context is not valid JSON",
+    ),
+    "issue title over 300 characters": Bad(
+        long_title_issue,
+        "items",
+        "validate",
+        "expect_column_value_lengths_to_be_between(title)",
+        "title has 301 characters, outside 1..300",
+        marker=("item_id", "121"),
+    ),
+}
+"""Bad rows the app database can hold: SQLite keeps text in an INTEGER column."""
+
+IN_FILE_DROP = {
+    "null user_id": Bad(
+        None,
+        "experience_interactions",
+        "ingest",
+        "expect_column_values_to_not_be_null(user_id)",
+        "user_id is null",
+    ),
+    "duplicate event_id": Bad(
+        None,
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_unique(event_id)",
+        "duplicate event_id",
+        marker=("event_id", ei(0)),
+    ),
+}
+"""Bad rows only an export can carry: the app's schema refuses a null user_id, and its primary key
+a second row with the same id; an exporter that retries re-sends rows it already delivered."""
+
+
+def insert_bad_rows(settings: Settings, _drop: Path) -> None:
+    for name, case in IN_APP_DB.items():
+        assert case.row is not None
+        table, row = case.row(settings, f"bad: {name}")
+        insert(settings, table, row)
+
+
+def export_world(settings: Settings, root: Path) -> None:
+    """The app database as one CSV export per table, named by time as exporters do."""
+    engine = create_engine(settings.app_db)
+    with engine.connect() as conn:
+        for table in [*(t.name for t in INCREMENTAL_TABLES), *SNAPSHOT_TABLES]:
+            (root / table).mkdir(parents=True)
+            frame = pd.read_sql(text(f"SELECT * FROM {table}"), conn)
+            frame.to_csv(root / table / "2026-11-19T2358.csv", index=False)
+    engine.dispose()
+
+
+def drop_bad_files(settings: Settings, drop: Path) -> Source:
+    """The world exported, then a second interactions export: a null user and a re-sent row."""
+    export_world(settings, drop)
+    folder = drop / "experience_interactions"
+    first = pd.read_csv(folder / "2026-11-19T2358.csv", dtype=str)
+    null_user = interaction(id=LAST_ID + 1, user_id=None, session_id="bad: null user_id")
+    resent = first[first["id"] == str(LAST_ID)].to_dict("records")
+    pd.DataFrame([null_user, *resent]).to_csv(folder / "2026-11-19T2359.csv", index=False)
+    return FileDropSource(drop)
+
+
+@pytest.fixture(scope="module")
+def from_app_db(world_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run_world(world_template, tmp_path_factory.mktemp("app-db"), insert_bad_rows)
+
+
+@pytest.fixture(scope="module")
+def from_file_drop(world_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run_world(world_template, tmp_path_factory.mktemp("file-drop"), drop_bad_files)
+
+
+BAD_RUNS = {"from_app_db": IN_APP_DB, "from_file_drop": IN_FILE_DROP}
+
+
+def quarantine_rows(lake: Lake) -> pd.DataFrame:
+    """Every quarantined row of batch 1, with the file it is in."""
+    root = lake.path("quarantine") + "/"
+    frames = [
+        lake.read_files([path]).assign(_file=path.removeprefix(root))
+        for path in lake.files("quarantine")
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@pytest.mark.parametrize(
+    ("run", "name"), [(run, name) for run, cases in BAD_RUNS.items() for name in cases]
+)
+def test_bad_row_lands_in_quarantine_with_its_reason(
+    run: str, name: str, request: pytest.FixtureRequest
+) -> None:
+    case = BAD_RUNS[run][name]
+    rows = quarantine_rows(request.getfixturevalue(run).lake)
+    column, value = case.marker or ("session_id", f"bad: {name}")
+    found = rows[rows[column] == value]
+    assert found[["_file", "_table", "_check", "_reason", "_batch"]].values.tolist() == [
+        [
+            f"{case.table}/batch={KEY1}/{case.stage}.parquet",
+            case.table,
+            case.check,
+            case.reason,
+            KEY1,
+        ]
+    ]
+
+
+@pytest.mark.parametrize("run", BAD_RUNS)
+def test_bad_rows_leave_the_clean_rows_untouched(
+    run: str, request: pytest.FixtureRequest, clean: Run
+) -> None:
+    """Only the bad rows are quarantined, the batch passes, and the lake is the clean world's."""
+    dirty: Run = request.getfixturevalue(run)
+    assert len(quarantine_rows(dirty.lake)) == len(BAD_RUNS[run])
+    assert_every_row_accounted_for(dirty.lake, dirty.report, dirty.checked)
+    assert dirty.report.conversion_rate < 1.0
+    pd.testing.assert_frame_equal(lake_events(dirty.lake), lake_events(clean.lake))
+    for table in ("items", "users"):
+        pd.testing.assert_frame_equal(lake_table(dirty.lake, table), lake_table(clean.lake, table))
+
+
+def test_app_database_refuses_a_null_user_id(world: Settings) -> None:
+    """Why the null case comes through a file drop: the app's schema cannot hold one."""
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError, match="NOT NULL"):
+        insert(world, "experience_interactions", interaction(user_id=None))
+
+
+# --- the quarantine threshold ---
+
+
+@pytest.mark.parametrize(("bad_rows", "fails"), [(134, False), (135, True)])
+def test_threshold_fails_the_batch_after_writing_everything(
+    world: Settings, caplog: pytest.LogCaptureFixture, bad_rows: int, fails: bool
+) -> None:
+    """1% of 13,349 + n events: 134 bad rows are 0.994% and pass, 135 are 1.001% and fail."""
+    at_validation = bad_rows // 2
+    at_ingest = bad_rows - at_validation
+    insert(
+        world,
+        "experience_interactions",
+        *[interaction(user_id=99_999) for _ in range(at_validation)],
+        *[interaction(dwell_ms="abc") for _ in range(at_ingest)],
+    )
+    report = ingest(B1, world)
+    lake = Lake(world.lake)
+    total = WORLD_EVENTS + bad_rows
+
+    with caplog.at_level(logging.WARNING, logger="validation"):
+        if fails:
+            with pytest.raises(ValidationFailed) as failed:
+                validate_batch(B1, world)
+            message = str(failed.value)
+            assert message.startswith(f"user_events: {bad_rows} of {total:,} rows (1.001%) failed")
+            assert "above the 1.00% threshold" in message
+            assert lake.path("quarantine") in message
+        else:
+            validate_batch(B1, world)
+            assert [r.getMessage() for r in caplog.records] == [
+                f"user_events: {bad_rows} of {total:,} rows (0.99%) failed validation, "
+                f"within the 1.00% threshold; see {lake.path('quarantine')}"
+            ]
+
+    # Nothing lost either way: the good rows reached the lake, the bad ones quarantine.
+    assert len(quarantined(lake, "experience_interactions", "ingest")) == at_ingest
+    assert len(quarantined(lake, "user_events", "validate")) == at_validation
+    assert report.extracted["experience_interactions"] + report.extracted["reading_progress"] == (
+        total
+    )
+    assert len(lake_events(lake)) == WORLD_EVENTS
+
+
+# --- watermarks: each row exactly once ---
+
+
+def batch_files(lake: Lake, key: str) -> dict[str, Any]:
+    """Every Parquet table the batch wrote (raw, staging, lake, quarantine), by relative path."""
+    root = lake.root.rstrip("/") + "/"
+    every = lake.fs.glob(f"{root}**/*.parquet")
+    paths = sorted(p for p in every if f"batch={key}/" in p or p.endswith(f"/{key}.parquet"))
+    assert paths, f"batch {key} wrote nothing"
+    return {p.removeprefix(root): pq.read_table(p) for p in paths}
+
+
+def assert_same_tables(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert sorted(after) == sorted(before)
+    changed = [path for path in before if not after[path].equals(before[path])]
+    assert changed == []
+
+
+LATE = interaction(
+    user_id=4,
+    issue_id=5,
+    occurred_at=at("2026-11-19 22:30:00"),
+    recorded_at=at("2026-11-20 06:00:00"),
+    session_id="late",
+)
+"""Read on an offline phone in batch 1's interval, uploaded during batch 2's."""
+
+
+STRAGGLER = interaction(
+    user_id=6,
+    issue_id=7,
+    occurred_at=at("2026-11-19 23:59:58"),
+    recorded_at=at("2026-11-19 23:59:59"),
+    session_id="straggler",
+)
+"""Stamped just before batch 1 ended but committed after it ran (a slow write, a lagging replica):
+only the id watermark recorded in batch 1's manifest keeps a re-run of batch 1 from taking it."""
+
+
+def day_two(settings: Settings) -> None:
+    """Rows of 2026-11-20 (one late), the straggler, and one recorded after batch 2 ends."""
+    insert(
+        settings,
+        "experience_interactions",
+        interaction(
+            user_id=1,
+            issue_id=2,
+            occurred_at=at("2026-11-20 09:00:00"),
+            recorded_at=at("2026-11-20 09:00:01"),
+            session_id="day2",
+        ),
+        interaction(
+            user_id=2,
+            issue_id=3,
+            kind="email_open",
+            occurred_at=at("2026-11-20 10:00:00"),
+            recorded_at=at("2026-11-20 10:00:01"),
+            session_id="day2",
+        ),
+        LATE,
+        STRAGGLER,
+        interaction(
+            user_id=5,
+            issue_id=6,
+            occurred_at=at("2026-11-21 00:30:00"),
+            recorded_at=at("2026-11-21 00:30:01"),
+            session_id="day3",
+        ),
+    )
+    insert(
+        settings,
+        "reading_progress",
+        progress(settings, updated_at=at("2026-11-20 12:00:00"), session_id="day2"),
+    )
+
+
+@dataclass(frozen=True)
+class TwoBatches:
+    lake: Lake
+    first: dict[str, Any]
+    rerun: dict[str, Any]
+    after_second: dict[str, Any]
+    second_report: IngestReport
+    first_report: IngestReport
+
+
+@pytest.fixture(scope="module")
+def two_batches(world_template: Path, tmp_path_factory: pytest.TempPathFactory) -> TwoBatches:
+    """Batch 1 with one bad row, run twice; day two's rows arrive; batch 2; batch 1 again."""
+    var_dir = tmp_path_factory.mktemp("two-batches") / "var"
+    shutil.copytree(world_template, var_dir)
+    settings = Settings(var_dir=var_dir)
+    insert(settings, "experience_interactions", interaction(kind="like"))
+    lake = Lake(settings.lake)
+
+    first_report, _ = run_batch(settings, B1)
+    first = batch_files(lake, KEY1)
+    run_batch(settings, B1)
+    rerun = batch_files(lake, KEY1)
+
+    day_two(settings)
+    second_report, _ = run_batch(settings, B2)
+    run_batch(settings, B1)
+    return TwoBatches(lake, first, rerun, batch_files(lake, KEY1), second_report, first_report)
+
+
+def test_rerunning_a_batch_rewrites_identical_tables(two_batches: TwoBatches) -> None:
+    assert f"quarantine/experience_interactions/batch={KEY1}/ingest.parquet" in two_batches.first
+    assert_same_tables(two_batches.first, two_batches.rerun)
+
+
+def test_rerunning_batch_one_after_batch_two_gives_its_original_output(
+    two_batches: TwoBatches,
+) -> None:
+    assert_same_tables(two_batches.first, two_batches.after_second)
+
+
+def test_second_batch_reads_only_rows_recorded_since_the_first(two_batches: TwoBatches) -> None:
+    first, second = two_batches.first_report, two_batches.second_report
+    for table in ("experience_interactions", "reading_progress"):
+        assert second.watermarks[table]["low"] == first.watermarks[table]["high"]
+    assert second.watermarks["experience_interactions"]["high"] == LAST_ID + 5
+    assert second.extracted["experience_interactions"] == 4
+    assert second.extracted["reading_progress"] == 1
+
+    events = lake_events(two_batches.lake, KEY2)
+    assert events["event_id"].tolist()[:4] == [ei(2), ei(3), ei(4), ei(5)]
+    assert events["session_id"].tolist() == ["day2", "day2", "late", "straggler", "day2"]
+    earlier = set(lake_events(two_batches.lake, KEY1)["event_id"])
+    assert earlier.isdisjoint(events["event_id"])
+
+
+def test_late_rows_are_ingested_once_by_the_batch_that_received_them(
+    two_batches: TwoBatches,
+) -> None:
+    """Both land in batch 2's file of the day they happened, and in no other file."""
+    lake = two_batches.lake
+    everywhere = lake.read_files(lake.files("user_events"), schemas.USER_EVENTS)
+    late = everywhere[everywhere["session_id"].isin(["late", "straggler"])]
+    assert late["event_id"].tolist() == [ei(4), ei(5)]
+    assert late["ts"].tolist() == [
+        pd.Timestamp("2026-11-19 22:30:00", tz="UTC"),
+        pd.Timestamp("2026-11-19 23:59:58", tz="UTC"),
+    ]
+    in_its_day = lake.read_files(lake.files("user_events", f"date=2026-11-19/{KEY2}.parquet"))
+    assert in_its_day["event_id"].tolist() == [ei(4), ei(5)]
+
+
+def test_load_events_over_both_batches_sees_each_event_once(two_batches: TwoBatches) -> None:
+    events, duplicates = load_events(two_batches.lake, B1 - timedelta(days=30), B2)
+    assert duplicates == 0
+    assert events["event_id"].is_unique
+    assert len(events) == WORLD_EVENTS + 5
+    assert events["session_id"].value_counts()[["day2", "late", "straggler"]].tolist() == [3, 1, 1]
+    assert "day3" not in set(events["session_id"])
+
+
+def test_rerun_after_a_progress_row_moved_on_keeps_the_original_read(world: Settings) -> None:
+    lake = Lake(world.lake)
+    ingest(B1, world)
+    first = lake.read("staging/user_events", {"batch": KEY1}, "part")
+    engine = create_engine(world.app_db)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE reading_progress SET progress = 1.0, updated_at = :now "
+                "WHERE user_id = 4 AND issue_id = 41"
+            ),
+            {"now": at("2026-11-20 08:00:00")},
+        )
+    engine.dispose()
+    ingest(B2, world)
+    ingest(B1, world)
+    pd.testing.assert_frame_equal(lake.read("staging/user_events", {"batch": KEY1}, "part"), first)
