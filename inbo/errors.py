@@ -37,6 +37,10 @@ class PublishError(InboError):
     """A table version could not be written, verified or switched to."""
 
 
+class ModelCannotFit(InboError, ValueError):
+    """A model has too little data to learn from (e.g. no users with positive interactions)."""
+
+
 class UnknownUser(InboError):
     """The user has no personal row and no fallback table exists."""
 

@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from inbo.errors import ConfigError
+from models.als import ALSModel
 from models.base import Recommender
+from models.content import ContentModel
 from models.continue_reading import ContinueReadingModel
 from models.popularity import PopularityModel
 
 MODELS: dict[str, Any] = {
     PopularityModel.name: PopularityModel,
     ContinueReadingModel.name: ContinueReadingModel,
+    ALSModel.name: ALSModel,
+    ContentModel.name: ContentModel,
 }
 
 
