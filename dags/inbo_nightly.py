@@ -1,17 +1,20 @@
 """
 ### inbo_nightly
 
-Rebuilds every user's recommendation table from the day's app data, once a night.
+Retrains the models and rebuilds every user's recommendation table from the app data, nightly.
 
 `ingest` (app DB rows since the watermark, raw checks, canonical conversion) -> `validate` (Great
-Expectations suites, quarantine, threshold) -> `build_interactions` (weighted user-item table and
-continue reading) -> `fit_baselines` (time-decayed popularity, continue reading; logged to MLflow)
--> `score_users` (top-N per user, no already-read items, a reason on every item) -> `publish`
-(stage a new Redis table version) -> `verify` (completeness and contract checks) -> `activate`
-(switch the pointer atomically; the previous version stays for `inbo rollback`).
+Expectations suites, quarantine, threshold) -> `build_interactions` (weighted user-item table,
+continue reading) -> `build_embeddings` (MiniLM vectors of new or changed issues) -> `fit_baselines`
+(popularity, continue reading, content + "more like this") and `train_als` -> `train_reranker`
+(LightGBM LambdaRank on the last days' impressions) -> `evaluate` (every configuration, challenger and
+champion, on the same held-out window) -> `register_and_gate` (MLflow registry: `challenger`, and
+`champion` unless worse by the margin) -> `score_users` (champion models, top-N, a reason on every
+item) -> `publish` (stage a new Redis table version) -> `verify` -> `activate` (atomic pointer switch;
+the previous version stays for `inbo rollback`).
 
 Each task calls one library function with the run's data interval; big data moves through the
-lake, XCom carries only small summaries. Re-running a date gives the same tables.
+lake, XCom carries only small summaries and MLflow run ids. Re-running a date gives the same tables.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
                 "builtins.ValueError",
                 "builtins.KeyError",
                 "builtins.AttributeError",
+                "builtins.NameError",
+                "builtins.ImportError",
             ],
             action=RetryAction.FAIL,
             reason="bad data, configuration or code: a retry gives the same answer",
@@ -101,22 +106,58 @@ def inbo_nightly() -> None:
         return build_interactions(data_interval_end).pairs
 
     @task
+    def build_embeddings(_: int, data_interval_end: datetime | None = None) -> int:
+        from features.embeddings import build_embeddings
+
+        return build_embeddings(data_interval_end).encoded
+
+    @task
     def fit_baselines(_: int, data_interval_end: datetime | None = None) -> str:
         from pipelines.train import fit_baselines
 
         return fit_baselines(data_interval_end).run_id
 
+    @task
+    def train_als(_: int, data_interval_end: datetime | None = None) -> str:
+        from pipelines.train import fit_als
+
+        return fit_als(data_interval_end).run_id
+
+    @task
+    def train_reranker(_: str, __: str, data_interval_end: datetime | None = None) -> str:
+        from pipelines.train import fit_reranker
+
+        return fit_reranker(data_interval_end).run_id
+
+    @task
+    def evaluate(_: str, data_interval_end: datetime | None = None) -> dict[str, float]:
+        from pipelines.promotion import evaluate_batch
+
+        return evaluate_batch(data_interval_end)
+
+    @task
+    def register_and_gate(
+        scores: dict[str, float],
+        als_run: str,
+        reranker_run: str,
+        data_interval_end: datetime | None = None,
+    ) -> dict[str, object]:
+        from pipelines.promotion import register_and_gate
+
+        decisions = register_and_gate(data_interval_end, als_run, reranker_run, scores)
+        return {kind: decision["promoted"] for kind, decision in decisions.items()}
+
     @task(outlets=[RECS])
-    def score_users(_: str, data_interval_end: datetime | None = None) -> int:
+    def score_users(_: dict[str, object], data_interval_end: datetime | None = None) -> int:
         from pipelines.recommend import score_users
 
         return score_users(data_interval_end).users
 
     @task
-    def publish(_: int, models_run: str, data_interval_end: datetime | None = None) -> str:
+    def publish(_: int, data_interval_end: datetime | None = None) -> str:
         from pipelines.publish import publish_batch
 
-        return publish_batch(data_interval_end, models_run_id=models_run)
+        return publish_batch(data_interval_end)
 
     @task
     def verify(version: str, data_interval_end: datetime | None = None) -> str:
@@ -131,11 +172,13 @@ def inbo_nightly() -> None:
         activate_version(version)
         return version
 
-    ingested = ingest()
-    validated = validate(ingested)
-    pairs = build_interactions(validated)
-    models_run = fit_baselines(pairs)
-    activate(verify(publish(score_users(models_run), models_run)))
+    pairs = build_interactions(validate(ingest()))
+    vectors = build_embeddings(pairs)
+    baselines = fit_baselines(vectors)
+    als_run = train_als(pairs)
+    reranker_run = train_reranker(baselines, als_run)
+    decisions = register_and_gate(evaluate(reranker_run), als_run, reranker_run)
+    activate(verify(publish(score_users(decisions))))
 
 
 inbo_nightly()

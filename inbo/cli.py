@@ -183,17 +183,12 @@ def score(date: DateOption = None) -> None:
 
 
 @app.command()
-def publish(
-    date: DateOption = None,
-    run_id: Annotated[
-        str | None, typer.Option(help="MLflow run of the models, for the table's metadata.")
-    ] = None,
-) -> None:
+def publish(date: DateOption = None) -> None:
     """Stage the batch's table in Redis, verify it, then switch readers to it."""
     from pipelines.publish import activate_version, publish_batch, verify_batch
 
     end = interval_end(date)
-    version = publish_batch(end, models_run_id=run_id)
+    version = publish_batch(end)
     verify_batch(end, version)
     previous = activate_version(version)
     console.print(f"live table version: {version} (previous: {previous or 'none'})")

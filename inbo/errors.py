@@ -41,6 +41,14 @@ class ModelCannotFit(InboError, ValueError):
     """A model has too little data to learn from (e.g. no users with positive interactions)."""
 
 
+class NoPositiveExamples(InboError, ValueError):
+    """The reranker's training examples hold no positive label: nothing to rank towards."""
+
+
+class NotFitted(InboError, ValueError):
+    """A model was asked to score before `fit` or `load`."""
+
+
 class UnknownUser(InboError):
     """The user has no personal row and no fallback table exists."""
 

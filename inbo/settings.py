@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,12 +56,44 @@ class Settings(BaseSettings):
         14, ge=1, description="How old a started issue may be to be offered again."
     )
 
+    als_factors: int = Field(64, ge=1, description="ALS latent factors.")
+    als_regularization: float = Field(20.0, ge=0, description="ALS L2 regularisation.")
+    als_alpha: float = Field(2.0, ge=0, description="ALS confidence = 1 + alpha * weight.")
+    als_iterations: int = Field(15, ge=1, description="ALS alternating passes.")
+    als_weighting: str = Field("none", description="Confidence weighting: none, bm25 or tfidf.")
+    candidates_per_source: int = Field(
+        100, ge=1, description="Candidates each source proposes per user before reranking."
+    )
+    reranker_label_days: float = Field(
+        2.0,
+        gt=0,
+        description="Days of impressions the reranker learns from (before the batch end).",
+    )
+    holdout_days: float = Field(
+        2.0, gt=0, description="Days at the end of the batch held out to evaluate and gate models."
+    )
+    promotion_margin: float = Field(
+        0.005,
+        ge=0,
+        description="How much worse (nDCG@10) a challenger may be and still be promoted.",
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @property
+    def als_params(self) -> dict[str, Any]:
+        return {
+            "factors": self.als_factors,
+            "regularization": self.als_regularization,
+            "alpha": self.als_alpha,
+            "iterations": self.als_iterations,
+            "weighting": self.als_weighting,
+        }
 
     @property
     def lake(self) -> str:

@@ -27,12 +27,19 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What a model may learn from: everything strictly before `as_of`."""
+    """What a model may learn from: everything strictly before `as_of`.
+
+    The interaction tables are enough for the candidate sources; the reranker also needs the raw
+    events and subscriptions, and the content model the item embeddings.
+    """
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     continue_reading: pd.DataFrame
     as_of: datetime
+    events: pd.DataFrame | None = None
+    subscriptions: pd.DataFrame | None = None
+    embeddings: pd.DataFrame | None = None
 
 
 class Recommender(Protocol):

@@ -78,7 +78,8 @@ class ContentModel:
     def fit(self, data: TrainingData) -> Self:
         """Index the items published before `as_of` and keep every user's profile items."""
         started = time.perf_counter()
-        embeddings, self.encoder = checked_embeddings(self.embeddings)
+        given = self.embeddings if self.embeddings is not None else data.embeddings
+        embeddings, self.encoder = checked_embeddings(given)
         catalogue = published_vectors(data, embeddings)
         self.item_ids = catalogue["item_id"].to_numpy(dtype=np.int64)
         self.titles = catalogue["title"].to_numpy(dtype=object)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.ranking import FEATURES, LABEL
-from inbo.errors import InboError
+from inbo.errors import NoPositiveExamples, NotFitted
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 BIAS = "bias"
 """The column of `contributions` holding the model's expected score before any feature."""
-
-
-class NoPositiveExamples(InboError, ValueError):
-    """The training examples hold no positive label, so there is nothing to rank towards."""
-
-
-class NotFitted(InboError, ValueError):
-    """The reranker was asked to score before `fit` or `load`."""
 
 
 class Reranker:

@@ -170,6 +170,8 @@ def time_split(
     *,
     positive_events: Sequence[str] = POSITIVE_EVENTS,
     settings: Settings | None = None,
+    subscriptions: pd.DataFrame | None = None,
+    embeddings: pd.DataFrame | None = None,
 ) -> Split:
     """The platform protocol: fit as the nightly batch at `cutoff` T, score the next `window`.
 
@@ -212,6 +214,9 @@ def time_split(
             items=catalogue.reset_index(drop=True),
             continue_reading=started,
             as_of=cutoff,
+            events=events[events["ts"] < start].reset_index(drop=True),
+            subscriptions=subscriptions,
+            embeddings=embeddings,
         ),
         truth=truth,
         seen=seen.reset_index(drop=True),

@@ -3,6 +3,8 @@
 A run writes a whole new table version next to the live one, checks it, then moves one pointer:
 `stage_table` -> `verify_table` -> `activate`. Readers follow the pointer, so they see the old
 table or the new one, never a mix, and the old one stays readable (with a TTL) for `rollback`.
+A version holds every user's list, the fallback list and, when given, each item's "more like
+this" list: all of them switch and roll back together.
 
 Staged keys carry a TTL from the moment they are written and are made permanent only by
 `activate`, so a run that dies between stage and activate cleans up after itself.
@@ -49,6 +51,11 @@ SCAN_COUNT = 2000
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
 USER_RECS_SCHEMA = SCHEMA_DIR / "user-recs.v1.schema.json"
 META_SCHEMA = SCHEMA_DIR / "recs-meta.v1.schema.json"
+SIMILAR_SCHEMA = SCHEMA_DIR / "similar-items.v1.schema.json"
+SIMILAR_TABLE = "features/more_like_this"
+"""Lake table of each item's similar items (item_id, similar_item_id, score), per batch."""
+SCORE_REPORTS = "_reports/score"
+"""Where `pipelines.recommend.score_users` records the batch's summary, incl. the models used."""
 
 STAGING, STAGED, VERIFIED, LIVE, RETIRED, ROLLED_BACK = (
     "staging",
@@ -63,9 +70,23 @@ EXPIRED = "expired"
 
 USER_COLUMNS: tuple[str, ...] = tuple(RECOMMENDATIONS.names)
 FALLBACK_COLUMNS: tuple[str, ...] = tuple(n for n in USER_COLUMNS if n != "user_id")
+SIMILAR_COLUMNS: tuple[str, ...] = ("item_id", "similar_item_id", "score")
 REASON_COLUMNS = ["source", "reason_code", "reason"]
-INTEGER_COLUMNS = ("user_id", "rank", "item_id")
+INTEGER_COLUMNS = ("user_id", "rank", "item_id", "similar_item_id")
 _BATCH = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    """A kind of per-id key in a version (users, similar items), named for the checks' messages."""
+
+    segment: str
+    rows: str
+    missing: str
+
+
+USERS = KeyKind("u", "user rows", "users have no row")
+SIMILAR = KeyKind("similar", "similar-items lists", "items have no similar-items list")
 
 
 @dataclass(frozen=True)
@@ -87,7 +108,14 @@ class Keys:
         return f"{self.root}:versions"
 
     def user(self, version: str, user_id: int) -> str:
-        return f"{self.root}:{version}:u:{user_id}"
+        return self.member(version, USERS.segment, user_id)
+
+    def similar(self, version: str, item_id: int) -> str:
+        """The "more like this" list of one item."""
+        return self.member(version, SIMILAR.segment, item_id)
+
+    def member(self, version: str, segment: str, member_id: int) -> str:
+        return f"{self.root}:{version}:{segment}:{member_id}"
 
     def fallback(self, version: str) -> str:
         return f"{self.root}:{version}:fallback"
@@ -108,6 +136,7 @@ class StageReport:
     users: int
     items: int
     fallback_items: int
+    similar_items: int
     bytes: int
     seconds: float
 
@@ -118,6 +147,7 @@ class VerifyReport:
 
     version: str
     users_checked: int
+    similar_checked: int
     sampled: int
     seconds: float
 
@@ -131,6 +161,21 @@ class UserRecs(TypedDict):
     payload: dict[str, Any]
 
 
+class SimilarItem(TypedDict):
+    item_id: int
+    rank: int
+    score: float
+
+
+class SimilarItems(TypedDict):
+    """A "more like this" payload (docs/schemas/similar-items.v1.schema.json)."""
+
+    item_id: int
+    table_version: str
+    generated_at: str
+    items: list[SimilarItem]
+
+
 def stage_table(
     client: redis.Redis,
     prefix: str,
@@ -141,12 +186,15 @@ def stage_table(
     models: dict[str, Any],
     batch_size: int,
     generated_at: datetime,
+    similar: pd.DataFrame | None = None,
     staging_ttl_seconds: int = STAGING_TTL_SECONDS,
 ) -> StageReport:
-    """Write every user key, the fallback and the meta record of a new version, not yet live.
+    """Write a new version's user keys, fallback, similar-items keys and meta record, not live yet.
 
-    Keys are written with pipelined `SET ... EX` in batches of `batch_size` (measured faster than
-    MSET followed by EXPIRE, which the staging TTL would need); the TTL is removed by `activate`.
+    `similar` has columns item_id, similar_item_id, score; each item's list is ranked by score,
+    best first (ties by similar_item_id). Keys are written with pipelined `SET ... EX` in batches
+    of `batch_size` (measured faster than MSET followed by EXPIRE, which the staging TTL would
+    need); the TTL is removed by `activate`.
     """
     started = time.perf_counter()
     if not _BATCH.fullmatch(batch):
@@ -154,6 +202,7 @@ def stage_table(
     keys = Keys(prefix)
     recs = _prepared(recs, USER_COLUMNS, "recs")
     fallback = _prepared(fallback, FALLBACK_COLUMNS, "fallback")
+    similar = _prepared_similar(similar)
     if fallback.empty:
         raise PublishError("the fallback list is empty; users without a row would get nothing")
     stamp = _utc_text(generated_at)
@@ -168,22 +217,41 @@ def stage_table(
     version = _reserve_version(client, keys, meta, staging_ttl_seconds)
     meta = {"version": version, **meta}
     user_ids, payloads = _user_payloads(recs, version, stamp)
-    fallback_payload = _payload(None, version, stamp, _item_fragments(fallback))
+    item_ids, similar_payloads = _similar_payloads(similar, version, stamp)
+    fallback_payload = _payload("user_id", None, version, stamp, _item_fragments(fallback))
     _set_batches(
         client,
-        [keys.user(version, uid) for uid in user_ids] + [keys.fallback(version)],
-        [*payloads, fallback_payload],
+        [keys.user(version, uid) for uid in user_ids]
+        + [keys.fallback(version)]
+        + [keys.similar(version, iid) for iid in item_ids],
+        [*payloads, fallback_payload, *similar_payloads],
         batch_size,
         staging_ttl_seconds,
     )
-    size = sum(map(len, payloads)) + len(fallback_payload)
-    counts = {"users": len(user_ids), "items": len(recs), "fallback_items": len(fallback)}
+    size = sum(map(len, payloads)) + len(fallback_payload) + sum(map(len, similar_payloads))
+    counts = {
+        "users": len(user_ids),
+        "items": len(recs),
+        "fallback_items": len(fallback),
+        "similar_items": len(item_ids),
+    }
     _write_meta(client, keys, {**meta, "status": STAGED, "counts": counts, "bytes": size})
     report = StageReport(
-        version, len(user_ids), len(recs), len(fallback), size, time.perf_counter() - started
+        version,
+        len(user_ids),
+        len(recs),
+        len(fallback),
+        len(item_ids),
+        size,
+        time.perf_counter() - started,
     )
     log.info(
-        "staged %s: %d users, %d bytes in %.1f s", version, len(user_ids), size, report.seconds
+        "staged %s: %d users, %d similar-items lists, %d bytes in %.1f s",
+        version,
+        len(user_ids),
+        len(item_ids),
+        size,
+        report.seconds,
     )
     return report
 
@@ -194,13 +262,16 @@ def verify_table(
     version: str,
     *,
     expected_users: Iterable[int] | int,
+    expected_similar: Iterable[int] | int | None = None,
     sample: int = 200,
 ) -> VerifyReport:
     """Check a staged version is complete and well formed; mark it verified or raise PublishError.
 
     Given user ids, each one's key must exist (pipelined EXISTS in batches); given a count, the
-    version must hold exactly that many user keys. Up to `sample` payloads, the fallback and the
-    meta record are validated against the JSON schemas and the rank/duplicate rules.
+    version must hold exactly that many user keys. `expected_similar` does the same for the
+    similar-items keys by item id; None means the count recorded in the meta record. Up to
+    `sample` user payloads, `sample` similar-items payloads, the fallback and the meta record are
+    validated against the JSON schemas and the rank/duplicate rules.
     """
     started = time.perf_counter()
     keys = Keys(prefix)
@@ -208,30 +279,45 @@ def verify_table(
     if meta["status"] == STAGING:
         raise PublishError(f"version {version} was never fully staged (its run died?)")
     _check_meta(meta, version)
-    if isinstance(expected_users, int):
-        user_keys = sorted(_scan(client, keys.version_pattern(version, "u:*")))
-        _check_count(version, len(user_keys), expected_users)
-    else:
-        user_keys = [keys.user(version, uid) for uid in dict.fromkeys(map(int, expected_users))]
-        _check_exist(client, version, user_keys)
-    _check_count(version, meta["counts"]["users"], len(user_keys))
+    counts = meta["counts"]
+    user_keys = _expected_keys(client, keys, version, USERS, expected_users, counts["users"])
+    recorded = counts.get("similar_items", 0)
+    expected = recorded if expected_similar is None else expected_similar
+    similar_keys = _expected_keys(client, keys, version, SIMILAR, expected, recorded)
     picked = _sample(user_keys, sample, seed=version)
-    raws = _pipelined(client, "get", [*picked, keys.fallback(version)])
-    for key, raw in zip([*picked, keys.fallback(version)], raws, strict=True):
+    picked_similar = _sample(similar_keys, sample, seed=f"{version}:similar")
+    user_side = [*picked, keys.fallback(version)]
+    raws = _pipelined(client, "get", [*user_side, *picked_similar])
+    for key, raw in zip(user_side, raws[: len(user_side)], strict=True):
         _check_payload(key, raw, version, personal=key != keys.fallback(version))
+    for key, raw in zip(picked_similar, raws[len(user_side) :], strict=True):
+        _check_similar_payload(key, raw, version)
     if meta["status"] in (STAGED, VERIFIED):
         _write_meta(client, keys, {**meta, "status": VERIFIED}, keep_ttl=True)
-    report = VerifyReport(version, len(user_keys), len(picked), time.perf_counter() - started)
-    log.info("verified %s: %d users, %d payloads sampled", version, len(user_keys), len(picked))
+    report = VerifyReport(
+        version,
+        len(user_keys),
+        len(similar_keys),
+        len(picked) + len(picked_similar),
+        time.perf_counter() - started,
+    )
+    log.info(
+        "verified %s: %d users, %d similar-items lists, %d payloads sampled",
+        version,
+        len(user_keys),
+        len(similar_keys),
+        report.sampled,
+    )
     return report
 
 
 def activate(client: redis.Redis, prefix: str, version: str, ttl_seconds: int) -> str | None:
     """Make a verified version live; return the version it replaced (None for the first).
 
-    Its keys lose their staging TTL and are counted first, so the pointer never moves to an
-    incomplete table. The pointer and the meta status change in one MULTI/EXEC. The replaced
-    version's keys then expire after `ttl_seconds`, leaving that long to roll back.
+    Its keys (users, fallback, similar items, meta) lose their staging TTL and are counted first,
+    so the pointer never moves to an incomplete table. The pointer and the meta status change in
+    one MULTI/EXEC. The replaced version's keys then expire after `ttl_seconds`, leaving that long
+    to roll back.
     Calling it again for the version already live does nothing (safe for task retries).
     """
     keys = Keys(prefix)
@@ -242,7 +328,7 @@ def activate(client: redis.Redis, prefix: str, version: str, ttl_seconds: int) -
         return meta.get("previous_version")
     if meta["status"] != VERIFIED:
         raise PublishError(f"version {version} is {meta['status']}; verify_table must pass first")
-    _persist_complete(client, keys, version, meta["counts"]["users"], ttl_seconds)
+    _persist_complete(client, keys, version, meta["counts"], ttl_seconds)
     live = {**meta, "status": LIVE, "activated_at": _now(), "previous_version": current}
     _switch(client, keys, version, live, expected_current=current)
     if current:
@@ -272,7 +358,7 @@ def rollback(
     meta = _read_meta(client, keys, target)
     if meta["status"] not in (RETIRED, ROLLED_BACK):
         raise PublishError(f"{target} is {meta['status']}, not a former live version")
-    _persist_complete(client, keys, target, meta["counts"]["users"], ttl_seconds)
+    _persist_complete(client, keys, target, meta["counts"], ttl_seconds)
     restored = {**meta, "status": LIVE, "activated_at": _now()}
     _switch(client, keys, target, restored, expected_current=current)
     _retire(client, keys, current, ROLLED_BACK, ttl_seconds)
@@ -338,20 +424,38 @@ def read_user_recs(client: redis.Redis, prefix: str, user_id: int) -> UserRecs:
     }
 
 
+def read_similar_items(client: redis.Redis, prefix: str, item_id: int) -> SimilarItems | None:
+    """What a product app does for "more like this": read the pointer, then the item's key.
+
+    None when the live table has no list for the item (e.g. it has no embedding yet).
+    """
+    keys = Keys(prefix)
+    version = _current(client, keys)
+    if version is None:
+        raise DataNotFound(f"no live recommendations table under {keys.root}")
+    raw = client.get(keys.similar(version, item_id))
+    if raw is None:
+        return None
+    payload: SimilarItems = json.loads(raw)
+    return payload
+
+
 # Entry points bound to the settings: what the nightly DAG's tasks and the `inbo` CLI call.
 
 
-def publish_batch(
-    interval_end: datetime, models_run_id: str | None = None, settings: Settings | None = None
-) -> str:
-    """Stage the batch's `recs` and `recs_fallback` lake partitions as a new version; return it.
+def publish_batch(interval_end: datetime, settings: Settings | None = None) -> str:
+    """Stage the batch's lake tables as a new version; return it.
 
-    `generated_at` is the time of staging: it tells apps how old the table is, while the meta
-    record's `batch` names the data interval it was computed from.
+    The tables are `recs`, `recs_fallback` and, when the batch has one, `features/more_like_this`.
+    The meta record's `models` comes from the batch's score report (`_reports/score/<batch>.json`,
+    the registry versions the scores were made with). `generated_at` is the time of staging: it
+    tells apps how old the table is, while the meta record's `batch` names the data interval it
+    was computed from.
     """
     settings = settings or get_settings()
     batch = batch_key(interval_end)
     recs, fallback = _batch_tables(settings, batch)
+    similar = _batch_similar(settings, batch)
     with redis_connection(settings) as client:
         report = stage_table(
             client,
@@ -359,20 +463,31 @@ def publish_batch(
             recs,
             fallback,
             batch=batch,
-            models=_models_used(recs, fallback, batch, models_run_id),
+            models=_models_used(settings, batch, recs, fallback, similar),
             batch_size=settings.publish_batch_size,
             generated_at=datetime.now(UTC),
+            similar=similar,
         )
     return report.version
 
 
 def verify_batch(interval_end: datetime, version: str, settings: Settings | None = None) -> str:
-    """Verify `version` holds every user of the batch's lake partition; return the version."""
+    """Verify `version` holds every user and similar-items list of the batch; return it.
+
+    No similar-items lists are expected when the batch has no more_like_this table.
+    """
     settings = settings or get_settings()
-    recs, _ = _batch_tables(settings, batch_key(interval_end))
+    batch = batch_key(interval_end)
+    recs, _ = _batch_tables(settings, batch)
+    similar = _batch_similar(settings, batch)
+    items = [] if similar is None else similar["item_id"].unique().tolist()
     with redis_connection(settings) as client:
         verify_table(
-            client, settings.redis_prefix, version, expected_users=recs["user_id"].unique()
+            client,
+            settings.redis_prefix,
+            version,
+            expected_users=recs["user_id"].unique(),
+            expected_similar=items,
         )
     return version
 
@@ -405,6 +520,13 @@ def read_recs(user_id: int, settings: Settings | None = None) -> UserRecs:
         return read_user_recs(client, settings.redis_prefix, user_id)
 
 
+def read_similar(item_id: int, settings: Settings | None = None) -> SimilarItems | None:
+    """`read_similar_items` with the platform's settings."""
+    settings = settings or get_settings()
+    with redis_connection(settings) as client:
+        return read_similar_items(client, settings.redis_prefix, item_id)
+
+
 def sample_users(count: int, settings: Settings | None = None) -> list[int]:
     """Up to `count` users with a personal row in the live table, in id order (for demos)."""
     settings = settings or get_settings()
@@ -415,7 +537,7 @@ def sample_users(count: int, settings: Settings | None = None) -> list[int]:
             raise DataNotFound(f"no live recommendations table under {keys.root}")
         found: set[int] = set()
         for name in client.scan_iter(match=keys.version_pattern(version, "u:*"), count=SCAN_COUNT):
-            found.add(_user_of(_text(name)))
+            found.add(_id_of(_text(name)))
             if len(found) >= count:
                 break
     return sorted(found)
@@ -428,7 +550,7 @@ def redis_cli_example(url: str, prefix: str | None = None, user_id: int = 1) -> 
     return f'{cli} GET "{root}:$({cli} GET {root}:current):u:{user_id}"'
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def schema_validator(path: str = str(USER_RECS_SCHEMA)) -> Validator:
     """A compiled validator for one of the contract's JSON schemas (docs/schemas)."""
     import jsonschema
@@ -441,6 +563,37 @@ def schema_validator(path: str = str(USER_RECS_SCHEMA)) -> Validator:
 
 def _prepared(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
     """`frame` reduced to `columns`, sorted by user and rank, after the checks JSON cannot make."""
+    frame = _checked_columns(frame, columns, name)
+    group = ["user_id"] if "user_id" in columns else []
+    frame = frame.sort_values([*group, "rank"], kind="stable", ignore_index=True)
+    position = frame.groupby(group).cumcount() + 1 if group else pd.RangeIndex(1, len(frame) + 1)
+    if not (frame["rank"].to_numpy() == np.asarray(position)).all():
+        raise PublishError(f"{name} ranks are not 1..n per user")
+    if frame.duplicated([*group, "item_id"]).any():
+        raise PublishError(f"{name} lists an item twice for one user")
+    return frame
+
+
+def _prepared_similar(frame: pd.DataFrame | None) -> pd.DataFrame:
+    """Similar items with a `rank` per item (best score first, ties by id), sorted by item."""
+    if frame is None:
+        frame = pd.DataFrame({name: pd.Series(dtype="int64") for name in SIMILAR_COLUMNS})
+    frame = _checked_columns(frame, SIMILAR_COLUMNS, "similar")
+    if (frame["item_id"] == frame["similar_item_id"]).any():
+        raise PublishError("similar lists an item as similar to itself")
+    if frame.duplicated(["item_id", "similar_item_id"]).any():
+        raise PublishError("similar lists an item twice for one item")
+    frame = frame.sort_values(
+        ["item_id", "score", "similar_item_id"],
+        ascending=[True, False, True],
+        kind="stable",
+        ignore_index=True,
+    )
+    return frame.assign(rank=frame.groupby("item_id").cumcount() + 1)
+
+
+def _checked_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
+    """`frame` reduced to `columns`: all present, integer ids, no nulls, finite scores."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise PublishError(f"{name} lacks columns {missing}")
@@ -452,13 +605,6 @@ def _prepared(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.Data
         raise PublishError(f"{name} has nulls in {frame.columns[frame.isna().any()].tolist()}")
     if not np.isfinite(frame["score"].to_numpy(dtype=float)).all():
         raise PublishError(f"{name} has scores that are not finite numbers")
-    group = ["user_id"] if "user_id" in columns else []
-    frame = frame.sort_values([*group, "rank"], kind="stable", ignore_index=True)
-    position = frame.groupby(group).cumcount() + 1 if group else pd.RangeIndex(1, len(frame) + 1)
-    if not (frame["rank"].to_numpy() == np.asarray(position)).all():
-        raise PublishError(f"{name} ranks are not 1..n per user")
-    if frame.duplicated([*group, "item_id"]).any():
-        raise PublishError(f"{name} lists an item twice for one user")
     return frame
 
 
@@ -496,21 +642,48 @@ def _user_payloads(recs: pd.DataFrame, version: str, stamp: str) -> tuple[list[i
     """User ids and their JSON payloads from recs sorted by user and rank."""
     if recs.empty:
         return [], []
-    fragments = _item_fragments(recs)
-    users = recs["user_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    ids = users[starts].tolist()
+    return _grouped_payloads(recs["user_id"], _item_fragments(recs), "user_id", version, stamp)
+
+
+def _similar_payloads(
+    similar: pd.DataFrame, version: str, stamp: str
+) -> tuple[list[int], list[bytes]]:
+    """Item ids and their "more like this" payloads from similar items sorted by item and rank."""
+    fragments = [
+        f'{{"item_id":{item},"rank":{rank},"score":{score:.6g}}}'
+        for item, rank, score in zip(
+            similar["similar_item_id"].tolist(),
+            similar["rank"].tolist(),
+            similar["score"].tolist(),
+            strict=True,
+        )
+    ]
+    return _grouped_payloads(similar["item_id"], fragments, "item_id", version, stamp)
+
+
+def _grouped_payloads(
+    owners: pd.Series, fragments: list[str], field: str, version: str, stamp: str
+) -> tuple[list[int], list[bytes]]:
+    """One payload per run of equal `owners` (rows sorted by owner) and the owners' ids."""
+    if owners.empty:
+        return [], []
+    values = owners.to_numpy()
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ids = values[starts].tolist()
     payloads = [
-        _payload(uid, version, stamp, fragments[start:end])
-        for uid, start, end in zip(ids, starts.tolist(), ends.tolist(), strict=True)
+        _payload(field, owner, version, stamp, fragments[start:end])
+        for owner, start, end in zip(ids, starts.tolist(), ends.tolist(), strict=True)
     ]
     return ids, payloads
 
 
-def _payload(user_id: int | None, version: str, stamp: str, fragments: list[str]) -> bytes:
-    user = "null" if user_id is None else str(user_id)
-    head = f'{{"user_id":{user},"table_version":"{version}","generated_at":"{stamp}","items":['
+def _payload(
+    field: str, owner: int | None, version: str, stamp: str, fragments: list[str]
+) -> bytes:
+    """`{"<field>": owner, "table_version": ..., "generated_at": ..., "items": [fragments]}`."""
+    value = "null" if owner is None else str(owner)
+    head = f'{{"{field}":{value},"table_version":"{version}","generated_at":"{stamp}","items":['
     return (head + ",".join(fragments) + "]}").encode()
 
 
@@ -560,39 +733,82 @@ def _check_meta(meta: dict[str, Any], version: str) -> None:
         raise PublishError(f"meta record of {version} is malformed: {detail}")
 
 
-def _check_count(version: str, found: int, expected: int) -> None:
+def _expected_keys(
+    client: redis.Redis,
+    keys: Keys,
+    version: str,
+    kind: KeyKind,
+    expected: Iterable[int] | int,
+    recorded: int,
+) -> list[str]:
+    """The version's keys of `kind`, checked against `expected` and the meta record's count.
+
+    Given ids, each must have its key (pipelined EXISTS); given a count, SCAN must find exactly
+    that many. Either way the number must equal `recorded`, the count staged into the meta record.
+    """
+    if isinstance(expected, int):
+        found = sorted(_scan(client, keys.version_pattern(version, f"{kind.segment}:*")))
+        _check_count(version, kind, len(found), expected)
+    else:
+        found = [keys.member(version, kind.segment, i) for i in dict.fromkeys(map(int, expected))]
+        _check_exist(client, version, kind, found)
+    _check_count(version, kind, recorded, len(found))
+    return found
+
+
+def _check_count(version: str, kind: KeyKind, found: int, expected: int) -> None:
     if found != expected:
-        raise PublishError(f"version {version} holds {found} user rows, expected {expected}")
+        raise PublishError(f"version {version} holds {found} {kind.rows}, expected {expected}")
 
 
-def _check_exist(client: redis.Redis, version: str, user_keys: list[str]) -> None:
-    flags = _pipelined(client, "exists", user_keys)
-    missing = [_user_of(key) for key, flag in zip(user_keys, flags, strict=True) if not flag]
+def _check_exist(client: redis.Redis, version: str, kind: KeyKind, names: list[str]) -> None:
+    flags = _pipelined(client, "exists", names)
+    missing = [_id_of(key) for key, flag in zip(names, flags, strict=True) if not flag]
     if missing:
         raise PublishError(
-            f"version {version} is incomplete: {len(missing)} of {len(user_keys)} users have no "
-            f"row (first: {', '.join(map(str, missing[:5]))})"
+            f"version {version} is incomplete: {len(missing)} of {len(names)} {kind.missing} "
+            f"(first: {', '.join(map(str, missing[:5]))})"
         )
 
 
 def _check_payload(key: str, raw: str | bytes | None, version: str, *, personal: bool) -> None:
     """Schema, version, user id, ranks 1..n and no item twice, for one stored payload."""
+    payload = _parsed(key, raw, USER_RECS_SCHEMA)
+    _check_list(key, payload, version, "user_id", _id_of(key) if personal else None)
+
+
+def _check_similar_payload(key: str, raw: str | bytes | None, version: str) -> None:
+    """As `_check_payload` for a similar-items payload; the item must not list itself."""
+    payload = _parsed(key, raw, SIMILAR_SCHEMA)
+    _check_list(key, payload, version, "item_id", _id_of(key))
+    if any(item["item_id"] == payload["item_id"] for item in payload["items"]):
+        raise PublishError(f"{key} lists the item as similar to itself")
+
+
+def _parsed(key: str, raw: str | bytes | None, schema: Path) -> dict[str, Any]:
+    """A stored payload as JSON, valid against `schema`."""
     if raw is None:
         raise PublishError(f"{key} is missing")
     try:
-        payload = json.loads(raw)
+        payload: dict[str, Any] = json.loads(raw)
     except ValueError as exc:
         raise PublishError(f"{key} is not valid JSON: {exc}") from None
-    error = next(schema_validator().iter_errors(payload), None)
+    error = next(schema_validator(str(schema)).iter_errors(payload), None)
     if error is not None:
         path = "/".join(map(str, error.absolute_path))
         raise PublishError(f"{key} breaks the contract at /{path}: {error.message}")
+    return payload
+
+
+def _check_list(
+    key: str, payload: dict[str, Any], version: str, field: str, owner: int | None
+) -> None:
+    """The payload's version and owner match its key; ranks run 1..n; no item appears twice."""
     items = payload["items"]
-    user_id = _user_of(key) if personal else None
     if payload["table_version"] != version:
         raise PublishError(f"{key} has table_version {payload['table_version']}")
-    if payload["user_id"] != user_id:
-        raise PublishError(f"{key} has user_id {payload['user_id']}, expected {user_id}")
+    if payload[field] != owner:
+        raise PublishError(f"{key} has {field} {payload[field]}, expected {owner}")
     if [item["rank"] for item in items] != list(range(1, len(items) + 1)):
         raise PublishError(f"{key} has ranks that are not 1..n in order")
     if len({item["item_id"] for item in items}) != len(items):
@@ -600,21 +816,23 @@ def _check_payload(key: str, raw: str | bytes | None, version: str, *, personal:
 
 
 def _persist_complete(
-    client: redis.Redis, keys: Keys, version: str, users: int, ttl_seconds: int
+    client: redis.Redis, keys: Keys, version: str, counts: dict[str, int], ttl_seconds: int
 ) -> None:
     """Remove the TTL of every key of `version`, then check they are all still there.
 
     Counting after PERSIST is what makes the check final: nothing can expire afterwards. If keys
     are missing, the survivors get `ttl_seconds` back so they still clean themselves up.
+    Versions staged before similar items existed have no `similar_items` count: 0 then.
     """
     found = sorted(_scan(client, keys.version_pattern(version)))
     _pipelined(client, "persist", found)
     present = sum(_pipelined(client, "exists", found))
     has_fallback = bool(client.exists(keys.fallback(version)))
-    if present != users + 2 or not has_fallback:
+    expected = counts["users"] + counts.get("similar_items", 0) + 2  # + fallback and meta
+    if present != expected or not has_fallback:
         _pipelined(client, "expire", found, ttl_seconds)
         raise PublishError(
-            f"version {version} is incomplete ({present} of {users + 2} keys, fallback "
+            f"version {version} is incomplete ({present} of {expected} keys, fallback "
             f"{'present' if has_fallback else 'missing'}); it may have expired"
         )
 
@@ -695,7 +913,8 @@ def _sample(items: list[str], size: int, *, seed: str) -> list[str]:
     return items if len(items) <= size else random.Random(seed).sample(items, size)
 
 
-def _user_of(key: str) -> int:
+def _id_of(key: str) -> int:
+    """The user or item id at the end of a key."""
     return int(key.rsplit(":", 1)[1])
 
 
@@ -706,13 +925,46 @@ def _batch_tables(settings: Settings, batch: str) -> tuple[pd.DataFrame, pd.Data
     return recs, lake.read("recs_fallback", {"batch": batch}, "part")
 
 
+def _batch_similar(settings: Settings, batch: str) -> pd.DataFrame | None:
+    """The batch's more_like_this table, or None when the batch has none (no embeddings)."""
+    lake = Lake(settings.lake)
+    if not lake.exists(SIMILAR_TABLE, {"batch": batch}, "part"):
+        log.info("batch %s has no %s table; publishing no similar items", batch, SIMILAR_TABLE)
+        return None
+    return lake.read(SIMILAR_TABLE, {"batch": batch}, "part")
+
+
 def _models_used(
-    recs: pd.DataFrame, fallback: pd.DataFrame, batch: str, run_id: str | None
-) -> dict[str, str]:
-    """Each source in the table -> where its model comes from (the MLflow run when known)."""
-    origin = f"mlflow run {run_id}" if run_id else f"models of batch {batch}"
-    sources = sorted({*recs["source"].unique().tolist(), *fallback["source"].unique().tolist()})
-    return {source: origin for source in sources}
+    settings: Settings,
+    batch: str,
+    recs: pd.DataFrame,
+    fallback: pd.DataFrame,
+    similar: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """The models behind the table: the score report's registry versions, else its sources."""
+    try:
+        report = json.loads(Lake(settings.lake).read_json(SCORE_REPORTS, batch))
+    except DataNotFound:
+        report = {}
+    except ValueError as exc:
+        raise PublishError(f"{SCORE_REPORTS}/{batch}.json is not valid JSON: {exc}") from None
+    models = report.get("models") if isinstance(report, dict) else None
+    if models is not None and not isinstance(models, dict):
+        raise PublishError(
+            f"{SCORE_REPORTS}/{batch}.json: models must be an object, not {models!r}"
+        )
+    if models:
+        return models
+    log.warning(
+        "%s/%s.json is missing or names no models; the meta record names the table's sources "
+        "instead (re-run score_users for the batch to record the model versions)",
+        SCORE_REPORTS,
+        batch,
+    )
+    sources = {*recs["source"].unique().tolist(), *fallback["source"].unique().tolist()}
+    if similar is not None and not similar.empty:
+        sources.add("content")
+    return {source: f"models of batch {batch}" for source in sorted(sources)}
 
 
 def _json_safe(models: dict[str, Any]) -> dict[str, Any]:

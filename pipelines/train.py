@@ -1,22 +1,32 @@
-"""Train: fit the batch's recommenders on its feature tables, save them, log them to MLflow."""
+"""Train: fit the batch's models on its feature tables, save them, log them to MLflow.
+
+Each step saves under `var/models/<batch>/<model>` and logs one MLflow run per (step, batch), so a
+re-run of a night resumes its run and returns the same run id.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from features.embeddings import EMBEDDINGS
+from features.interactions import load_events
 from inbo import schemas
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
+from models.als import ALSModel
 from models.base import TrainingData
-from models.factory import create
+from models.content import ContentModel
+from models.continue_reading import ContinueReadingModel
+from models.hybrid import train_reranker
+from models.popularity import PopularityModel
 from pipelines.tracking import log_step_run
 
 log = logging.getLogger(__name__)
-
-BASELINES = ("popularity", "continue_reading")
 
 
 @dataclass(frozen=True)
@@ -31,37 +41,60 @@ def model_dir(settings: Settings, batch: str) -> Path:
     return settings.var_dir / "models" / batch
 
 
-def load_training_data(lake: Lake, batch: str, as_of: datetime) -> TrainingData:
+def load_training_data(settings: Settings, as_of: datetime) -> TrainingData:
+    """Everything the batch ending at `as_of` may learn from, read from the lake."""
+    lake = Lake(settings.lake)
+    batch = batch_key(as_of)
+    part = {"batch": batch}
+    events, _ = load_events(lake, as_of - timedelta(days=2 * settings.history_days), as_of)
+    embeddings = (
+        lake.read("features/embeddings", part, "part", EMBEDDINGS)
+        if lake.exists("features/embeddings", part, "part")
+        else None
+    )
     return TrainingData(
-        interactions=lake.read(
-            "features/interactions", {"batch": batch}, "part", schemas.INTERACTIONS
-        ),
-        items=lake.read("items", {"batch": batch}, "part", schemas.ITEMS),
+        interactions=lake.read("features/interactions", part, "part", schemas.INTERACTIONS),
+        items=lake.read("items", part, "part", schemas.ITEMS),
         continue_reading=lake.read(
-            "features/continue_reading", {"batch": batch}, "part", schemas.CONTINUE_READING
+            "features/continue_reading", part, "part", schemas.CONTINUE_READING
         ),
         as_of=as_of,
+        events=events,
+        subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS),
+        embeddings=embeddings,
     )
 
 
+def window_params(settings: Settings, as_of: datetime) -> dict[str, object]:
+    return {
+        "data_window_start": (as_of - timedelta(days=settings.history_days)).isoformat(),
+        "data_window_end": as_of.isoformat(),
+        "history_days": settings.history_days,
+        "half_life_days": settings.popularity_half_life_days,
+    }
+
+
 def fit_baselines(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
-    """Fit popularity and continue reading for the batch; return where they are and the run id."""
+    """Popularity, continue reading and (when the batch has embeddings) content similarity."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
-    data = load_training_data(Lake(settings.lake), batch, interval_end)
+    data = load_training_data(settings, interval_end)
     directory = model_dir(settings, batch)
-    for name in BASELINES:
-        create(name).fit(data).save(directory / name)
+    PopularityModel().fit(data).save(directory / "popularity")
+    ContinueReadingModel().fit(data).save(directory / "continue_reading")
+    fitted = ["popularity", "continue_reading"]
+    if data.embeddings is not None:
+        content = ContentModel().fit(data)
+        content.save(directory / "content")
+        Lake(settings.lake).write(
+            content.more_like_this(10), "features/more_like_this", "part", {"batch": batch}
+        )
+        fitted.append("content")
     run_id = log_step_run(
         settings,
         step="baselines",
         batch=batch,
-        params={
-            "models": ",".join(BASELINES),
-            "half_life_days": settings.popularity_half_life_days,
-            "history_days": settings.history_days,
-            "data_window_end": interval_end.isoformat(),
-        },
+        params={"models": ",".join(fitted), **window_params(settings, interval_end)},
         metrics={
             "users": float(data.interactions["user_id"].nunique()),
             "items": float(len(data.items)),
@@ -71,3 +104,82 @@ def fit_baselines(interval_end: datetime, settings: Settings | None = None) -> T
         artifacts=directory,
     )
     return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
+
+
+def fit_als(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
+    """ALS on the batch's interaction table; saved with its id mappings and logged to MLflow."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    data = load_training_data(settings, interval_end)
+    directory = model_dir(settings, batch) / "als"
+    started = time.perf_counter()
+    model = ALSModel(**settings.als_params).fit(data)
+    seconds = time.perf_counter() - started
+    model.save(directory)
+    run_id = log_step_run(
+        settings,
+        step="als",
+        batch=batch,
+        params={**model.params, **window_params(settings, interval_end)},
+        metrics={
+            "fit_seconds": seconds,
+            "users": float(len(model.users)),
+            "items": float(len(model.items)),
+            "nonzeros": float(model.confidence.nnz),
+        },
+        artifacts=directory,
+    )
+    return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
+
+
+def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
+    """LightGBM LambdaRank on the impressions of the last label days before the batch end."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    data = load_training_data(settings, interval_end)
+    directory = model_dir(settings, batch) / "reranker"
+    started = time.perf_counter()
+    reranker, examples = train_reranker(
+        data,
+        settings.reranker_label_days,
+        settings.als_params,
+        settings.candidates_per_source,
+        history_settings(settings),
+    )
+    seconds = time.perf_counter() - started
+    reranker.save(directory)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch)
+        reranker.save(report / "model")
+        reranker.feature_importance().to_csv(report / "feature_importance.csv", index=False)
+        run_id = log_step_run(
+            settings,
+            step="reranker",
+            batch=batch,
+            params={
+                "label_days": settings.reranker_label_days,
+                **window_params(settings, interval_end),
+            },
+            metrics={
+                "fit_seconds": seconds,
+                "examples": float(len(examples)),
+                "positives": float((examples["label"] > 0).sum()),
+                "users": float(examples["user_id"].nunique()),
+            },
+            artifacts=report,
+        )
+    return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
+
+
+def history_settings(settings: Settings) -> tuple[int, float, float, tuple[float, float, int]]:
+    """How the batch aggregates events, for rebuilding it at an earlier cutoff."""
+    return (
+        settings.history_days,
+        settings.popularity_half_life_days,
+        settings.continue_reading_max,
+        (
+            settings.continue_reading_min,
+            settings.continue_reading_max,
+            settings.continue_reading_days,
+        ),
+    )

@@ -64,6 +64,15 @@ def _write_events(lake: Lake, events: pd.DataFrame, batch: str) -> None:
         lake.write_partitioned(events, "user_events", batch, by="ts", schema=schemas.USER_EVENTS)
 
 
+def promote_subscriptions(lake: Lake, batch: str, users: set[int]) -> None:
+    """Subscriptions of users that passed validation, for the features that need them."""
+    staged = lake.read("staging/subscriptions", {"batch": batch}, "part", schemas.SUBSCRIPTIONS)
+    kept = staged[staged["user_id"].isin(users)]
+    if len(kept) < len(staged):
+        log.warning("%d subscriptions of unknown users left out", len(staged) - len(kept))
+    lake.write(kept, "subscriptions", "part", {"batch": batch}, schemas.SUBSCRIPTIONS)
+
+
 def validate_batch(interval_end: datetime, settings: Settings | None = None) -> ValidationReport:
     """Validate the staged tables of the batch ending at `interval_end`."""
     from validation import enforce_threshold, validate
@@ -106,6 +115,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         report.bad_share[table] = bad_rows[table] / max(extracted_rows[table], 1)
         if result.docs_path is not None:
             report.data_docs[table] = str(result.docs_path)
+    promote_subscriptions(lake, batch, known.get("known_user_ids", set()))
     bad = pd.concat(bad_frames, ignore_index=True) if bad_frames else pd.DataFrame()
     write_quarantine(lake, bad, batch, "validate")
     if not bad.empty:

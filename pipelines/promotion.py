@@ -1,0 +1,153 @@
+"""Evaluate and gate: challenger and champion compared on the same held-out window, then promoted.
+
+The last `holdout_days` of the batch are held out; every model configuration is fitted on the
+data before them and scored on what users clicked or read in them. The challenger is tonight's
+configuration, the champion is the configuration (parameters) of the registered `champion`, both
+refitted on the same split, so the comparison is fair whatever data each version first saw.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import pandas as pd
+
+from inbo.errors import InboError
+from inbo.lake import Lake, batch_key
+from inbo.settings import Settings, get_settings
+from models.als import ALSModel
+from models.content import ContentModel
+from models.hybrid import HybridRecommender
+from models.popularity import PopularityModel
+from pipelines import registry
+from pipelines.evaluate import evaluate_model, time_split
+from pipelines.tracking import connect, log_step_run
+from pipelines.train import load_training_data, model_dir
+
+log = logging.getLogger(__name__)
+
+REPORTS = "_reports/evaluate"
+GATE_REPORTS = "_reports/gate"
+GATE_METRIC = "ndcg_at_k"
+ALS_PARAMS = ("factors", "regularization", "alpha", "iterations", "weighting")
+
+
+def champion_als_params(settings: Settings) -> dict[str, Any] | None:
+    """The ALS parameters the `champion` version was trained with, from its MLflow run."""
+    if registry.alias_version(settings, "als", registry.CHAMPION) is None:
+        return None
+    client = connect(settings)
+    version = client.get_model_version_by_alias(registry.registered_name("als"), registry.CHAMPION)
+    logged = client.get_run(version.run_id).data.params
+    types = {
+        "factors": int,
+        "iterations": int,
+        "regularization": float,
+        "alpha": float,
+        "weighting": str,
+    }
+    return {name: types[name](logged[name]) for name in ALS_PARAMS if name in logged}
+
+
+def configurations(settings: Settings, with_content: bool) -> dict[str, Any]:
+    """Every model to evaluate tonight, as zero-argument factories."""
+    hybrid = partial(
+        HybridRecommender,
+        reranker_params=None,
+        label_days=settings.reranker_label_days,
+        per_source=settings.candidates_per_source,
+    )
+    models: dict[str, Any] = {"popularity": PopularityModel}
+    if with_content:
+        models["content"] = ContentModel
+    models["als"] = partial(ALSModel, **settings.als_params)
+    models["hybrid"] = partial(hybrid, als_params=settings.als_params)
+    champion = champion_als_params(settings)
+    if champion is not None:
+        models["als@champion"] = partial(ALSModel, **champion)
+        models["hybrid@champion"] = partial(hybrid, als_params=champion)
+    return models
+
+
+def evaluate_batch(interval_end: datetime, settings: Settings | None = None) -> dict[str, float]:
+    """nDCG@10 of every configuration on the held-out window; the table goes to the lake and MLflow."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    data = load_training_data(settings, interval_end)
+    holdout = timedelta(days=settings.holdout_days)
+    split = time_split(
+        data.events,
+        data.items,
+        interval_end - holdout,
+        holdout,
+        settings=settings,
+        subscriptions=data.subscriptions,
+        embeddings=data.embeddings,
+    )
+    rows = []
+    for name, factory in configurations(settings, data.embeddings is not None).items():
+        try:
+            rows.append(evaluate_model(name, factory, split))
+        except InboError as exc:
+            log.warning("%s could not be evaluated on %s: %s", name, split.name, exc)
+            rows.append({"model": name, "error": str(exc)})
+    table = pd.DataFrame(rows).set_index("model")
+    Lake(settings.lake).write_json(
+        table.reset_index().to_json(orient="records", indent=2), REPORTS, batch
+    )
+    metrics = {
+        f"{column}.{name.replace('@', '_')}": float(value)
+        for name, row in table.iterrows()
+        for column, value in row.items()
+        if isinstance(value, int | float) and not math.isnan(value)
+    }
+    log_step_run(
+        settings, "evaluate", batch,
+        {"split": split.name, "holdout_days": settings.holdout_days, "users": len(split.users)},
+        metrics,
+    )  # fmt: skip
+    scores = table[GATE_METRIC].dropna() if GATE_METRIC in table else pd.Series(dtype=float)
+    log.info("held-out %s on %s: %s", GATE_METRIC, split.name, scores.round(4).to_dict())
+    return {str(name): float(value) for name, value in scores.items()}
+
+
+def register_and_gate(
+    interval_end: datetime,
+    als_run: str,
+    reranker_run: str,
+    scores: dict[str, float],
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Register tonight's ALS and reranker as challengers; promote each unless it is worse."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    directory = model_dir(settings, batch)
+    decisions = {}
+    for kind, run_id, config in (("als", als_run, "als"), ("reranker", reranker_run, "hybrid")):
+        if config not in scores:
+            raise InboError(f"no held-out score for {config}: the evaluate step could not fit it")
+        version = registry.register(settings, kind, run_id, directory / kind, batch)
+        decision = registry.gate(
+            settings, kind, version, scores[config], scores.get(f"{config}@champion"),
+            settings.promotion_margin,
+        )  # fmt: skip
+        decisions[kind] = asdict(decision)
+    Lake(settings.lake).write_json(json.dumps(decisions, indent=2), GATE_REPORTS, batch)
+    log_step_run(
+        settings, "gate", batch,
+        {"margin": settings.promotion_margin, "metric": GATE_METRIC},
+        {f"promoted.{kind}": float(d["promoted"]) for kind, d in decisions.items()}
+        | {f"challenger.{kind}": d["challenger_score"] for kind, d in decisions.items()}
+        | {
+            f"champion.{kind}": d["champion_score"]
+            for kind, d in decisions.items()
+            if d["champion_score"] is not None
+        },
+    )  # fmt: skip
+    return decisions
