@@ -167,11 +167,146 @@ def features(date: DateOption = None) -> None:
 
 
 @app.command()
-def train(date: DateOption = None) -> None:
-    """Fit the batch's models and log them to MLflow."""
-    from pipelines.train import fit_baselines
+def embed(date: DateOption = None) -> None:
+    """Encode new or changed issues with MiniLM (cached by content hash)."""
+    from features.embeddings import build_embeddings
 
-    console.print(fit_baselines(interval_end(date)))
+    console.print(build_embeddings(interval_end(date)))
+
+
+@app.command()
+def train(date: DateOption = None) -> None:
+    """Fit the batch's models (baselines, content, ALS, reranker) and log them to MLflow."""
+    from pipelines.train import fit_als, fit_baselines, fit_reranker
+
+    end = interval_end(date)
+    for step in (fit_baselines, fit_als, fit_reranker):
+        console.print(step(end))
+
+
+@app.command()
+def gate(date: DateOption = None) -> None:
+    """Evaluate challenger and champion on the held-out window, register, promote if not worse."""
+    from pipelines.promotion import evaluate_batch, register_and_gate
+    from pipelines.tracking import connect
+
+    end = interval_end(date)
+    scores = evaluate_batch(end)
+    runs = _batch_runs(connect(get_settings()), end)
+    for kind, decision in register_and_gate(end, runs["als"], runs["reranker"], scores).items():
+        verdict = "promoted" if decision["promoted"] else "kept the champion"
+        console.print(f"{kind}: version {decision['challenger']} {verdict} ({decision['reason']})")
+
+
+def _batch_runs(client: Any, end: datetime) -> dict[str, str]:
+    """The MLflow runs `inbo train` logged for the batch, by step."""
+    from inbo.lake import batch_key
+    from pipelines.tracking import EXPERIMENT
+
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    batch = batch_key(end)
+    runs = {}
+    for step in ("als", "reranker"):
+        found = client.search_runs(
+            [experiment.experiment_id] if experiment else [],
+            f"tags.step = '{step}' and tags.batch = '{batch}'",
+            max_results=1,
+        )
+        if not found:
+            raise InboError(f"no {step} run for batch {batch}: run `inbo train --date` first")
+        runs[step] = found[0].info.run_id
+    return runs
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[
+        str, typer.Option(help="demo (the lake's newest batch), movielens-100k, or mind.")
+    ] = "demo",
+    path: Annotated[
+        Path | None, typer.Option(help="Folder of the dataset (movielens, mind).")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1)] = 10,
+) -> None:
+    """Offline evaluation: popularity, content, ALS and ALS + reranker, one table, logged to MLflow."""
+    from pipelines.benchmark import format_table, run_benchmark
+
+    print(format_table(run_benchmark(dataset, path, k=k)))
+
+
+@app.command()
+def models() -> None:
+    """Registered model versions with their aliases (champion, challenger)."""
+    from pipelines.registry import list_models
+
+    table = Table("model", "version", "aliases", "batch", "run")
+    for row in list_models(get_settings()):
+        table.add_row(
+            row["model"], str(row["version"]), row["aliases"], row["batch"], row["run_id"]
+        )
+    console.print(table)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="als, reranker or popularity")],
+    version: Annotated[int, typer.Argument(help="Registered version to make champion.")],
+) -> None:
+    """Point the `champion` alias at a version; the next publish uses it."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.registry import promote as set_champion
+    from pipelines.registry import registered_name
+
+    try:
+        set_champion(get_settings(), model, version)
+    except MlflowException:
+        raise InboError(
+            f"{registered_name(model)} has no version {version}; see `inbo models`"
+        ) from None
+    console.print(f"{registered_name(model)} version {version} is now champion")
+
+
+@app.command()
+def explain(
+    user_id: Annotated[int, typer.Argument()],
+    item_id: Annotated[int, typer.Argument()],
+    date: DateOption = None,
+) -> None:
+    """The reranker's per-feature contributions for one user and issue."""
+    from pipelines.explain import explain_item
+
+    found = explain_item(user_id, item_id, interval_end(date))
+    console.print(
+        f"user {found.user_id}, item {found.item_id}: score {found.score:.4f}, "
+        f"proposed by {found.proposed_by}; reason: {found.reason}"
+    )
+    table = Table("feature", "value", "contribution")
+    for name, row in found.contributions.iterrows():
+        table.add_row(str(name), f"{row['value']:.4g}", f"{row['contribution']:+.4f}")
+    console.print(table)
+
+
+@app.command()
+def similar(item_id: Annotated[int, typer.Argument()]) -> None:
+    """An issue's "more like this" list from the live Redis table."""
+    from pipelines.publish import read_similar
+
+    found = read_similar(item_id)
+    if not found:
+        raise InboError(f"item {item_id} has no 'more like this' row in the live table")
+    titles = _titles()
+    table = Table(
+        "rank", "item", "score", "title", title=f"more like {item_id}: {titles.get(item_id, '')}"
+    )
+    for entry in found["items"]:
+        table.add_row(
+            str(entry["rank"]),
+            str(entry["item_id"]),
+            f"{entry['score']:.3f}",
+            titles.get(entry["item_id"], ""),
+        )
+    console.print(table)
 
 
 @app.command()

@@ -42,14 +42,20 @@ class TrainingData:
     embeddings: pd.DataFrame | None = None
 
 
-class Recommender(Protocol):
-    name: str
+class Scorer(Protocol):
+    """What offline evaluation needs of a model: fit, then recommend."""
 
     def fit(self, data: TrainingData) -> Self: ...
 
     def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
         """Up to `n` candidates per user, columns `CANDIDATE_COLUMNS`."""
         ...
+
+
+class Recommender(Scorer, Protocol):
+    """A model the pipeline saves, registers and loads back."""
+
+    name: str
 
     def save(self, directory: Path) -> None: ...
 

@@ -32,11 +32,11 @@ import pandas as pd
 from inbo import schemas
 from inbo.settings import Settings, get_settings
 from models import metrics as m
-from models.base import Recommender, TrainingData
+from models.base import Scorer, TrainingData
 
 log = logging.getLogger(__name__)
 
-ModelFactory = Callable[[], Recommender]
+ModelFactory = Callable[[], Scorer]
 """Makes a new, unfitted model: a model class, `functools.partial(create, "als", ...)`, a lambda."""
 
 DEFAULT_METRICS: tuple[str, ...] = (
