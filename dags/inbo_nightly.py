@@ -40,11 +40,13 @@ REDIS_TABLE = Asset(name="inbo_redis_recs", uri="inbo://redis/recs")
 RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
     rules=[
         RetryRule(
+            exception="inbo.errors.ServiceUnavailable",
+            action=RetryAction.RETRY,
+            reason="a service dropped out: it may be back on the next try",
+        ),
+        RetryRule(
             exception=[
-                "inbo.errors.ValidationFailed",
-                "inbo.errors.ConfigError",
-                "inbo.errors.SourceError",
-                "inbo.errors.DataNotFound",
+                "inbo.errors.InboError",
                 "builtins.TypeError",
                 "builtins.ValueError",
                 "builtins.KeyError",
@@ -54,7 +56,7 @@ RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
             ],
             action=RetryAction.FAIL,
             reason="bad data, configuration or code: a retry gives the same answer",
-        )
+        ),
     ]
 )
 """Services that drop out (Redis, MLflow, the app DB) are retried; deterministic failures are not."""

@@ -130,11 +130,12 @@ def register_and_gate(
     directory = model_dir(settings, batch)
     decisions = {}
     for kind, run_id, config in (("als", als_run, "als"), ("reranker", reranker_run, "hybrid")):
-        if config not in scores:
-            raise InboError(f"no held-out score for {config}: the evaluate step could not fit it")
+        if not run_id:
+            log.warning("no %s was trained for batch %s: nothing to register", kind, batch)
+            continue
         version = registry.register(settings, kind, run_id, directory / kind, batch)
         decision = registry.gate(
-            settings, kind, version, scores[config], scores.get(f"{config}@champion"),
+            settings, kind, version, scores.get(config), scores.get(f"{config}@champion"),
             settings.promotion_margin,
         )  # fmt: skip
         decisions[kind] = asdict(decision)
@@ -143,7 +144,11 @@ def register_and_gate(
         settings, "gate", batch,
         {"margin": settings.promotion_margin, "metric": GATE_METRIC},
         {f"promoted.{kind}": float(d["promoted"]) for kind, d in decisions.items()}
-        | {f"challenger.{kind}": d["challenger_score"] for kind, d in decisions.items()}
+        | {
+            f"challenger.{kind}": d["challenger_score"]
+            for kind, d in decisions.items()
+            if d["challenger_score"] is not None
+        }
         | {
             f"champion.{kind}": d["champion_score"]
             for kind, d in decisions.items()

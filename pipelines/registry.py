@@ -51,7 +51,7 @@ class Decision:
     model: str
     challenger: int
     champion: int | None
-    challenger_score: float
+    challenger_score: float | None
     champion_score: float | None
     margin: float
     promoted: bool
@@ -136,14 +136,22 @@ def gate(
     settings: Settings,
     kind: str,
     challenger: int,
-    challenger_score: float,
+    challenger_score: float | None,
     champion_score: float | None,
     margin: float,
 ) -> Decision:
-    """Promote the challenger unless it is worse than the champion by more than `margin`."""
+    """Promote the challenger unless it is worse than the champion by more than `margin`.
+
+    Without a held-out score (too little data to evaluate) a challenger is promoted only when
+    there is no champion at all: something must serve, and nothing says it is worse.
+    """
     champion = alias_version(settings, kind, CHAMPION)
-    if champion is None or champion_score is None:
+    if champion is None:
         promoted, reason = True, "no champion yet: the first model is promoted"
+    elif challenger_score is None:
+        promoted, reason = False, "no held-out score for the challenger: the champion stays"
+    elif champion_score is None:
+        promoted, reason = True, "the champion configuration could not be scored on this window"
     elif challenger_score >= champion_score - margin:
         promoted, reason = (
             True,

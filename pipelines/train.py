@@ -16,6 +16,7 @@ from pathlib import Path
 from features.embeddings import EMBEDDINGS
 from features.interactions import load_events
 from inbo import schemas
+from inbo.errors import ModelCannotFit, NoPositiveExamples
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from models.als import ALSModel
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainedModels:
+    """Where a step saved its model and its MLflow run; both empty when it had too little data."""
+
     batch: str
     directory: str
     run_id: str
@@ -139,13 +142,17 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
     data = load_training_data(settings, interval_end)
     directory = model_dir(settings, batch) / "reranker"
     started = time.perf_counter()
-    reranker, examples = train_reranker(
-        data,
-        settings.reranker_label_days,
-        settings.als_params,
-        settings.candidates_per_source,
-        history_settings(settings),
-    )
+    try:
+        reranker, examples = train_reranker(
+            data,
+            settings.reranker_label_days,
+            settings.als_params,
+            settings.candidates_per_source,
+            history_settings(settings),
+        )
+    except (NoPositiveExamples, ModelCannotFit) as exc:
+        log.warning("no reranker for batch %s: %s; the champion (if any) keeps serving", batch, exc)
+        return TrainedModels(batch=batch, directory="", run_id="")
     seconds = time.perf_counter() - started
     reranker.save(directory)
     with tempfile.TemporaryDirectory() as scratch:

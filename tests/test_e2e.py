@@ -68,6 +68,16 @@ def test_nightly_dag_publishes_a_valid_table(
         assert [i["item_id"] for i in items] == rows.sort_values("rank")["item_id"].tolist()
         assert all(i["reason"]["code"] and i["reason"]["text"] for i in items)
 
+    assert "inbo-als v" in meta["models"]["als"] and "inbo-reranker v" in meta["models"]["reranker"]
+    assert meta["counts"]["similar_items"] > 0
+
+    from pipelines.explain import explain_item
+
+    top = recs[recs["rank"] == 1].iloc[0]
+    explained = explain_item(int(top["user_id"]), int(top["item_id"]), world_end, live_redis)
+    assert explained.score == pytest.approx(float(top["score"]), rel=1e-6)
+    assert explained.reason == top["reason"]
+
     stranger = read_recs(10**9, live_redis)
     assert not stranger["personal"] and stranger["payload"]["items"]
 
@@ -131,7 +141,7 @@ def test_demo_command_runs_the_dag_through_the_airflow_cli(settings: Settings) -
     inbo = str(Path(sys.executable).with_name("inbo"))
     env = {**os.environ, "INBO_VAR_DIR": str(settings.var_dir)}
     out = subprocess.run(
-        [inbo, "demo", "--users", "150", "--items", "40", "--days", "3"],
+        [inbo, "demo", "--users", "300", "--items", "60", "--days", "5"],
         capture_output=True,
         text=True,
         env=env,
