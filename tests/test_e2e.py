@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -40,13 +42,35 @@ def run_nightly(logical_date: datetime) -> str:
     return str(run.state)
 
 
-def test_nightly_dag_publishes_a_valid_table(
-    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
-) -> None:
+@pytest.fixture(scope="module")
+def nightly(
+    airflow_db: None,
+    world_template: Path,
+    redis_server: str,
+    world_end: datetime,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Settings]:
+    """One nightly run on a copy of the world, shared by the tests that only read its output."""
+    from inbo.settings import get_settings
+
+    var_dir = tmp_path_factory.mktemp("nightly") / "var"
+    shutil.copytree(world_template, var_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INBO_VAR_DIR", str(var_dir))
+        patch.setenv("INBO_REDIS_URL", redis_server)
+        patch.setenv("INBO_REDIS_PREFIX", "e2e")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        get_settings.cache_clear()
+        assert run_nightly(world_end) == "success"
+        yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datetime) -> None:
     from inbo.services import redis_client
     from pipelines.publish import read_recs
 
-    assert run_nightly(world_end) == "success"
+    live_redis = nightly
 
     lake = Lake(live_redis.lake)
     batch = batch_key(world_end)
@@ -95,11 +119,11 @@ def test_nightly_dag_publishes_a_valid_table(
 
 
 def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
-    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+    nightly: Settings, world_end: datetime
 ) -> None:
     from inbo.services import redis_client
 
-    assert run_nightly(world_end) == "success"
+    live_redis = nightly
     lake = Lake(live_redis.lake)
     batch = batch_key(world_end)
     first = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
@@ -117,12 +141,12 @@ def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
 
 
 def test_recommendations_follow_the_simulated_tastes(
-    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+    nightly: Settings, world_end: datetime
 ) -> None:
     """Personal rows hit a user's true favourite categories far more often than chance."""
     import pandas as pd
 
-    assert run_nightly(world_end) == "success"
+    live_redis = nightly
     lake = Lake(live_redis.lake)
     recs = lake.read("recs", {"batch": batch_key(world_end)}, "part", schemas.RECOMMENDATIONS)
     truth = pd.read_parquet(live_redis.var_dir / "simulation" / "user_tastes.parquet")
