@@ -33,7 +33,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "num_leaves": 31,
     "min_child_samples": 20,
     "random_state": 0,
-    "n_jobs": 2,
+    "n_jobs": 1,
     "verbosity": -1,
 }
 """LGBMRanker parameters; any of them can be overridden through `Reranker(**params)`."""
