@@ -23,6 +23,18 @@ EVENT_TYPES: tuple[str, ...] = (
     "unsubscribe",
 )
 
+APP_INTERACTION_KINDS: tuple[str, ...] = (
+    "impression",
+    "email_open",
+    "click",
+    "bookmark",
+    "share",
+    "hide",
+    "subscribe",
+    "unsubscribe",
+)
+"""Values of the app's raw `experience_interactions.kind` (reads live in `reading_progress`)."""
+
 TS = pa.timestamp("us", tz="UTC")
 
 USERS = pa.schema(

@@ -27,6 +27,8 @@ from sqlalchemy import (
     make_url,
 )
 
+from inbo.schemas import APP_INTERACTION_KINDS
+
 log = logging.getLogger(__name__)
 
 metadata = MetaData()
@@ -107,17 +109,7 @@ reading_progress = Table(
     Index("ix_reading_progress_updated_at", "updated_at"),
 )
 
-INTERACTION_KINDS: tuple[str, ...] = (
-    "impression",
-    "email_open",
-    "click",
-    "bookmark",
-    "share",
-    "hide",
-    "subscribe",
-    "unsubscribe",
-)
-"""Values of `experience_interactions.kind`. Reads are not among them: see `reading_progress`."""
+INTERACTION_KINDS = APP_INTERACTION_KINDS
 
 
 def create_app_schema(engine: Engine) -> None:

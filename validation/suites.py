@@ -18,22 +18,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from inbo.schemas import EVENT_TYPES, ITEMS, USER_EVENTS, USERS
+from inbo.schemas import APP_INTERACTION_KINDS, EVENT_TYPES, ITEMS, USER_EVENTS, USERS
 
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 """Timestamps before this are clock or parsing errors, not history."""
 
-RAW_KINDS: tuple[str, ...] = (
-    "impression",
-    "email_open",
-    "click",
-    "bookmark",
-    "share",
-    "hide",
-    "subscribe",
-    "unsubscribe",
-)
-"""Values of `kind` in the app's experience_interactions table."""
+RAW_KINDS = APP_INTERACTION_KINDS
 
 RAW_COLUMNS: tuple[str, ...] = (
     "id",
