@@ -619,13 +619,6 @@ class RerankedALS:
             source=self.name, reason_code="reranked", reason="Readers like you rated these"
         )[list(CANDIDATE_COLUMNS)]
 
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError("RerankedALS is a benchmark model; it is not saved")
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        raise NotImplementedError("RerankedALS is a benchmark model; it is not saved")
-
 
 # -- the platform's own data -----------------------------------------------------------------------
 
