@@ -114,3 +114,51 @@ def test_manual_promotion_and_pyfunc_loading(settings: Settings, tmp_path: Path)
     with pytest.raises(Exception, match="alias"):
         registry.download(settings, "popularity", "no-such-alias")
     assert np.array_equal(registry.download(settings, "popularity", str(first))[0].exists(), True)
+
+
+def test_als_registered_version_recommends_the_same_in_a_fresh_process(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from models.als import ALSModel
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(1, 40, 600), rng.integers(100, 160, 600)
+    interactions = schemas.conform(
+        pd.DataFrame(
+            {
+                "user_id": users, "item_id": items, "weight": rng.uniform(0.5, 3, 600), "events": 1,
+                "last_ts": AS_OF, "read_fraction": 0.0, "is_read": False, "dismissed": False,
+            }
+        ).drop_duplicates(["user_id", "item_id"]),
+        schemas.INTERACTIONS,
+    )  # fmt: skip
+    catalogue = schemas.conform(
+        pd.DataFrame(
+            {
+                "item_id": range(100, 160), "publisher_id": 1, "publisher": "p", "title": "t",
+                "description": "d", "category": "sport", "tags": [[] for _ in range(60)],
+                "published_at": AS_OF - timedelta(days=1), "language": "en",
+            }
+        ),
+        schemas.ITEMS,
+    )  # fmt: skip
+    data = TrainingData(interactions, catalogue, schemas.empty(schemas.CONTINUE_READING), AS_OF)
+    model = ALSModel(factors=8, iterations=5, num_threads=1).fit(data)
+    model.save(tmp_path / "als")
+    run_id = log_step_run(settings, "als", "b1", model.params, {"users": 39.0})
+    version = registry.register(settings, "als", run_id, tmp_path / "als", "b1")
+    registry.gate(settings, "als", version, 0.2, None, margin=0.01)
+    expected = model.recommend(np.array([1, 2, 3]), 5)["item_id"].tolist()
+
+    probe = (
+        "import json, numpy as np; from inbo.settings import get_settings; from pipelines import registry;"
+        "from models.als import ALSModel;"
+        "path, v = registry.download(get_settings(), 'als', 'champion');"
+        "recs = ALSModel.load(path).recommend(np.array([1, 2, 3]), 5);"
+        "print(json.dumps({'version': v, 'items': recs['item_id'].tolist()}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "version": version,
+        "items": expected,
+    }
