@@ -35,6 +35,45 @@ EVENT_WEIGHTS: dict[str, float] = {
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a batch turns its events into interaction and continue-reading tables.
+
+    One object so the nightly batch, the held-out evaluation and the reranker's earlier cutoff
+    rebuild the tables the same way.
+    """
+
+    history_days: int = 30
+    half_life_days: float = 7.0
+    started_at: float = 0.05
+    read_at: float = 0.9
+    started_days: int = 14
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Recipe:
+        return cls(
+            history_days=settings.history_days,
+            half_life_days=settings.popularity_half_life_days,
+            started_at=settings.continue_reading_min,
+            read_at=settings.continue_reading_max,
+            started_days=settings.continue_reading_days,
+        )
+
+    def window(self, events: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+        """The events a batch ending at `as_of` looks at."""
+        end = pd.Timestamp(as_of)
+        return events[
+            (events["ts"] >= end - timedelta(days=self.history_days)) & (events["ts"] < end)
+        ]
+
+    def tables(self, events: pd.DataFrame, as_of: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(interactions, continue reading) of the batch ending at `as_of`, from `events` in its window."""
+        window = self.window(events, as_of)
+        pairs = aggregate(window, as_of, self.half_life_days, self.read_at)
+        started = continue_reading(window, as_of, self.started_at, self.read_at, self.started_days)
+        return pairs, started
+
+
+@dataclass(frozen=True)
 class InteractionStats:
     batch: str
     events: int
@@ -115,16 +154,7 @@ def build_interactions(
     batch = batch_key(interval_end)
     start = interval_end - timedelta(days=settings.history_days)
     events, duplicates = load_events(lake, start, interval_end)
-    pairs = aggregate(
-        events, interval_end, settings.popularity_half_life_days, settings.continue_reading_max
-    )
-    started = continue_reading(
-        events,
-        interval_end,
-        settings.continue_reading_min,
-        settings.continue_reading_max,
-        settings.continue_reading_days,
-    )
+    pairs, started = Recipe.from_settings(settings).tables(events, interval_end)
     lake.write(pairs, "features/interactions", "part", {"batch": batch}, schemas.INTERACTIONS)
     lake.write(
         started, "features/continue_reading", "part", {"batch": batch}, schemas.CONTINUE_READING

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 import fsspec
 import pandas as pd
@@ -22,9 +22,17 @@ from inbo.errors import DataNotFound
 log = logging.getLogger(__name__)
 
 
+BATCH_FORMAT = "%Y%m%dT%H%MZ"
+
+
 def batch_key(interval_end: datetime) -> str:
     """Name of the batch whose data interval ends at `interval_end` (UTC), e.g. 20261126T0000Z."""
-    return interval_end.strftime("%Y%m%dT%H%MZ")
+    return interval_end.strftime(BATCH_FORMAT)
+
+
+def batch_end(batch: str) -> datetime:
+    """The interval end a batch key names: the inverse of `batch_key`."""
+    return datetime.strptime(batch, BATCH_FORMAT).replace(tzinfo=UTC)
 
 
 class Lake:

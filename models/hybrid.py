@@ -15,7 +15,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from features.interactions import aggregate, continue_reading
+from features.interactions import Recipe
 from features.ranking import impression_labels, ranking_features, training_examples
 from models.base import TrainingData
 from models.candidates import CandidateModels, generate, restrict
@@ -34,24 +34,12 @@ SOURCE_OF_REASON = {
 }
 
 
-def data_at(
-    data: TrainingData,
-    cutoff: datetime,
-    history_days: int,
-    half_life_days: float,
-    read_at: float,
-    started: tuple[float, float, int],
-) -> TrainingData:
+def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingData:
     """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events."""
     if data.events is None:
         raise ValueError("the reranker needs raw events: build TrainingData with `events`")
-    window = data.events[
-        (data.events["ts"] >= pd.Timestamp(cutoff) - timedelta(days=history_days))
-        & (data.events["ts"] < pd.Timestamp(cutoff))
-    ]
-    interactions = aggregate(window, cutoff, half_life_days, read_at)
-    low, high, days = started
-    return restrict(data, cutoff, interactions, continue_reading(window, cutoff, low, high, days))
+    interactions, started = recipe.tables(data.events, cutoff)
+    return restrict(data, cutoff, interactions, started)
 
 
 def seen_pairs(interactions: pd.DataFrame) -> pd.DataFrame:
@@ -85,12 +73,12 @@ def train_reranker(
     label_days: float,
     als_params: dict[str, Any],
     per_source: int,
-    history: tuple[int, float, float, tuple[float, float, int]],
+    recipe: Recipe,
     reranker_params: dict[str, Any] | None = None,
 ) -> tuple[Reranker, pd.DataFrame]:
     """A reranker trained on the last `label_days` before `data.as_of`, and its examples."""
     cutoff = pd.Timestamp(data.as_of) - timedelta(days=label_days)
-    earlier = data_at(data, cutoff.to_pydatetime(), *history)
+    earlier = data_at(data, cutoff.to_pydatetime(), recipe)
     sources = CandidateModels.fit(earlier, als_params)
     shown = impression_labels(data.events, data.items, cutoff, label_days, True)["user_id"].unique()
 
@@ -125,16 +113,13 @@ class HybridRecommender:
         reranker_params: dict[str, Any] | None = None,
         label_days: float = 2.0,
         per_source: int = 100,
-        history_days: int = 30,
-        half_life_days: float = 7.0,
-        read_at: float = 0.9,
-        started: tuple[float, float, int] = (0.05, 0.9, 14),
+        recipe: Recipe | None = None,
     ) -> None:
         self.als_params = als_params or {}
         self.reranker_params = reranker_params or {}
         self.label_days = label_days
         self.per_source = per_source
-        self.history = (history_days, half_life_days, read_at, started)
+        self.recipe = recipe or Recipe()
 
     def fit(self, data: TrainingData) -> Self:
         self.sources = CandidateModels.fit(data, self.als_params)
@@ -143,7 +128,7 @@ class HybridRecommender:
             self.label_days,
             self.als_params,
             self.per_source,
-            self.history,
+            self.recipe,
             self.reranker_params,
         )
         self.data = data

@@ -25,22 +25,17 @@
 from datetime import timedelta
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
 from features.interactions import aggregate, load_events
 from inbo import schemas
-from inbo.lake import Lake
+from inbo.lake import Lake, batch_end
 from inbo.settings import get_settings
+from pipelines.validate import latest_validated_batch
 
 settings = get_settings()
 lake = Lake(settings.lake)
-reports = sorted(
-    p.rsplit("/", 1)[-1].removesuffix(".json")
-    for p in lake.fs.glob(f"{lake.path('_reports/validate')}/*.json")
-)
-assert reports, "no validated batch in the lake yet: run `make demo` first"
-batch = reports[-1]
-end = pd.Timestamp(batch.replace("Z", ""), tz="UTC").to_pydatetime()
+batch = latest_validated_batch(lake)
+end = batch_end(batch)
 print(f"lake: {settings.lake}\nlatest validated batch: {batch}")
 
 # %% [markdown]

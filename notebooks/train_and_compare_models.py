@@ -34,26 +34,22 @@ import pandas as pd
 from IPython.display import display
 
 from features.embeddings import EMBEDDINGS, build_embeddings
-from features.interactions import load_events
+from features.interactions import Recipe, load_events
 from inbo import schemas
 from inbo.errors import NoPositiveExamples
-from inbo.lake import Lake
+from inbo.lake import Lake, batch_end
 from inbo.settings import get_settings
 from models.als import ALSModel
 from models.content import ContentModel
 from models.hybrid import HybridRecommender
 from models.popularity import PopularityModel
 from pipelines.evaluate import evaluate, time_split, top_k_lists
+from pipelines.validate import latest_validated_batch
 
 settings = get_settings()
 lake = Lake(settings.lake)
-reports = sorted(
-    p.rsplit("/", 1)[-1].removesuffix(".json")
-    for p in lake.fs.glob(f"{lake.path('_reports/validate')}/*.json")
-)
-assert reports, "no validated batch in the lake yet: run `make demo` first"
-batch = reports[-1]
-end = pd.Timestamp(batch.replace("Z", ""), tz="UTC").to_pydatetime()
+batch = latest_validated_batch(lake)
+end = batch_end(batch)
 print(f"lake: {settings.lake}\nlatest validated batch: {batch}")
 
 # %% [markdown]
@@ -133,6 +129,7 @@ hybrid = partial(
     als_params=settings.als_params,
     label_days=settings.reranker_label_days,
     per_source=settings.candidates_per_source,
+    recipe=Recipe.from_settings(settings),
 )
 table = evaluate({name: kept(name, make) for name, make in baselines.items()}, split)
 try:

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -37,7 +37,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.ranking import LABEL
-from inbo.errors import ConfigError, DataNotFound, NotFitted
+from inbo.errors import ConfigError, NotFitted
 from inbo.settings import Settings, get_settings
 from models import metrics as m
 from models.als import ALSModel
@@ -628,11 +628,12 @@ def demo_benchmark(settings: Settings) -> Benchmark:
     from features.embeddings import EMBEDDINGS
     from features.interactions import load_events
     from inbo import schemas
-    from inbo.lake import Lake
+    from inbo.lake import Lake, batch_end
+    from pipelines.validate import latest_validated_batch
 
     lake = Lake(settings.lake)
     batch = latest_validated_batch(lake)
-    end = datetime.strptime(batch, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+    end = batch_end(batch)
     holdout = timedelta(days=settings.holdout_days)
     start = end - holdout - timedelta(days=2 * settings.history_days)
     events, _ = load_events(lake, start, end)
@@ -654,23 +655,6 @@ def demo_benchmark(settings: Settings) -> Benchmark:
         embeddings=embeddings,
     )
     return _platform_benchmark("demo", split, settings, hybrid=True)
-
-
-def latest_validated_batch(lake: Any) -> str:
-    """The newest batch with a validation report in the lake."""
-    from pipelines.validate import REPORTS
-
-    reports = lake.fs.glob(f"{lake.path(REPORTS)}/*.json")
-    batches = sorted(
-        name.rsplit("/", 1)[-1].removesuffix(".json")
-        for name in reports
-        if not name.rsplit("/", 1)[-1].startswith(".tmp-")
-    )
-    if not batches:
-        raise DataNotFound(
-            f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"
-        )
-    return batches[-1]
 
 
 def read_subscriptions(lake: Any, batch: str) -> pd.DataFrame:
@@ -717,6 +701,7 @@ def mind_benchmark(path: Path, settings: Settings) -> Benchmark:
 
 def _platform_benchmark(dataset: str, split: Split, settings: Settings, hybrid: bool) -> Benchmark:
     """Popularity, content, ALS and (when it can learn) the hybrid, fitted as the nightly batch."""
+    from features.interactions import Recipe
     from models.content import ContentModel
     from models.hybrid import HybridRecommender
     from models.popularity import PopularityModel
@@ -733,14 +718,7 @@ def _platform_benchmark(dataset: str, split: Split, settings: Settings, hybrid: 
             "als_params": als_params,
             "label_days": settings.reranker_label_days,
             "per_source": settings.candidates_per_source,
-            "history_days": settings.history_days,
-            "half_life_days": settings.popularity_half_life_days,
-            "read_at": settings.continue_reading_max,
-            "started": (
-                settings.continue_reading_min,
-                settings.continue_reading_max,
-                settings.continue_reading_days,
-            ),
+            "recipe": Recipe.from_settings(settings),
         }
         models["hybrid"] = functools.partial(HybridRecommender, **hybrid_params)
         params["hybrid"] = hybrid_params

@@ -181,24 +181,14 @@ def time_split(
     event in [T, T + window), minus seen pairs, restricted to items published before T (the
     batch cannot serve later ones) and to users with a positive training interaction.
     """
-    from features.interactions import aggregate, continue_reading
+    from features.interactions import Recipe
 
     settings = settings or get_settings()
     start, end = pd.Timestamp(cutoff), pd.Timestamp(cutoff + window)
     events = events.drop_duplicates("event_id", keep="first")
-    history = events[
-        (events["ts"] >= start - pd.Timedelta(days=settings.history_days)) & (events["ts"] < start)
-    ]
-    interactions = aggregate(
-        history, cutoff, settings.popularity_half_life_days, settings.continue_reading_max
-    )
-    started = continue_reading(
-        history,
-        cutoff,
-        settings.continue_reading_min,
-        settings.continue_reading_max,
-        settings.continue_reading_days,
-    )
+    recipe = Recipe.from_settings(settings)
+    history = recipe.window(events, cutoff)
+    interactions, started = recipe.tables(history, cutoff)
     catalogue = items[items["published_at"] < start]
     seen = history.loc[history["event_type"] != "impression", PAIR].drop_duplicates()
     future = events[(events["ts"] >= start) & (events["ts"] < end)]

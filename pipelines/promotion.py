@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.interactions import Recipe
 from inbo.errors import InboError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
@@ -62,6 +63,7 @@ def configurations(settings: Settings, with_content: bool) -> dict[str, Any]:
         reranker_params=None,
         label_days=settings.reranker_label_days,
         per_source=settings.candidates_per_source,
+        recipe=Recipe.from_settings(settings),
     )
     models: dict[str, Any] = {"popularity": PopularityModel}
     if with_content:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from features.embeddings import EMBEDDINGS
-from features.interactions import load_events
+from features.interactions import Recipe, load_events
 from inbo import schemas
 from inbo.errors import ModelCannotFit, NoPositiveExamples
 from inbo.lake import Lake, batch_key
@@ -148,7 +148,7 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
             settings.reranker_label_days,
             settings.als_params,
             settings.candidates_per_source,
-            history_settings(settings),
+            Recipe.from_settings(settings),
         )
     except (NoPositiveExamples, ModelCannotFit) as exc:
         log.warning("no reranker for batch %s: %s; the champion (if any) keeps serving", batch, exc)
@@ -176,17 +176,3 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
             artifacts=report,
         )
     return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
-
-
-def history_settings(settings: Settings) -> tuple[int, float, float, tuple[float, float, int]]:
-    """How the batch aggregates events, for rebuilding it at an earlier cutoff."""
-    return (
-        settings.history_days,
-        settings.popularity_half_life_days,
-        settings.continue_reading_max,
-        (
-            settings.continue_reading_min,
-            settings.continue_reading_max,
-            settings.continue_reading_days,
-        ),
-    )

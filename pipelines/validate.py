@@ -15,6 +15,7 @@ from datetime import datetime
 import pandas as pd
 
 from inbo import schemas
+from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from pipelines.ingest import REPORTS as INGEST_REPORTS
@@ -135,3 +136,18 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
             quarantine=lake.path("quarantine"),
         )
     return report
+
+
+def latest_validated_batch(lake: Lake) -> str:
+    """The newest batch with a validation report in the lake."""
+    reports = lake.fs.glob(f"{lake.path(REPORTS)}/*.json")
+    batches = sorted(
+        name.rsplit("/", 1)[-1].removesuffix(".json")
+        for name in reports
+        if not name.rsplit("/", 1)[-1].startswith(".tmp-")
+    )
+    if not batches:
+        raise DataNotFound(
+            f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"
+        )
+    return batches[-1]

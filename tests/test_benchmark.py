@@ -28,13 +28,13 @@ from pipelines.benchmark import (
     EXPERIMENT,
     format_table,
     holdout_split,
-    latest_validated_batch,
     read_subscriptions,
     run_benchmark,
     tune_als,
 )
 from pipelines.datasets import MOVIELENS_DIR, load_movielens
 from pipelines.evaluate import evaluate, movielens_split
+from pipelines.validate import latest_validated_batch
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
 SCORED = (
