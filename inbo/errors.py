@@ -21,6 +21,17 @@ class ServiceUnavailable(InboError):
     exit_code = 3
 
 
+class LockBusy(ServiceUnavailable):
+    """Another run holds a lock this step needs (e.g. nightly is switching the live table).
+
+    A `ServiceUnavailable` so the DAGs' retry policy tries again later.
+    """
+
+
+class PublishConflict(ServiceUnavailable):
+    """The live table changed while a step was preparing to write into it; a retry starts over."""
+
+
 class SourceError(InboError):
     """A source table or file is missing or does not have the expected shape."""
 

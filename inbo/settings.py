@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="How much worse (nDCG@10) a challenger may be and still be promoted.",
     )
 
+    lock_timeout_seconds: int = Field(
+        1800, ge=1, description="How long a held lock lasts if its holder dies without releasing it."
+    )
+    lock_wait_seconds: float = Field(
+        600.0, ge=0, description="How long a step waits for a lock before failing (to be retried)."
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
