@@ -9,9 +9,14 @@ continue reading) -> `build_embeddings` (MiniLM vectors of new or changed issues
 (popularity, continue reading, content + "more like this") and `train_als` -> `train_reranker`
 (LightGBM LambdaRank on the last days' impressions) -> `evaluate` (every configuration, challenger and
 champion, on the same held-out window) -> `register_and_gate` (MLflow registry: `challenger`, and
-`champion` unless worse by the margin) -> `score_users` (champion models, top-N, a reason on every
-item) -> `publish` (stage a new Redis table version) -> `verify` -> `activate` (atomic pointer switch;
-the previous version stays for `inbo rollback`).
+`champion` unless worse by the margin) -> `prepare_scoring` (user list, fallback list, item features,
+champion versions pinned) -> `score_shard` x `INBO_SCORE_SHARDS` (champion models, top-N, a reason on
+every item; one mapped task per user shard) -> `begin_publish` (reserve a Redis table version) ->
+`publish_shard` x shards (stage each shard's users) -> `verify` -> `activate` (atomic pointer switch,
+only once every shard succeeded; the previous version stays for `inbo rollback`).
+
+Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
+executor. A retried shard task rewrites its own lake file and Redis keys, nothing else.
 
 Each task calls one library function with the run's data interval; big data moves through the
 lake, XCom carries only small summaries and MLflow run ids. Re-running a date gives the same tables.
@@ -149,20 +154,44 @@ def inbo_nightly() -> None:
         decisions = register_and_gate(data_interval_end, als_run, reranker_run, scores)
         return {kind: decision["promoted"] for kind, decision in decisions.items()}
 
+    @task
+    def prepare_scoring(
+        _: dict[str, object], data_interval_end: datetime | None = None
+    ) -> list[int]:
+        """The shards to map over: 0 .. INBO_SCORE_SHARDS - 1, fixed in the batch's plan."""
+        from pipelines.recommend import prepare_scoring
+
+        return list(range(prepare_scoring(data_interval_end).shards))
+
     @task(outlets=[RECS])
-    def score_users(_: dict[str, object], data_interval_end: datetime | None = None) -> int:
-        from pipelines.recommend import score_users
+    def score_shard(
+        shard: int, all_shards: list[int], data_interval_end: datetime | None = None
+    ) -> int:
+        from pipelines.recommend import score_shard
 
-        return score_users(data_interval_end).users
-
-    @task
-    def publish(_: int, data_interval_end: datetime | None = None) -> str:
-        from pipelines.publish import publish_batch
-
-        return publish_batch(data_interval_end)
+        return score_shard(data_interval_end, shard, len(all_shards)).users
 
     @task
-    def verify(version: str, data_interval_end: datetime | None = None) -> str:
+    def begin_publish(
+        _: list[int], all_shards: list[int], data_interval_end: datetime | None = None
+    ) -> str:
+        from pipelines.publish import begin_batch
+
+        return begin_batch(data_interval_end, len(all_shards))
+
+    @task
+    def publish_shard(
+        shard: int,
+        version: str,
+        all_shards: list[int],
+        data_interval_end: datetime | None = None,
+    ) -> int:
+        from pipelines.publish import publish_shard
+
+        return publish_shard(data_interval_end, version, shard, len(all_shards))
+
+    @task
+    def verify(version: str, _: list[int], data_interval_end: datetime | None = None) -> str:
         from pipelines.publish import verify_batch
 
         return verify_batch(data_interval_end, version)
@@ -180,7 +209,11 @@ def inbo_nightly() -> None:
     als_run = train_als(pairs)
     reranker_run = train_reranker(baselines, als_run)
     decisions = register_and_gate(evaluate(reranker_run), als_run, reranker_run)
-    activate(verify(publish(score_users(decisions))))
+    shards = prepare_scoring(decisions)
+    scored = score_shard.partial(all_shards=shards).expand(shard=shards)
+    version = begin_publish(scored, shards)
+    published = publish_shard.partial(version=version, all_shards=shards).expand(shard=shards)
+    activate(verify(version, published))
 
 
 inbo_nightly()

@@ -155,11 +155,25 @@ def previous_batch(lake: Lake, batch: str) -> str | None:
     return max((key for key in earlier if key < batch), default=None)
 
 
-def build_embeddings(interval_end: datetime, settings: Settings | None = None) -> EmbeddingStats:
+def latest_table_batch(lake: Lake, batch: str) -> str | None:
+    """The batch whose embeddings table is current at `batch`: its own, else the latest before."""
+    return batch if lake.exists(TABLE, {"batch": batch}, "part") else previous_batch(lake, batch)
+
+
+def embed_new_items(interval_end: datetime, settings: Settings | None = None) -> EmbeddingStats:
+    """`build_embeddings` for the hourly refresh: a table is written only when an issue is new or
+    changed, so the many hours without one store nothing (`latest_table_batch` finds the table)."""
+    return build_embeddings(interval_end, settings, unchanged=False)
+
+
+def build_embeddings(
+    interval_end: datetime, settings: Settings | None = None, *, unchanged: bool = True
+) -> EmbeddingStats:
     """Write the batch's embeddings table, reusing the previous batch's vectors for unchanged items.
 
     The cache is the latest table strictly before this batch, never this batch's own, so a re-run
-    reads the same inputs and writes the same table.
+    reads the same inputs and writes the same table. `unchanged=False` skips writing a table that
+    would only repeat the cache.
     """
     settings = settings or get_settings()
     lake = Lake(settings.lake)
@@ -169,7 +183,8 @@ def build_embeddings(interval_end: datetime, settings: Settings | None = None) -
     cache = lake.read(TABLE, {"batch": cache_batch}, "part", EMBEDDINGS) if cache_batch else None
     started = time.perf_counter()
     result = encode_items(items, cache)
-    lake.write(result.frame, TABLE, "part", {"batch": batch}, EMBEDDINGS)
+    if unchanged or result.encoded or cache is None:
+        lake.write(result.frame, TABLE, "part", {"batch": batch}, EMBEDDINGS)
     stats = EmbeddingStats(
         batch=batch,
         model=MODEL_NAME,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from inbo import schemas
 from inbo.lake import Lake, batch_key
@@ -84,8 +85,13 @@ class InteractionStats:
     continue_reading: int
 
 
-def load_events(lake: Lake, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
-    """Clean events with start <= ts < end, each event_id once; also how many duplicates were dropped."""
+def load_events(
+    lake: Lake, start: datetime, end: datetime, filters: pc.Expression | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Clean events with start <= ts < end, each event_id once; also how many duplicates were dropped.
+
+    `filters` (e.g. one user shard's ids) is applied while reading, to bound memory.
+    """
     days = pd.date_range(start.date(), end.date(), freq="D")
     paths = [
         path
@@ -95,7 +101,7 @@ def load_events(lake: Lake, start: datetime, end: datetime) -> tuple[pd.DataFram
         )
         if "/.tmp-" not in path
     ]
-    events = lake.read_files(paths, schemas.USER_EVENTS)
+    events = lake.read_files(paths, schemas.USER_EVENTS, filters)
     events = events[(events["ts"] >= pd.Timestamp(start)) & (events["ts"] < pd.Timestamp(end))]
     unique = events.drop_duplicates("event_id", keep="first")
     return unique.reset_index(drop=True), len(events) - len(unique)

@@ -27,6 +27,9 @@ WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30)
 HISTORY_DAYS = 30
 """How far back activity, affinities, read-through and past impressions look."""
 
+RANKING_ITEM_TABLE = "features/item_ranking"
+"""Lake table of every item's `ITEM_FEATURES` at a batch end, computed once per batch."""
+
 CTR_PRIOR_IMPRESSIONS = 20.0
 """An item's CTR starts at the window's global CTR, worth this many impressions: a new item with
 one impression and one click is not a 100% item."""
@@ -256,15 +259,20 @@ def ranking_features(
     items: pd.DataFrame,
     subscriptions: pd.DataFrame,
     as_of: datetime,
+    item_table: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The candidates (same rows, same order) with every column of `FEATURES` added.
 
     Only events strictly before `as_of` are read; the subscription flag is the state at `as_of`.
+    `item_table` (from `catalogue_item_features` on every user's events) lets `events` hold only
+    the candidates' users, as a user shard does: user and pair features need no one else's.
     """
     past = history(events, as_of)
     frame = with_candidate_columns(candidates)
     ids = pd.Index(frame["item_id"].unique(), name="item_id")
-    frame = frame.join(item_features(past, items, as_of, ids), on="item_id")
+    if item_table is None:
+        item_table = item_features(past, items, as_of, ids)
+    frame = frame.join(item_table, on="item_id")
     fresh = frame["item_age_hours"].between(0, FRESH_HOURS).astype(float)
     frame["is_fresh"] = frame["is_fresh"].fillna(fresh)
     frame = frame.join(user_features(past, as_of), on="user_id")
@@ -273,6 +281,20 @@ def ranking_features(
     filled = frame.fillna({name: 0.0 for name in (*USER_FEATURES, *PAIR_FEATURES)})
     kept = [name for name in frame.columns if name not in FEATURES]
     return filled[[*kept, *FEATURES]]
+
+
+def catalogue_item_features(
+    events: pd.DataFrame, items: pd.DataFrame, as_of: datetime
+) -> pd.DataFrame:
+    """`item_features` of every item in the catalogue or the events, computed once for all shards.
+
+    Each item's row is the same whichever other ids are asked for, so a lookup in this table
+    equals the per-candidate computation of `ranking_features`.
+    """
+    ids = pd.Index(
+        np.union1d(items["item_id"].to_numpy(), events["item_id"].to_numpy()), name="item_id"
+    )
+    return item_features(history(events, as_of), items, as_of, ids)
 
 
 def catalogue_keys(item_ids: pd.Series, items: pd.DataFrame) -> pd.DataFrame:

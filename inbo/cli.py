@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +25,7 @@ from inbo.settings import REPO_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
     from pipelines.publish import UserRecs
+    from pipelines.reconcile import ReconcileReport
 
 app = typer.Typer(
     help="INBO Recs: build and publish newsletter recommendations.",
@@ -109,16 +110,33 @@ def simulate(
             min=0.0, max=0.5, help="Share of interactions broken on purpose, for the quarantine."
         ),
     ] = 0.001,
+    counter_drift: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="Share of the app's Redis counter increments lost or doubled, for `inbo reconcile`.",
+        ),
+    ] = 0.0002,
     date: DateOption = None,
+    hours_after: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=23,
+            help="Keep the app running this many hours past --date (for hourly runs).",
+        ),
+    ] = 0,
 ) -> None:
-    """Generate a demo world into the app database (replaces what is there)."""
+    """Generate a demo world into the app database and the app's counters (replaces what is there)."""
     from rich.progress import Progress
 
+    from pipelines.app_counters import open_counters
     from pipelines.simulate import simulate as run_simulation
 
     settings = get_settings()
     end = interval_end(date)
-    with Progress(console=err, transient=True) as progress:
+    with open_counters(settings) as counters, Progress(console=err, transient=True) as progress:
         task = progress.add_task("simulating days", total=days)
         summary = run_simulation(
             settings.app_db,
@@ -126,10 +144,12 @@ def simulate(
             items=items,
             days=days,
             seed=seed,
-            end=end.replace(tzinfo=None),
+            end=(end + timedelta(hours=hours_after)).replace(tzinfo=None),
             truth_dir=settings.var_dir / "simulation",
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             dirty_share=dirty_share,
+            counters=counters,
+            counter_drift=counter_drift,
         )
     console.print(
         f"simulated {summary.users:,} users, {summary.newsletter_issues:,} issues, "
@@ -141,7 +161,7 @@ def simulate(
 @app.command()
 def ingest(date: DateOption = None) -> None:
     """Extract the batch from the app database and stage canonical tables."""
-    from pipelines.ingest import ingest as run_ingest
+    from pipelines.ingest import ingest_exclusive as run_ingest
 
     report = run_ingest(interval_end(date))
     console.print_json(report.to_json())
@@ -150,9 +170,9 @@ def ingest(date: DateOption = None) -> None:
 @app.command()
 def validate(date: DateOption = None) -> None:
     """Run the Great Expectations suites on the staged batch; quarantine what fails."""
-    from pipelines.validate import validate_batch
+    from pipelines.validate import validate_exclusive
 
-    report = validate_batch(interval_end(date))
+    report = validate_exclusive(interval_end(date))
     console.print_json(report.to_json())
     for table, page in report.data_docs.items():
         console.print(f"Data Docs ({table}): {page}")
@@ -232,6 +252,51 @@ def evaluate(
     from pipelines.benchmark import format_table, run_benchmark
 
     print(format_table(run_benchmark(dataset, path, k=k)))
+
+
+@app.command()
+def bench(
+    users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 100_000,
+    items: Annotated[int, typer.Option(min=100, help="Newsletter issues.")] = 50_000,
+    days: Annotated[int, typer.Option(min=2, help="Days of events.")] = 30,
+    shards: Annotated[int, typer.Option(min=1, max=999, help="User shards.")] = 8,
+    per_source: Annotated[
+        int, typer.Option(min=1, help="Candidates per source (INBO_CANDIDATES_PER_SOURCE).")
+    ] = 100,
+    activity: Annotated[
+        float, typer.Option(min=0.001, help="Sessions per user and day, relative to the demo.")
+    ] = 0.085,
+    parallel: Annotated[int, typer.Option(min=1, help="Shard tasks at a time.")] = 2,
+    label_days: Annotated[
+        float, typer.Option(min=0.1, help="Days of impressions the reranker learns from.")
+    ] = 2.0,
+    evaluate: Annotated[
+        bool, typer.Option(help="Run the held-out evaluation and gate (else: promote directly).")
+    ] = True,
+    write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+) -> None:
+    """Time the nightly pipeline on a large world: stage wall times, peak RSS, publish, reads.
+
+    The world is simulated once under <var>/bench/ and reused; simulation and the previous
+    nights' warm-up are not timed. Each step runs in its own process.
+    """
+    from pipelines.scale_bench import BenchParams, format_report, run_bench, write_doc
+
+    params = BenchParams(
+        users=users,
+        items=items,
+        days=days,
+        shards=shards,
+        activity=activity,
+        per_source=per_source,
+        parallel=parallel,
+        evaluate=evaluate,
+        label_days=label_days,
+    )
+    report = run_bench(params)
+    print(format_report(report))
+    if write:
+        write_doc(report)
 
 
 @app.command()
@@ -366,7 +431,8 @@ def recs(
     """Read a user's recommendations from Redis, exactly as a frontend does."""
     from pipelines.publish import read_recs
 
-    result = read_recs(user_id)
+    catalogue = _catalogue()
+    result = read_recs(user_id, catalogue=catalogue)
     if not result["personal"] and user_id not in _latest_snapshot("users", "user_id").index:
         raise UnknownUser(
             f"unknown user {user_id}: not in the users table (apps would show the fallback list)"
@@ -374,7 +440,7 @@ def recs(
     if as_json:
         console.print_json(json.dumps(result["payload"]))
         return
-    console.print(_recs_table(result, _titles(), limit))
+    console.print(_recs_table(result, catalogue, limit))
 
 
 def _latest_snapshot(table: str, *columns: str) -> Any:
@@ -396,22 +462,25 @@ def _titles() -> dict[int, str]:
     return dict(_latest_snapshot("items", "item_id", "title")["title"])
 
 
-def _recs_table(result: UserRecs, titles: dict[int, str], limit: int) -> Table:
-    payload = result["payload"]
+def _catalogue() -> dict[int, dict[str, str]]:
+    """The newest items snapshot as the catalogue reason texts are rendered with, as apps do."""
+    from pipelines.publish import catalogue_of
+
+    columns = ("item_id", "title", "publisher", "category")
+    return catalogue_of(_latest_snapshot("items", *columns).reset_index())
+
+
+def _recs_table(result: UserRecs, catalogue: dict[int, dict[str, str]], limit: int) -> Table:
     kind = "personal" if result["personal"] else "fallback (no personal row)"
-    table = Table(title=f"user {result['user_id']}: {kind}, table {payload['table_version']}")
-    for column in ("rank", "item", "score", "source"):
+    table = Table(title=f"user {result['user_id']}: {kind}, table {result['table_version']}")
+    for column in ("rank", "item", "source"):
         table.add_column(column, no_wrap=True, justify="right" if column != "source" else "left")
     table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=32)
     table.add_column("why")
-    for item in payload["items"][:limit]:
+    for item in result["items"][:limit]:
+        title = catalogue.get(item["item_id"], {}).get("title", "")
         table.add_row(
-            str(item["rank"]),
-            str(item["item_id"]),
-            f"{item['score']:.3f}",
-            item["source"],
-            titles.get(item["item_id"], ""),
-            item["reason"]["text"],
+            str(item["rank"]), str(item["item_id"]), item["source"], title, item["reason"] or ""
         )
     return table
 
@@ -423,12 +492,20 @@ def demo(
     days: Annotated[int, typer.Option(min=2)] = 14,
     seed: int = 7,
 ) -> None:
-    """Generate a demo world, run the nightly DAG through Airflow, show what it published."""
+    """Generate a demo world, run the nightly DAG and then one hourly run through Airflow, show
+    what they published and how the app's counters reconcile."""
     started = time.monotonic()
     settings = get_settings()
     end = interval_end(None)
     simulate(
-        users=users, items=items, days=days, seed=seed, dirty_share=0.001, date=f"{end:%Y-%m-%d}"
+        users=users,
+        items=items,
+        days=days,
+        seed=seed,
+        dirty_share=0.001,
+        counter_drift=0.0002,
+        date=f"{end:%Y-%m-%d}",
+        hours_after=1,
     )
     from inbo.services import ensure_redis
 
@@ -440,8 +517,192 @@ def demo(
 
     for user_id in sample_users(3):
         recs(user_id, as_json=False, limit=5)
+    hour = end + timedelta(hours=1)
+    log_path = run_airflow_dag("inbo_hourly", hour, settings)
+    console.print(f"\n[green]inbo_hourly succeeded[/green] (Airflow log: {log_path})")
+    status()
+    console.print(
+        f"(the demo replays the hour to {hour:%H:%M} UTC today, so freshness also counts the time "
+        "since then; `inbo bench-hourly` times a refresh on its own)"
+    )
+    reconcile(repair=False, restore=None, yes=False, at=hour.isoformat())
     console.print(f"\ndemo finished in {time.monotonic() - started:.0f} s\n")
     print(_next_steps(redis_url, end))
+
+
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="End of the hourly interval (UTC, e.g. 2026-11-26T14:00). Default: the last full hour.",
+    ),
+]
+
+
+def hour_end(at: str | None) -> datetime:
+    """The interval end for `--at` (UTC); the start of the current hour when not given."""
+    if at is None:
+        return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{at!r} is not a time like 2026-11-26T14:00", param_hint="--at"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@app.command()
+def refresh(at: AtOption = None) -> None:
+    """Run the hourly refresh in this process: the steps of the inbo_hourly DAG, in order."""
+    from features.activity import build_activity
+    from features.embeddings import embed_new_items
+    from pipelines.hourly import publish_active_users, score_active_users
+    from pipelines.ingest import ingest_exclusive
+    from pipelines.validate import validate_exclusive
+
+    end = hour_end(at)
+    started = time.monotonic()
+    for step in (ingest_exclusive, validate_exclusive, build_activity, embed_new_items):
+        step_started = time.monotonic()
+        step(end)
+        console.print(f"step {step.__name__} {time.monotonic() - step_started:.2f} s")
+    scored = score_active_users(end)
+    console.print(f"step score_active_users {scored.seconds:.2f} s")
+    report = publish_active_users(end)
+    console.print(f"step publish_active_users {report.seconds:.2f} s")
+    console.print(
+        f"refresh {report.batch}: {report.status}; {scored.active_users:,} active users, "
+        f"{report.users:,} rows and {report.similar_items:,} new similar lists written, "
+        f"{scored.new_items:,} new issues indexed, in {time.monotonic() - started:.1f} s"
+    )
+    if report.freshness_seconds is not None:
+        console.print(f"newest event to live: {report.freshness_seconds:,.1f} s")
+
+
+@app.command()
+def status() -> None:
+    """The live table, how fresh it is, and the last hourly refresh."""
+    from pipelines.hourly import latest_refresh
+    from pipelines.publish import table_versions
+
+    settings = get_settings()
+    live = next((row for row in table_versions(settings) if row["live"]), None)
+    table = Table(title="INBO recommendations", show_header=False)
+    if live is None:
+        table.add_row("live table", "none yet: run `inbo demo` or the inbo_nightly DAG")
+    else:
+        table.add_row("live table", f"{live['version']} ({live['users']:,} users)")
+        table.add_row("published", str(live["created_at"]))
+    last = latest_refresh(settings)
+    if last is None:
+        table.add_row("last hourly refresh", "none yet")
+    else:
+        table.add_row("last hourly refresh", f"batch {last.batch}: {last.status}")
+        if last.published_at:
+            table.add_row("  rows written", f"{last.users:,} users at {last.published_at}")
+        if last.freshness_seconds is not None:
+            table.add_row(
+                "  freshness",
+                f"{last.freshness_seconds:,.1f} s from the newest event "
+                f"({last.newest_event_at}) to live",
+            )
+    console.print(table)
+
+
+@app.command()
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option(help="Rewrite drifted counters from the warehouse, backed up first.")
+    ] = False,
+    restore: Annotated[
+        str | None, typer.Option(help="Put back the counters a repair backed up (its backup id).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair or --restore.")] = False,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="End of the validated batch to check at (UTC, 2026-11-26 or 2026-11-26T14:00). "
+            "Default: the newest validated batch.",
+        ),
+    ] = None,
+) -> None:
+    """Compare the app's per-item Redis counters with the warehouse; repair or restore them."""
+    from pipelines.reconcile import reconcile_counters, restore_counters
+
+    if repair and restore:
+        raise InboError("--repair and --restore undo each other: give one of them")
+    if repair or restore:
+        _confirm("rewrite the app's counters in Redis", yes)
+    if restore:
+        restored = restore_counters(restore)
+        console.print(f"restored the counters of {restored:,} items from backup {restore}")
+        return
+    figures, worst = _reconcile_tables(reconcile_counters(_reconcile_end(at), repair=repair))
+    console.print(figures)
+    if worst.row_count:
+        console.print(worst)
+
+
+def _confirm(action: str, yes: bool) -> None:
+    """Go on only with `--yes`, or when the person at the terminal agrees."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InboError(f"refusing to {action} without --yes (no terminal to confirm on)")
+    typer.confirm(f"{action[:1].upper()}{action[1:]}?", abort=True)
+
+
+def _reconcile_end(at: str | None) -> datetime:
+    """`--at`, else the end of the newest validated batch."""
+    if at is not None:
+        return hour_end(at)
+    from inbo.lake import Lake, batch_end
+    from pipelines.validate import latest_validated_batch
+
+    return batch_end(latest_validated_batch(Lake(get_settings().lake)))
+
+
+def _reconcile_tables(report: ReconcileReport) -> tuple[Table, Table]:
+    """The figures, and the worst items: counter / warehouse where they differ."""
+    from pipelines.app_counters import FIELDS
+
+    def per_field(counts: dict[str, int]) -> str:
+        return ", ".join(f"{name}={count:,}" for name, count in counts.items())
+
+    verdict = "within" if report.within_target else "[red]above[/red]"
+    figures = Table(title=f"app counters vs warehouse, batch {report.batch}", show_header=False)
+    figures.add_row("items checked", f"{report.items_checked:,} in {report.seconds:.1f} s")
+    figures.add_row(
+        "inconsistent",
+        f"{report.inconsistent_items:,} = {100 * report.inconsistency_rate:.2f}%, "
+        f"{verdict} the {100 * report.target:.2f}% target",
+    )
+    figures.add_row("counted from", per_field(report.counted))
+    figures.add_row("counters lack", per_field(report.missing))
+    figures.add_row("counters exceed", per_field(report.extra))
+    if report.backup:
+        figures.add_row(
+            "repaired",
+            f"{report.repaired:,} items ({report.changed_during_repair:,} changed meanwhile, "
+            f"left); undo: inbo reconcile --restore {report.backup}",
+        )
+    figures.add_row("report", report.path)
+    worst = Table("item", "difference", *FIELDS, title="worst items (counter / warehouse)")
+    for row in report.worst:
+        counter, warehouse = row["counter"], row["warehouse"]
+        worst.add_row(
+            str(row["item_id"]),
+            str(row["difference"]),
+            *(
+                f"{counter[f]:,} / {warehouse[f]:,}"
+                if counter[f] != warehouse[f]
+                else f"{counter[f]:,}"
+                for f in FIELDS
+            ),
+        )
+    return figures, worst
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -457,14 +718,14 @@ def run_airflow_dag(dag_id: str, end: datetime, settings: Settings) -> Path:
     """`airflow dags test` for the batch ending at `end`; Airflow's output goes to a log file."""
     log_dir = settings.var_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{dag_id}-{end:%Y%m%d}.log"
+    log_path = log_dir / f"{dag_id}-{end:%Y%m%dT%H%M}.log"
     airflow = str(Path(sys.executable).with_name("airflow"))
     env = airflow_env(settings)
     with log_path.open("w") as log_file:
         err.print("preparing the Airflow database ...")
         _run([airflow, "db", "migrate"], env, log_file, log_path)
-        err.print(f"running {dag_id} for {end:%Y-%m-%d} through Airflow ...")
-        _run([airflow, "dags", "test", dag_id, f"{end:%Y-%m-%d}"], env, log_file, log_path)
+        err.print(f"running {dag_id} for the interval ending {end:%Y-%m-%d %H:%M} UTC ...")
+        _run([airflow, "dags", "test", dag_id, end.isoformat()], env, log_file, log_path)
     return log_path
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inbo.errors import DataNotFound
@@ -95,8 +96,13 @@ class Lake:
         partition: Mapping[str, str] | None = None,
         name: str = "",
         schema: pa.Schema | None = None,
+        filters: pc.Expression | None = None,
     ) -> pd.DataFrame:
-        """Read one file, or every file under a partition; `DataNotFound` if there is none."""
+        """Read one file, or every file under a partition; `DataNotFound` if there is none.
+
+        `filters` keeps only matching rows, applied while reading, so a reader of one user shard
+        holds that shard's rows, not the table's.
+        """
         if name:
             paths = [self.path(table, partition, name)]
             if not self.fs.exists(paths[0]):
@@ -106,18 +112,29 @@ class Lake:
             paths = sorted(p for p in self.fs.glob(f"{base}/**/*.parquet") if "/.tmp-" not in p)
             if not paths:
                 raise DataNotFound(f"no files under {base}")
-        return self.read_files(paths, schema)
+        return self.read_files(paths, schema, filters)
 
-    def read_files(self, paths: Iterable[str], schema: pa.Schema | None = None) -> pd.DataFrame:
+    def read_files(
+        self,
+        paths: Iterable[str],
+        schema: pa.Schema | None = None,
+        filters: pc.Expression | None = None,
+    ) -> pd.DataFrame:
         tables = []
         for path in paths:
             with self.fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle, schema=schema))
+                tables.append(pq.read_table(handle, schema=schema, filters=filters))
         if not tables:
             if schema is None:
                 raise DataNotFound("nothing to read")
             return schema.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+    def remove(self, table: str, partition: Mapping[str, str] | None = None) -> None:
+        """Delete a table's partition and everything under it (nothing if it does not exist)."""
+        path = self.path(table, partition)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     def write_json(self, payload: str, table: str, name: str) -> str:
         """Small JSON state (watermarks, reports), atomically like the Parquet files."""

@@ -19,6 +19,7 @@ NOISY = (
     "httpx",
     "filelock",
     "fsspec",
+    "faiss",
 )
 
 

@@ -120,8 +120,12 @@ RECOMMENDATIONS = pa.schema(
         pa.field("source", pa.string(), nullable=False),
         pa.field("reason_code", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+        pa.field("reason_ref", pa.int64()),
     ]
 )
+"""`reason_ref` is what the reason refers to: the id of the issue the user read (because_you_read,
+similar_to_read), the percent read (continue_reading); null for reasons without one. With the
+catalogue it renders `reason` from the code's template (docs/redis-contract.md)."""
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("_table", "_check", "_reason", "_batch")
 """Columns added to a quarantined row: source table, failed check, human reason, batch key."""

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
         "", description="Redis to publish to; empty starts the embedded server under var/."
     )
     redis_prefix: str = Field("inbo", description="Prefix of every Redis key the platform writes.")
+    app_redis_url: str = Field(
+        "", description="The app's Redis (its per-item counters); empty: the platform's Redis."
+    )
+    app_redis_prefix: str = Field("app", description="Prefix of the app's counter keys.")
+    reconcile_target: float = Field(
+        0.01, ge=0.0, le=1.0, description="Share of items whose app counters may disagree."
+    )
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins, default SQLite under var/."
     )
@@ -64,6 +71,12 @@ class Settings(BaseSettings):
     candidates_per_source: int = Field(
         100, ge=1, description="Candidates each source proposes per user before reranking."
     )
+    score_shards: int = Field(
+        1,
+        ge=1,
+        le=999,
+        description="User shards that score and publish in parallel; memory per task ~ 1/shards.",
+    )
     reranker_label_days: float = Field(
         2.0,
         gt=0,
@@ -78,14 +91,19 @@ class Settings(BaseSettings):
         description="How much worse (nDCG@10) a challenger may be and still be promoted.",
     )
 
+    hourly_schedule: str = Field(
+        "0 * * * *", description="Cron schedule (UTC) of the hourly refresh DAG; any period works."
+    )
     lock_timeout_seconds: int = Field(
-        1800, ge=1, description="How long a held lock lasts if its holder dies without releasing it."
+        1800,
+        ge=1,
+        description="How long a held lock lasts if its holder dies without releasing it.",
     )
     lock_wait_seconds: float = Field(
         600.0, ge=0, description="How long a step waits for a lock before failing (to be retried)."
     )
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "app_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):

@@ -172,6 +172,7 @@ class ALSModel:
                 "source": self.name,
                 "reason_code": REASON_CODE,
                 "reason": ("Because you read “" + titles + "”").to_numpy(),
+                "reason_ref": self.items.ids[because[keep]],
             }
         )
 

@@ -44,6 +44,8 @@ SCORE_COLUMNS = {
 }
 
 FRESH_DAYS = 7
+PROPOSAL_COLUMNS = ["user_id", "item_id", "score", "reason_code", "reason", "reason_ref", "column"]
+"""A source's proposals as `_combine` takes them; `reason_ref` is null for sources without one."""
 
 
 @dataclass
@@ -157,18 +159,17 @@ def generate(
     fresh = fresh_candidates(users, data, models.popularity.affinity, per_source // 4)
     proposals.append(fresh.assign(column="fresh_score"))
     long = pd.concat(
-        [
-            p[["user_id", "item_id", "score", "reason_code", "reason", "column"]]
-            for p in proposals
-            if not p.empty
-        ],
+        [p.reindex(columns=PROPOSAL_COLUMNS) for p in proposals if not p.empty],
         ignore_index=True,
     )
-    return _combine(long, models.popularity, data)
+    return _combine(long.astype({"reason_ref": "Int64"}), models.popularity, data)
 
 
 def _combine(long: pd.DataFrame, popularity: PopularityModel, data: TrainingData) -> pd.DataFrame:
-    """Pivot per-source proposals into one row per pair, choosing the most telling reason."""
+    """Pivot per-source proposals into one row per pair, choosing the most telling reason.
+
+    The chosen reason keeps its `reason_ref`, so the published table can render its text.
+    """
     keys = ["user_id", "item_id"]
     scores = long.pivot_table(index=keys, columns="column", values="score", aggfunc="max")
     scores = scores.reindex(columns=[*SCORE_COLUMNS.values(), "fresh_score"])
@@ -180,7 +181,9 @@ def _combine(long: pd.DataFrame, popularity: PopularityModel, data: TrainingData
     best = long.assign(_order=order).sort_values([*keys, "_order"]).drop_duplicates(keys)
     sources = long.groupby(keys)["reason_code"].agg(lambda codes: ",".join(sorted(set(codes))))
     frame = (
-        best.set_index(keys)[["reason_code", "reason"]].join(scores).join(sources.rename("sources"))
+        best.set_index(keys)[["reason_code", "reason", "reason_ref"]]
+        .join(scores)
+        .join(sources.rename("sources"))
     )
     frame = frame.reset_index()
     global_score = popularity.scores.set_index("item_id")["score"]

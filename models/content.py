@@ -133,8 +133,9 @@ class ContentModel:
                 "source": self.name,
                 "reason_code": REASON_CODE,
                 "reason": ("Because you read “" + titles + "”").to_numpy(),
+                "reason_ref": self.item_ids[because[rows, cols]],
             },
-            columns=list(CANDIDATE_COLUMNS),
+            columns=[*CANDIDATE_COLUMNS, "reason_ref"],
         )
 
     def _unseen_nearest(
@@ -168,6 +169,41 @@ class ContentModel:
             self._neighbours(positions[part], k) for part in _batches(len(positions), ITEM_BATCH)
         ]
         return pd.concat(frames, ignore_index=True)
+
+    def add_items(self, catalogue: pd.DataFrame) -> np.ndarray:
+        """Index the items of `catalogue` (item_id, title, embedding) not indexed yet; their ids.
+
+        The hourly refresh adds issues published since the nightly fit, so they can be found by
+        similarity the same hour; existing positions do not move.
+        """
+        new = catalogue[~catalogue["item_id"].isin(self.item_ids)].sort_values("item_id")
+        if new.empty:
+            return np.empty(0, dtype=np.int64)
+        vectors = np.stack(new["embedding"].to_numpy()).astype(np.float32)
+        self._index().add(vectors)
+        self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
+        self.titles = np.concatenate([self.titles, new["title"].to_numpy(dtype=object)])
+        self.vectors = np.vstack([self.vectors, vectors])
+        log.info("content index: added %d items (%d in all)", len(new), len(self.item_ids))
+        return new["item_id"].to_numpy(dtype=np.int64)
+
+    def refresh_users(self, interactions: pd.DataFrame, as_of: datetime) -> Self:
+        """Rebuild the profile and seen items of every user in `interactions` (their whole rows)."""
+        positions = pd.Index(self.item_ids)
+        users = interactions["user_id"].unique()
+        profiles = profile_items(
+            interactions, positions, as_of, self.half_life_days, self.max_profile_items
+        )
+        self.profiles = _replace_users(self.profiles, profiles, users)
+        self.seen = _replace_users(self.seen, seen_items(interactions, positions), users)
+        return self
+
+    def similar_to(self, item_ids: np.ndarray, k: int) -> pd.DataFrame:
+        """`similar_items` for several indexed items at once."""
+        positions = pd.Index(self.item_ids).get_indexer(item_ids)
+        if (positions < 0).any():
+            raise KeyError(f"items {item_ids[positions < 0].tolist()} are not in the content index")
+        return self._neighbours(positions, k)
 
     def _neighbours(self, positions: np.ndarray, k: int) -> pd.DataFrame:
         width = min(k + 1, len(self.item_ids))
@@ -353,6 +389,13 @@ def padded(profiles: pd.DataFrame, users: np.ndarray) -> tuple[np.ndarray, np.nd
     weights[user, slot] = profiles["weight"].to_numpy()
     filled[user, slot] = True
     return positions, weights, filled
+
+
+def _replace_users(frame: pd.DataFrame, fresh: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """`frame` (sorted by user_id) with the rows of `users` replaced by `fresh`, still sorted."""
+    kept = frame[~frame["user_id"].isin(users)]
+    merged = pd.concat([kept, fresh], ignore_index=True)
+    return merged.sort_values("user_id", kind="stable", ignore_index=True)
 
 
 def _rows_of(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:

@@ -30,7 +30,7 @@ class ContinueReadingModel:
         started = self.started[self.started["user_id"].isin(user_ids)]
         order = started.groupby("user_id").cumcount()
         kept = started[order < min(n, self.max_items)]
-        percent = (kept["read_fraction"] * 100).round().astype(int).astype(str)
+        percent = (kept["read_fraction"] * 100).round().astype(np.int64)
         return pd.DataFrame(
             {
                 "user_id": kept["user_id"].to_numpy(),
@@ -38,7 +38,10 @@ class ContinueReadingModel:
                 "score": 1.0 / (1.0 + order[order < min(n, self.max_items)].to_numpy()),
                 "source": self.name,
                 "reason_code": "continue_reading",
-                "reason": ("Continue reading: you are " + percent + "% through").to_numpy(),
+                "reason": (
+                    "Continue reading: you are " + percent.astype(str) + "% through"
+                ).to_numpy(),
+                "reason_ref": percent.to_numpy(),
             }
         )
 

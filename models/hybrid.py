@@ -84,7 +84,7 @@ def train_reranker(
 
     def candidates_at(moment: datetime) -> pd.DataFrame:
         return generate(sources, np.asarray(shown), earlier, per_source).drop(
-            columns=["reason_code", "reason", "sources"]
+            columns=["reason_code", "reason", "reason_ref", "sources"]
         )
 
     examples = training_examples(
@@ -138,4 +138,6 @@ class HybridRecommender:
         ranked = rank(
             self.sources, self.reranker, self.data, np.asarray(user_ids), n, self.per_source
         )
-        return ranked[["user_id", "item_id", "score", "source", "reason_code", "reason"]]
+        return ranked[
+            ["user_id", "item_id", "score", "source", "reason_code", "reason", "reason_ref"]
+        ]

@@ -48,6 +48,18 @@ class PopularityModel:
         )
         return self
 
+    def refresh_users(self, interactions: pd.DataFrame, items: pd.DataFrame) -> Self:
+        """Recompute the category affinity of the users in `interactions` (their whole rows).
+
+        The hourly refresh calls this for the users active since the nightly fit: what they read
+        today moves their categories, while item popularity stays the nightly's.
+        """
+        positive = interactions[interactions["weight"] > 0]
+        fresh = category_affinity(positive, items, self.top_categories)
+        kept = self.affinity[~self.affinity["user_id"].isin(interactions["user_id"].unique())]
+        self.affinity = pd.concat([kept, fresh], ignore_index=True)
+        return self
+
     def global_top(self, n: int) -> pd.DataFrame:
         """The `n` most popular items: the fallback list and the filler for thin profiles."""
         top = self.scores.head(n)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from inbo import schemas
 from inbo.errors import SourceError
 from inbo.lake import Lake, batch_key
+from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
 from pipelines.sources import (
     INCREMENTAL_TABLES,
@@ -49,6 +50,8 @@ KIND_TO_EVENT_TYPE: dict[str, str] = {
 """The app's interaction kinds, as the canonical event types they stand for."""
 
 STATE = "_state/watermarks"
+HEAD = "_head"
+"""Name of the manifest holding the highest watermark per table reached by any batch."""
 REPORTS = "_reports/ingest"
 
 
@@ -422,23 +425,48 @@ def convert_all(raw: dict[str, pd.DataFrame]) -> dict[str, Converted]:
 def plan_watermarks(
     lake: Lake, source: Source, batch: str, until: datetime
 ) -> dict[str, dict[str, Watermark | None]]:
-    """This batch's (low, high] per incremental table: recorded on first run, reused on re-runs."""
+    """This batch's (low, high] per incremental table: recorded on first run, reused on re-runs.
+
+    A new batch starts at the highest watermark any batch reached (the head), not at the
+    previous batch key's: batches planned out of order (a nightly after a later hourly, a manual
+    run over an older interval) then read nothing twice, and their range may be empty.
+    """
     folder = f"{STATE}/{source.name}"
     if lake.fs.exists(f"{lake.path(folder)}/{batch}.json"):
         return json.loads(lake.read_json(folder, batch))
-    earlier = [
-        path.rsplit("/", 1)[-1].removesuffix(".json")
-        for path in lake.fs.glob(f"{lake.path(folder)}/*.json")
-    ]
-    previous = max((key for key in earlier if key < batch), default=None)
-    before = json.loads(lake.read_json(folder, previous)) if previous else {}
+    head = _watermark_head(lake, folder)
     plan: dict[str, dict[str, Watermark | None]] = {}
     for table in INCREMENTAL_TABLES:
-        low = before.get(table.name, {}).get("high")
+        low = head.get(table.name)
         high = source.high_watermark(table, until)
-        plan[table.name] = {"low": low, "high": high if high is not None else low}
+        reached = high is not None and (low is None or _after(high, low))
+        plan[table.name] = {"low": low, "high": high if reached else low}
     lake.write_json(json.dumps(plan, indent=2), folder, batch)
+    marks = {name: marks["high"] for name, marks in plan.items() if marks["high"] is not None}
+    lake.write_json(json.dumps({**head, **marks}, indent=2), folder, HEAD)
     return plan
+
+
+def _watermark_head(lake: Lake, folder: str) -> dict[str, Watermark]:
+    """The highest watermark per table over every batch planned so far."""
+    if lake.fs.exists(f"{lake.path(folder)}/{HEAD}.json"):
+        head: dict[str, Watermark] = json.loads(lake.read_json(folder, HEAD))
+        return head
+    found: dict[str, Watermark] = {}
+    for path in lake.fs.glob(f"{lake.path(folder)}/*.json"):
+        plan = json.loads(lake.read_json(folder, path.rsplit("/", 1)[-1].removesuffix(".json")))
+        for name, marks in plan.items():
+            high = marks.get("high")
+            if high is not None and (name not in found or _after(high, found[name])):
+                found[name] = high
+    return found
+
+
+def _after(value: Watermark, than: Watermark) -> bool:
+    """Ids compare as numbers, timestamps and file names as their (ISO, sortable) text."""
+    if isinstance(value, int) and isinstance(than, int):
+        return value > than
+    return str(value) > str(than)
 
 
 RAW_TABLES = tuple(t.name for t in INCREMENTAL_TABLES) + tuple(SNAPSHOT_TABLES)
@@ -537,6 +565,17 @@ def ingest(
         len(bad),
     )
     return report
+
+
+def ingest_exclusive(interval_end: datetime, settings: Settings | None = None) -> IngestReport:
+    """`ingest` under the platform's ingest lock: what the DAGs and the CLI run.
+
+    The nightly and hourly DAGs share one watermark stream; two runs planning watermarks at the
+    same moment would read the same rows twice.
+    """
+    settings = settings or get_settings()
+    with platform_lock(settings, INGEST):
+        return ingest(interval_end, settings)
 
 
 def check_counts(bad: pd.DataFrame) -> dict[str, int]:

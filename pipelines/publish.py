@@ -1,15 +1,18 @@
-"""Publishing recommendation tables to Redis under the versioned contract v1 (docs/redis-contract.md).
+"""Publishing recommendation tables to Redis under the versioned contract v2 (docs/redis-contract.md).
 
-A run writes a whole new table version next to the live one, checks it, then moves one pointer:
-`stage_table` -> `verify_table` -> `activate`. Readers follow the pointer, so they see the old
-table or the new one, never a mix, and the old one stays readable (with a TTL) for `rollback`.
-A version holds every user's list, the fallback list and, when given, each item's "more like
-this" list: all of them switch and roll back together.
+A nightly run writes a whole new table version next to the live one, one user shard per task,
+checks it, then moves one pointer: `begin_batch` -> `publish_shard` (every shard, in parallel) ->
+`verify_batch` -> `activate_version`. Readers follow the pointer, so they see the old table or the
+new one, never a mix, and the old one stays readable (with a TTL) for `rollback`. The hourly job
+rewrites active users' keys inside the live version with `refresh_users`.
 
 Staged keys carry a TTL from the moment they are written and are made permanent only by
-`activate`, so a run that dies between stage and activate cleans up after itself.
+`activate`, so a run that dies anywhere before activation cleans up after itself. Control keys
+(pointer, versions, meta, shard registry) share one Redis Cluster hash tag so the pointer switch is
+one-slot WATCH/MULTI; data keys carry none and are each written by one SET.
 
-Every function takes a redis-py client made with either `decode_responses` setting.
+Every function takes a redis-py client (`Redis` or `RedisCluster`) made with either
+`decode_responses` setting.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,14 +32,18 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_integer_dtype
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from redis.cluster import RedisCluster
 from redis.exceptions import WatchError
 
-from inbo.errors import DataNotFound, PublishError, UnknownUser
+from inbo.errors import DataNotFound, PublishConflict, PublishError, UnknownUser
 from inbo.lake import Lake, batch_key
-from inbo.schemas import RECOMMENDATIONS
+from inbo.locks import PUBLISH, platform_lock
 from inbo.services import masked_url, redis_binary, redis_connection
 from inbo.settings import REPO_ROOT, Settings, get_settings
+from inbo.shards import shard_key, user_shard
 
 if TYPE_CHECKING:
     import redis
@@ -45,21 +52,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 STAGING_TTL_SECONDS = 24 * 3600
 SCAN_COUNT = 2000
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
-USER_RECS_SCHEMA = SCHEMA_DIR / "user-recs.v1.schema.json"
-META_SCHEMA = SCHEMA_DIR / "recs-meta.v1.schema.json"
-SIMILAR_SCHEMA = SCHEMA_DIR / "similar-items.v1.schema.json"
+USER_RECS_SCHEMA = SCHEMA_DIR / "user-recs.v2.schema.json"
+META_SCHEMA = SCHEMA_DIR / "recs-meta.v2.schema.json"
+SIMILAR_SCHEMA = SCHEMA_DIR / "similar-items.v2.schema.json"
+RECS_TABLE = "recs"
+"""Lake table of the per-user lists, one file per user shard: `recs/batch=K/shard=<key>/part`."""
 SIMILAR_TABLE = "features/more_like_this"
 """Lake table of each item's similar items (item_id, similar_item_id, score), per batch."""
 SCORE_REPORTS = "_reports/score"
-"""Where `pipelines.recommend.score_users` records the batch's summary, incl. the models used."""
+"""Where scoring records the batch's plan, incl. the models used."""
 
-STAGING, STAGED, VERIFIED, LIVE, RETIRED, ROLLED_BACK = (
+STAGING, VERIFIED, LIVE, RETIRED, ROLLED_BACK = (
     "staging",
-    "staged",
     "verified",
     "live",
     "retired",
@@ -68,12 +76,57 @@ STAGING, STAGED, VERIFIED, LIVE, RETIRED, ROLLED_BACK = (
 EXPIRED = "expired"
 """Reported by `list_versions` for a version whose keys are gone; never stored."""
 
-USER_COLUMNS: tuple[str, ...] = tuple(RECOMMENDATIONS.names)
-FALLBACK_COLUMNS: tuple[str, ...] = tuple(n for n in USER_COLUMNS if n != "user_id")
+USER_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "rank",
+    "item_id",
+    "source",
+    "reason_code",
+    "reason_ref",
+)
+"""The columns of `inbo.schemas.RECOMMENDATIONS` a payload is built from (score and text are not
+published: rank is the position, the text is rendered from the code's template)."""
+FALLBACK_COLUMNS: tuple[str, ...] = USER_COLUMNS[1:]
 SIMILAR_COLUMNS: tuple[str, ...] = ("item_id", "similar_item_id", "score")
-REASON_COLUMNS = ["source", "reason_code", "reason"]
-INTEGER_COLUMNS = ("user_id", "rank", "item_id", "similar_item_id")
+ID_COLUMNS = ("user_id", "rank", "item_id", "reason_ref", "similar_item_id")
 _BATCH = re.compile(r"[A-Za-z0-9_.-]+")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_SHARD_DIR = re.compile(r"shard=(\d+)of(\d+)")
+
+_STAGE_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
+"""SET every key with the staging TTL in one call per batch: ~270k keys/s, vs ~100k for pipelined
+SET EX and ~135k for MSET + pipelined EXPIRE (measured on the embedded Redis)."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    """How a reason code is shown: the source behind it and its sentence with `{placeholders}`."""
+
+    code: str
+    source: str
+    template: str
+
+    @property
+    def needs_ref(self) -> bool:
+        return "{ref" in self.template
+
+
+REASONS: tuple[Reason, ...] = (
+    Reason("continue_reading", "continue_reading", "Continue reading: you are {ref}% through"),
+    Reason("because_you_read", "als", "Because you read “{ref_title}”"),
+    Reason("similar_to_read", "content", "Because you read “{ref_title}”"),
+    Reason("subscribed_publisher", "fresh", "New from {publisher}, which you subscribe to"),
+    Reason("popular_in_category", "popularity", "Popular in {category}, a topic you read"),
+    Reason("new_this_week", "fresh", "New this week in {category}"),
+    Reason("trending", "popularity", "Trending on INBO this week"),
+)
+"""The texts the models write (models/*.py), as templates. A payload stores each item's index into
+this list, as copied into the version's meta record: append new codes, never reorder."""
 
 
 @dataclass(frozen=True)
@@ -81,31 +134,48 @@ class KeyKind:
     """A kind of per-id key in a version (users, similar items), named for the checks' messages."""
 
     segment: str
-    rows: str
     missing: str
 
 
-USERS = KeyKind("u", "user rows", "users have no row")
-SIMILAR = KeyKind("similar", "similar-items lists", "items have no similar-items list")
+USERS = KeyKind("u", "users have no row")
+SIMILAR = KeyKind("similar", "items have no similar-items list")
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names of contract v1 under one prefix; the only place they are spelled out."""
+    """Key names of contract v2 under one prefix; the only place they are spelled out.
+
+    Control keys carry the hash tag `{<prefix>}`: on a Redis Cluster they share one slot, so the
+    pointer switch can WATCH and MULTI over them. Data keys carry none and spread over the slots.
+    """
 
     prefix: str
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise PublishError(f"the key prefix {self.prefix!r} may not contain braces")
 
     @property
     def root(self) -> str:
         return f"{self.prefix}:recs:v{CONTRACT_VERSION}"
 
+    def control(self, name: str) -> str:
+        return f"{self.root}:{{{self.prefix}}}:{name}"
+
     @property
     def current(self) -> str:
-        return f"{self.root}:current"
+        return self.control("current")
 
     @property
     def versions(self) -> str:
-        return f"{self.root}:versions"
+        return self.control("versions")
+
+    def meta(self, version: str) -> str:
+        return self.control(f"meta:{version}")
+
+    def shards(self, version: str) -> str:
+        """The shard registry: a hash of shard number -> what that shard staged."""
+        return self.control(f"shards:{version}")
 
     def user(self, version: str, user_id: int) -> str:
         return self.member(version, USERS.segment, user_id)
@@ -120,23 +190,30 @@ class Keys:
     def fallback(self, version: str) -> str:
         return f"{self.root}:{version}:fallback"
 
-    def meta(self, version: str) -> str:
-        return f"{self.root}:{version}:meta"
-
     def version_pattern(self, version: str, suffix: str = "*") -> str:
-        """SCAN MATCH pattern for a version's keys; glob characters in the prefix are escaped."""
+        """SCAN MATCH pattern for a version's data keys; glob characters are escaped."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.root}:{version}:") + suffix
 
 
 @dataclass(frozen=True)
-class StageReport:
-    """What `stage_table` wrote: the new version id and its size."""
+class Lists:
+    """Ranked lists ready to pack: rows sorted by owner and rank, `offsets` bounding each owner."""
+
+    owners: np.ndarray
+    offsets: np.ndarray
+    items: pa.Array
+    reasons: pa.Array
+    refs: pa.Array
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What `stage_shard` wrote."""
 
     version: str
+    shard: int
     users: int
     items: int
-    fallback_items: int
-    similar_items: int
     bytes: int
     seconds: float
 
@@ -152,12 +229,37 @@ class VerifyReport:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RefreshReport:
+    """What `refresh_users` wrote into the live version."""
+
+    version: str
+    users: int
+    new_users: int
+    similar_items: int
+    bytes: int
+    seconds: float
+
+
+class RecItem(TypedDict):
+    """One decoded item: `reason` is the rendered text, None when no catalogue was given."""
+
+    item_id: int
+    rank: int
+    source: str
+    reason_code: str
+    reason_ref: int | None
+    reason: str | None
+
+
 class UserRecs(TypedDict):
-    """A reader's answer: the payload, and whether it was the user's own row or the fallback."""
+    """A reader's answer: the decoded items, whether they were the user's own, the raw payload."""
 
     user_id: int
     personal: bool
     table_version: str
+    generated_at: str
+    items: list[RecItem]
     payload: dict[str, Any]
 
 
@@ -168,7 +270,7 @@ class SimilarItem(TypedDict):
 
 
 class SimilarItems(TypedDict):
-    """A "more like this" payload (docs/schemas/similar-items.v1.schema.json)."""
+    """A decoded "more like this" list."""
 
     item_id: int
     table_version: str
@@ -176,83 +278,116 @@ class SimilarItems(TypedDict):
     items: list[SimilarItem]
 
 
-def stage_table(
+Catalogue = Mapping[int, Mapping[str, str]]
+"""Item id -> its `title`, `publisher` and `category`: what reason templates are rendered with."""
+
+
+# -- writing a version ---------------------------------------------------------------------------
+
+
+def begin_table(
     client: redis.Redis,
     prefix: str,
-    recs: pd.DataFrame,
     fallback: pd.DataFrame,
     *,
     batch: str,
+    shards: int,
     models: dict[str, Any],
     batch_size: int,
     generated_at: datetime,
     similar: pd.DataFrame | None = None,
     staging_ttl_seconds: int = STAGING_TTL_SECONDS,
-) -> StageReport:
-    """Write a new version's user keys, fallback, similar-items keys and meta record, not live yet.
+) -> str:
+    """Reserve a new version for `shards` user shards and stage its fallback and similar items.
 
-    `similar` has columns item_id, similar_item_id, score; each item's list is ranked by score,
-    best first (ties by similar_item_id). Keys are written with pipelined `SET ... EX` in batches
-    of `batch_size` (measured faster than MSET followed by EXPIRE, which the staging TTL would
-    need); the TTL is removed by `activate`.
+    The meta record (status `staging`) fixes what every shard shares: the reason templates, the
+    shard count and `generated_at`. `similar` has columns item_id, similar_item_id, score; each
+    item's list is ranked by score, best first (ties by similar_item_id).
     """
-    started = time.perf_counter()
     if not _BATCH.fullmatch(batch):
         raise PublishError(f"batch {batch!r} may only contain letters, digits, '_', '.', '-'")
+    if shards < 1:
+        raise PublishError(f"shards must be at least 1, not {shards}")
     keys = Keys(prefix)
-    recs = _prepared(recs, USER_COLUMNS, "recs")
-    fallback = _prepared(fallback, FALLBACK_COLUMNS, "fallback")
-    similar = _prepared_similar(similar)
-    if fallback.empty:
-        raise PublishError("the fallback list is empty; users without a row would get nothing")
     stamp = _utc_text(generated_at)
+    if "reason_ref" not in fallback.columns:  # scoring's fallback (trending) needs no refs
+        fallback = fallback.assign(reason_ref=np.nan)
+    lists = _lists(_table(fallback, FALLBACK_COLUMNS, "fallback"), REASONS, "fallback")
+    if len(lists.owners) == 0:
+        raise PublishError("the fallback list is empty; users without a row would get nothing")
+    fallback_payload = _pack(lists, stamp)[0]
+    item_ids, similar_payloads = _similar_payloads(_prepared_similar(similar), stamp)
     meta = {
         "contract_version": CONTRACT_VERSION,
         "batch": batch,
-        "created_at": _utc_text(datetime.now(UTC)),
+        "created_at": _now(),
         "generated_at": stamp,
         "status": STAGING,
         "models": _json_safe(models),
+        "shards": shards,
+        "reasons": [{"code": r.code, "source": r.source, "template": r.template} for r in REASONS],
+        "counts": {
+            "users": 0,
+            "items": 0,
+            "fallback_items": len(lists.refs),
+            "similar_items": len(item_ids),
+        },
+        "bytes": len(fallback_payload) + sum(map(len, similar_payloads)),
+        "refreshes": 0,
     }
     version = _reserve_version(client, keys, meta, staging_ttl_seconds)
-    meta = {"version": version, **meta}
-    user_ids, payloads = _user_payloads(recs, version, stamp)
-    item_ids, similar_payloads = _similar_payloads(similar, version, stamp)
-    fallback_payload = _payload("user_id", None, version, stamp, _item_fragments(fallback))
-    _set_batches(
+    _stage(
         client,
-        [keys.user(version, uid) for uid in user_ids]
-        + [keys.fallback(version)]
-        + [keys.similar(version, iid) for iid in item_ids],
-        [*payloads, fallback_payload, *similar_payloads],
+        [keys.fallback(version), *(keys.similar(version, i) for i in item_ids)],
+        [fallback_payload, *similar_payloads],
         batch_size,
         staging_ttl_seconds,
     )
-    size = sum(map(len, payloads)) + len(fallback_payload) + sum(map(len, similar_payloads))
-    counts = {
-        "users": len(user_ids),
-        "items": len(recs),
-        "fallback_items": len(fallback),
-        "similar_items": len(item_ids),
-    }
-    _write_meta(client, keys, {**meta, "status": STAGED, "counts": counts, "bytes": size})
-    report = StageReport(
-        version,
-        len(user_ids),
-        len(recs),
-        len(fallback),
-        len(item_ids),
-        size,
-        time.perf_counter() - started,
-    )
-    log.info(
-        "staged %s: %d users, %d similar-items lists, %d bytes in %.1f s",
-        version,
-        len(user_ids),
-        len(item_ids),
-        size,
-        report.seconds,
-    )
+    log.info("began %s: %d shards, %d similar-items lists", version, shards, len(item_ids))
+    return version
+
+
+def stage_shard(
+    client: redis.Redis,
+    prefix: str,
+    version: str,
+    recs: pd.DataFrame | pa.Table,
+    *,
+    shard: int,
+    shards: int,
+    batch_size: int,
+    staging_ttl_seconds: int = STAGING_TTL_SECONDS,
+) -> ShardReport:
+    """Write one shard's user keys into a version being staged, then record the shard as done.
+
+    Idempotent: user keys are named by user id and the record by shard number, so a retried task
+    rewrites the same keys and the same record. The record is written last: a shard that died
+    midway has none, and `verify_table` refuses the version until the retry succeeds.
+    """
+    started = time.perf_counter()
+    keys = Keys(prefix)
+    meta = _read_meta(client, keys, version)
+    if meta["status"] != STAGING:
+        raise PublishError(f"version {version} is {meta['status']}; shards go into a staging one")
+    if meta["shards"] != shards:
+        raise PublishError(f"version {version} has {meta['shards']} shards, not {shards}")
+    lists = _lists(_table(recs, USER_COLUMNS, "recs"), _reasons_of(meta), "recs")
+    foreign = lists.owners[user_shard(lists.owners, shards) != shard]
+    if len(foreign):
+        raise PublishError(
+            f"{len(foreign)} users of shard {shard_key(shard, shards)} belong to other shards "
+            f"(first: {', '.join(map(str, foreign[:5].tolist()))})"
+        )
+    payloads = _pack(lists, meta["generated_at"])
+    names = [keys.user(version, uid) for uid in lists.owners.tolist()]
+    _stage(client, names, payloads, batch_size, staging_ttl_seconds)
+    record = {"users": len(names), "items": len(lists.refs), "bytes": sum(map(len, payloads))}
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.shards(version), str(shard), json.dumps(record))
+        pipe.expire(keys.shards(version), staging_ttl_seconds)
+        pipe.execute()
+    report = ShardReport(version, shard, **record, seconds=time.perf_counter() - started)
+    log.info("staged shard %d/%d of %s: %s", shard, shards, version, report)
     return report
 
 
@@ -261,39 +396,57 @@ def verify_table(
     prefix: str,
     version: str,
     *,
-    expected_users: Iterable[int] | int,
-    expected_similar: Iterable[int] | int | None = None,
+    expected_users: Mapping[int, Iterable[int]],
+    expected_similar: Iterable[int] = (),
     sample: int = 200,
 ) -> VerifyReport:
     """Check a staged version is complete and well formed; mark it verified or raise PublishError.
 
-    Given user ids, each one's key must exist (pipelined EXISTS in batches); given a count, the
-    version must hold exactly that many user keys. `expected_similar` does the same for the
-    similar-items keys by item id; None means the count recorded in the meta record. Up to
-    `sample` user payloads, `sample` similar-items payloads, the fallback and the meta record are
-    validated against the JSON schemas and the rank/duplicate rules.
+    `expected_users` maps every shard number to the user ids of its file. Every shard must be
+    recorded in the registry with that many users, every user and every item of
+    `expected_similar` must have its key (EXISTS in batches), and up to `sample` user payloads,
+    `sample` similar-items payloads, the fallback and the meta record must be valid. The first
+    successful check totals the registry into the meta record's counts.
     """
     started = time.perf_counter()
     keys = Keys(prefix)
     meta = _read_meta(client, keys, version)
-    if meta["status"] == STAGING:
-        raise PublishError(f"version {version} was never fully staged (its run died?)")
-    _check_meta(meta, version)
-    counts = meta["counts"]
-    user_keys = _expected_keys(client, keys, version, USERS, expected_users, counts["users"])
-    recorded = counts.get("similar_items", 0)
-    expected = recorded if expected_similar is None else expected_similar
-    similar_keys = _expected_keys(client, keys, version, SIMILAR, expected, recorded)
+    records = _shard_records(client, keys, version, meta["shards"])
+    if set(expected_users) != set(records):
+        raise PublishError(
+            f"version {version} has shards 0..{meta['shards'] - 1}, "
+            f"users were given for {sorted(expected_users)}"
+        )
+    user_keys = []
+    for shard, ids in sorted(expected_users.items()):
+        unique = list(dict.fromkeys(map(int, ids)))
+        if records[shard]["users"] != len(unique):
+            raise PublishError(
+                f"shard {shard} of {version} staged {records[shard]['users']} users, "
+                f"its file has {len(unique)}"
+            )
+        user_keys += [keys.user(version, uid) for uid in unique]
+    similar_keys = [keys.similar(version, i) for i in dict.fromkeys(map(int, expected_similar))]
+    if meta["counts"]["similar_items"] != len(similar_keys):
+        raise PublishError(
+            f"version {version} staged {meta['counts']['similar_items']} similar-items lists, "
+            f"expected {len(similar_keys)}"
+        )
+    _check_exist(client, version, USERS, user_keys)
+    _check_exist(client, version, SIMILAR, similar_keys)
     picked = _sample(user_keys, sample, seed=version)
     picked_similar = _sample(similar_keys, sample, seed=f"{version}:similar")
     user_side = [*picked, keys.fallback(version)]
     raws = _pipelined(client, "get", [*user_side, *picked_similar])
+    reasons = _reasons_of(meta)
     for key, raw in zip(user_side, raws[: len(user_side)], strict=True):
-        _check_payload(key, raw, version, personal=key != keys.fallback(version))
+        _check_payload(key, raw, reasons)
     for key, raw in zip(picked_similar, raws[len(user_side) :], strict=True):
-        _check_similar_payload(key, raw, version)
-    if meta["status"] in (STAGED, VERIFIED):
-        _write_meta(client, keys, {**meta, "status": VERIFIED}, keep_ttl=True)
+        _check_similar_payload(key, raw)
+    if meta["status"] == STAGING:
+        meta = _totalled(meta, records)
+        _check_meta(meta, version)
+        _write_meta(client, keys, {**meta, "status": VERIFIED})
     report = VerifyReport(
         version,
         len(user_keys),
@@ -301,23 +454,16 @@ def verify_table(
         len(picked) + len(picked_similar),
         time.perf_counter() - started,
     )
-    log.info(
-        "verified %s: %d users, %d similar-items lists, %d payloads sampled",
-        version,
-        len(user_keys),
-        len(similar_keys),
-        report.sampled,
-    )
+    log.info("verified %s: %s", version, report)
     return report
 
 
 def activate(client: redis.Redis, prefix: str, version: str, ttl_seconds: int) -> str | None:
     """Make a verified version live; return the version it replaced (None for the first).
 
-    Its keys (users, fallback, similar items, meta) lose their staging TTL and are counted first,
-    so the pointer never moves to an incomplete table. The pointer and the meta status change in
-    one MULTI/EXEC. The replaced version's keys then expire after `ttl_seconds`, leaving that long
-    to roll back.
+    Its keys lose their staging TTL and are counted first, so the pointer never moves to an
+    incomplete table. The pointer and the meta status change in one MULTI/EXEC. The replaced
+    version's keys then expire after `ttl_seconds`, leaving that long to roll back.
     Calling it again for the version already live does nothing (safe for task retries).
     """
     keys = Keys(prefix)
@@ -366,6 +512,60 @@ def rollback(
     return current, target
 
 
+def refresh_users(
+    client: redis.Redis,
+    prefix: str,
+    version: str,
+    recs: pd.DataFrame,
+    *,
+    through: str,
+    generated_at: datetime,
+    batch_size: int,
+    similar: pd.DataFrame | None = None,
+) -> RefreshReport:
+    """Replace the given users' keys in the live `version`, one SET each; add `similar` lists.
+
+    The caller holds the publish lock. `PublishConflict` unless `version` is live, checked before
+    writing and again, under WATCH, when the meta record's counts, `refreshed_through`,
+    `refreshed_at` and `refreshes` are updated: a later rollback to this version still counts its
+    keys right. Live keys are permanent: no TTL.
+    """
+    started = time.perf_counter()
+    keys = Keys(prefix)
+    current = _current(client, keys)
+    if current != version:
+        raise PublishConflict(f"{version} is not the live version ({current}); score again")
+    meta = _read_meta(client, keys, version)
+    stamp = _utc_text(generated_at)
+    lists = _lists(_table(recs, USER_COLUMNS, "recs"), _reasons_of(meta), "recs")
+    payloads = _pack(lists, stamp)
+    item_ids, similar_payloads = _similar_payloads(_prepared_similar(similar), stamp)
+    old = _replace(
+        client, [keys.user(version, u) for u in lists.owners.tolist()], payloads, batch_size
+    )
+    old_similar = _replace(
+        client, [keys.similar(version, i) for i in item_ids], similar_payloads, batch_size
+    )
+    written = sum(map(len, payloads)) + sum(map(len, similar_payloads))
+    change = {
+        "users": sum(raw is None for raw in old),
+        "items": len(lists.refs) - sum(len(json.loads(raw)["items"]) for raw in old if raw),
+        "similar_items": sum(raw is None for raw in old_similar),
+        "bytes": written - sum(len(raw) for raw in [*old, *old_similar] if raw),
+    }
+    _update_live_meta(client, keys, version, change, through)
+    report = RefreshReport(
+        version,
+        len(payloads),
+        change["users"],
+        len(item_ids),
+        written,
+        time.perf_counter() - started,
+    )
+    log.info("refreshed %s through %s: %s", version, through, report)
+    return report
+
+
 def list_versions(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Known versions, newest first: version, created_at, status, users, live, expires_in (s)."""
     keys = Keys(prefix)
@@ -397,30 +597,48 @@ def delete_version(client: redis.Redis, prefix: str, version: str) -> int:
     keys = Keys(prefix)
     if _current(client, keys) == version:
         raise PublishError(f"{version} is live; activate or roll back to another version first")
-    found = sorted(_scan(client, keys.version_pattern(version)))
+    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
     removed = sum(_pipelined(client, "unlink", found))
     client.zrem(keys.versions, version)
     log.info("deleted %s (%d keys)", version, removed)
     return removed
 
 
-def read_user_recs(client: redis.Redis, prefix: str, user_id: int) -> UserRecs:
-    """What a product app does: read the pointer, then the user's key, else the fallback."""
+def live_meta(client: redis.Redis, prefix: str) -> dict[str, Any] | None:
+    """The meta record of the live version; None if nothing is live."""
     keys = Keys(prefix)
     version = _current(client, keys)
-    if version is None:
-        raise DataNotFound(f"no live recommendations table under {keys.root}")
+    return None if version is None else _read_meta(client, keys, version)
+
+
+# -- reading (the reference reader) --------------------------------------------------------------
+
+
+def read_user_recs(
+    client: redis.Redis, prefix: str, user_id: int, catalogue: Catalogue | None = None
+) -> UserRecs:
+    """What a product app does: read the pointer, the user's key (else the fallback), the meta.
+
+    Items are decoded; with a `catalogue` their reason texts are rendered too. Apps cache the
+    meta record per version: within a version its reason list only grows.
+    """
+    keys = Keys(prefix)
+    version = _live_version(client, keys)
     raw = client.get(keys.user(version, user_id))
     personal = raw is not None
     if raw is None:
         raw = client.get(keys.fallback(version))
     if raw is None:
         raise UnknownUser(f"user {user_id} has no row and table {version} has no fallback")
+    payload = json.loads(raw)
+    reasons = _reasons_of(_read_meta(client, keys, version))
     return {
         "user_id": user_id,
         "personal": personal,
         "table_version": version,
-        "payload": json.loads(raw),
+        "generated_at": payload["at"],
+        "items": decode_items(payload, reasons, catalogue),
+        "payload": payload,
     }
 
 
@@ -430,79 +648,169 @@ def read_similar_items(client: redis.Redis, prefix: str, item_id: int) -> Simila
     None when the live table has no list for the item (e.g. it has no embedding yet).
     """
     keys = Keys(prefix)
-    version = _current(client, keys)
-    if version is None:
-        raise DataNotFound(f"no live recommendations table under {keys.root}")
+    version = _live_version(client, keys)
     raw = client.get(keys.similar(version, item_id))
     if raw is None:
         return None
-    payload: SimilarItems = json.loads(raw)
-    return payload
+    payload = json.loads(raw)
+    items: list[SimilarItem] = [
+        {"item_id": item, "rank": rank, "score": score}
+        for rank, (item, score) in enumerate(
+            zip(payload["items"], payload["scores"], strict=True), 1
+        )
+    ]
+    return {
+        "item_id": item_id,
+        "table_version": version,
+        "generated_at": payload["at"],
+        "items": items,
+    }
 
 
-# Entry points bound to the settings: what the nightly DAG's tasks and the `inbo` CLI call.
+def decode_items(
+    payload: dict[str, Any], reasons: Sequence[Reason], catalogue: Catalogue | None = None
+) -> list[RecItem]:
+    """A packed user or fallback payload as one record per item, rank = position."""
+    decoded: list[RecItem] = []
+    for rank, (item, index, ref) in enumerate(
+        zip(payload["items"], payload["reasons"], payload["refs"], strict=True), 1
+    ):
+        reason = reasons[index]
+        text = None if catalogue is None else render_reason(reason.template, ref, item, catalogue)
+        decoded.append(
+            {
+                "item_id": item,
+                "rank": rank,
+                "source": reason.source,
+                "reason_code": reason.code,
+                "reason_ref": ref,
+                "reason": text,
+            }
+        )
+    return decoded
 
 
-def publish_batch(interval_end: datetime, settings: Settings | None = None) -> str:
-    """Stage the batch's lake tables as a new version; return it.
+def render_reason(template: str, ref: int | None, item_id: int, catalogue: Catalogue) -> str:
+    """A reason's text: `{ref}` the ref itself, `{ref_title}` the title of item `ref`,
+    `{publisher}` and `{category}` (in title case) those of the recommended item."""
 
-    The tables are `recs`, `recs_fallback` and, when the batch has one, `features/more_like_this`.
-    The meta record's `models` comes from the batch's score report (`_reports/score/<batch>.json`,
-    the registry versions the scores were made with). `generated_at` is the time of staging: it
-    tells apps how old the table is, while the meta record's `batch` names the data interval it
-    was computed from.
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in ("ref", "ref_title") and ref is None:
+            raise PublishError(f"{template!r} needs a reason ref; item {item_id} has none")
+        if name == "ref":
+            return str(ref)
+        if name == "ref_title":
+            return _catalogued(catalogue, int(ref or 0))["title"]
+        if name == "publisher":
+            return _catalogued(catalogue, item_id)["publisher"]
+        if name == "category":
+            return _catalogued(catalogue, item_id)["category"].title()
+        raise PublishError(f"unknown placeholder {{{name}}} in {template!r}")
+
+    return _PLACEHOLDER.sub(value, template)
+
+
+def catalogue_of(items: pd.DataFrame) -> dict[int, dict[str, str]]:
+    """The lake's `items` table (item_id, title, publisher, category) as a `Catalogue`."""
+    frame = items.drop_duplicates("item_id", keep="last").set_index("item_id")
+    records = frame[["title", "publisher", "category"]].to_dict("index")
+    return {int(item): dict(record) for item, record in records.items()}
+
+
+# -- entry points bound to the settings: what the DAGs' tasks and the `inbo` CLI call -----------
+
+
+def begin_batch(interval_end: datetime, shards: int, settings: Settings | None = None) -> str:
+    """Reserve a version for the batch's `shards` user shards, stage its fallback and similar
+    items (`recs_fallback`, `features/more_like_this` when the batch has one); return it.
+
+    `models` in the meta record comes from the batch's score plan (`_reports/score/<batch>.json`);
+    `generated_at` is the time of staging, the data interval is the meta record's `batch`.
     """
     settings = settings or get_settings()
     batch = batch_key(interval_end)
-    recs, fallback = _batch_tables(settings, batch)
-    similar = _batch_similar(settings, batch)
+    lake = Lake(settings.lake)
+    fallback = lake.read("recs_fallback", {"batch": batch}, "part")
+    similar = _batch_similar(lake, batch)
     with redis_connection(settings) as client:
-        report = stage_table(
+        return begin_table(
             client,
             settings.redis_prefix,
-            recs,
             fallback,
             batch=batch,
-            models=_models_used(settings, batch, recs, fallback, similar),
+            shards=shards,
+            models=_models_used(lake, batch, shards, fallback, similar),
             batch_size=settings.publish_batch_size,
             generated_at=datetime.now(UTC),
             similar=similar,
         )
-    return report.version
 
 
-def verify_batch(interval_end: datetime, version: str, settings: Settings | None = None) -> str:
-    """Verify `version` holds every user and similar-items list of the batch; return it.
-
-    No similar-items lists are expected when the batch has no more_like_this table.
-    """
+def publish_shard(
+    interval_end: datetime,
+    version: str,
+    shard: int,
+    shards: int,
+    settings: Settings | None = None,
+) -> int:
+    """Stage the users of `recs/batch=K/shard=<key>/part.parquet` into `version`; users staged."""
     settings = settings or get_settings()
-    batch = batch_key(interval_end)
-    recs, _ = _batch_tables(settings, batch)
-    similar = _batch_similar(settings, batch)
-    items = [] if similar is None else similar["item_id"].unique().tolist()
+    recs = _read_shard(Lake(settings.lake), batch_key(interval_end), shard, shards)
     with redis_connection(settings) as client:
-        verify_table(
+        report = stage_shard(
             client,
             settings.redis_prefix,
             version,
-            expected_users=recs["user_id"].unique(),
-            expected_similar=items,
+            recs,
+            shard=shard,
+            shards=shards,
+            batch_size=settings.publish_batch_size,
+        )
+    return report.users
+
+
+def verify_batch(interval_end: datetime, version: str, settings: Settings | None = None) -> str:
+    """Verify `version` holds every user of every shard file and every similar-items list of
+    the batch (none when it has no more_like_this table); return it."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    lake = Lake(settings.lake)
+    similar = _batch_similar(lake, batch)
+    items = [] if similar is None else similar["item_id"].unique().tolist()
+    with redis_connection(settings) as client:
+        shards = _read_meta(client, Keys(settings.redis_prefix), version)["shards"]
+        users = {
+            s: _read_shard(lake, batch, s, shards, ["user_id"])["user_id"].to_numpy()
+            for s in range(shards)
+        }
+        verify_table(
+            client, settings.redis_prefix, version, expected_users=users, expected_similar=items
         )
     return version
 
 
 def activate_version(version: str, settings: Settings | None = None) -> str | None:
-    """Make `version` live; return the version it replaced."""
+    """Make `version` live under the publish lock; return the version it replaced."""
     settings = settings or get_settings()
-    with redis_connection(settings) as client:
+    with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
         return activate(client, settings.redis_prefix, version, settings.version_ttl_seconds)
 
 
-def rollback_table(to: str | None = None, settings: Settings | None = None) -> tuple[str, str]:
-    """`rollback` with the platform's settings; returns (from_version, to_version)."""
+def publish_batch(interval_end: datetime, settings: Settings | None = None) -> str:
+    """`begin_batch` and `publish_shard` for every shard file of the batch, in this process."""
     settings = settings or get_settings()
-    with redis_connection(settings) as client:
+    shards = _batch_shards(Lake(settings.lake), batch_key(interval_end))
+    version = begin_batch(interval_end, shards, settings)
+    for shard in range(shards):
+        publish_shard(interval_end, version, shard, shards, settings)
+    return version
+
+
+def rollback_table(to: str | None = None, settings: Settings | None = None) -> tuple[str, str]:
+    """`rollback` under the publish lock; returns (from_version, to_version)."""
+    settings = settings or get_settings()
+    with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
         return rollback(client, settings.redis_prefix, to, ttl_seconds=settings.version_ttl_seconds)
 
 
@@ -513,11 +821,13 @@ def table_versions(settings: Settings | None = None) -> list[dict[str, Any]]:
         return list_versions(client, settings.redis_prefix)
 
 
-def read_recs(user_id: int, settings: Settings | None = None) -> UserRecs:
+def read_recs(
+    user_id: int, settings: Settings | None = None, catalogue: Catalogue | None = None
+) -> UserRecs:
     """`read_user_recs` with the platform's settings."""
     settings = settings or get_settings()
     with redis_connection(settings) as client:
-        return read_user_recs(client, settings.redis_prefix, user_id)
+        return read_user_recs(client, settings.redis_prefix, user_id, catalogue)
 
 
 def read_similar(item_id: int, settings: Settings | None = None) -> SimilarItems | None:
@@ -532,9 +842,7 @@ def sample_users(count: int, settings: Settings | None = None) -> list[int]:
     settings = settings or get_settings()
     keys = Keys(settings.redis_prefix)
     with redis_connection(settings) as client:
-        version = _current(client, keys)
-        if version is None:
-            raise DataNotFound(f"no live recommendations table under {keys.root}")
+        version = _live_version(client, keys)
         found: set[int] = set()
         for name in client.scan_iter(match=keys.version_pattern(version, "u:*"), count=SCAN_COUNT):
             found.add(_id_of(_text(name)))
@@ -545,9 +853,9 @@ def sample_users(count: int, settings: Settings | None = None) -> list[int]:
 
 def redis_cli_example(url: str, prefix: str | None = None, user_id: int = 1) -> str:
     """A copy-paste redis-cli command reading a user's row the way apps do (password masked)."""
-    root = Keys(prefix or get_settings().redis_prefix).root
+    keys = Keys(prefix or get_settings().redis_prefix)
     cli = f"{redis_binary('redis-cli')} -u {masked_url(url)}"
-    return f'{cli} GET "{root}:$({cli} GET {root}:current):u:{user_id}"'
+    return f'{cli} GET "{keys.root}:$({cli} GET "{keys.current}"):u:{user_id}"'
 
 
 @lru_cache(maxsize=4)
@@ -561,130 +869,203 @@ def schema_validator(path: str = str(USER_RECS_SCHEMA)) -> Validator:
     return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
 
 
-def _prepared(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
-    """`frame` reduced to `columns`, sorted by user and rank, after the checks JSON cannot make."""
-    frame = _checked_columns(frame, columns, name)
-    group = ["user_id"] if "user_id" in columns else []
-    frame = frame.sort_values([*group, "rank"], kind="stable", ignore_index=True)
-    position = frame.groupby(group).cumcount() + 1 if group else pd.RangeIndex(1, len(frame) + 1)
-    if not (frame["rank"].to_numpy() == np.asarray(position)).all():
+# -- input checks and packing --------------------------------------------------------------------
+
+
+def _table(frame: pd.DataFrame | pa.Table, columns: Sequence[str], name: str) -> pa.Table:
+    """`frame` as Arrow `columns`, ids as int64, after the checks JSON cannot make."""
+    names = frame.column_names if isinstance(frame, pa.Table) else list(frame.columns)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise PublishError(f"{name} lacks columns {missing}")
+    table = frame.select(columns) if isinstance(frame, pa.Table) else _arrow(frame[list(columns)])
+    return _checked(table, name)
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    """A pandas frame as Arrow; NaN in a float column becomes null (a nullable id read by pandas)."""
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _checked(table: pa.Table, name: str) -> pa.Table:
+    """Integer ids cast to int64, no nulls outside `reason_ref`, finite scores."""
+    for column in table.column_names:
+        kind = table.schema.field(column).type
+        integer = pa.types.is_integer(kind) or (
+            # pandas holds nullable ids as NaN floats, or as None when all are null
+            column == "reason_ref" and (pa.types.is_floating(kind) or pa.types.is_null(kind))
+        )
+        if column in ID_COLUMNS and not integer:
+            raise PublishError(f"{name} column {column} must have an integer dtype")
+        if column in ID_COLUMNS and kind != pa.int64():
+            try:
+                table = table.set_column(
+                    table.column_names.index(column), column, pc.cast(table[column], pa.int64())
+                )
+            except pa.ArrowInvalid:
+                raise PublishError(f"{name} column {column} holds non-integer values") from None
+    nulls = [c for c in table.column_names if c != "reason_ref" and table[c].null_count]
+    if nulls:
+        raise PublishError(f"{name} has nulls in {nulls}")
+    if "score" in table.column_names:
+        scores = table["score"].to_numpy()
+        if not np.isfinite(scores.astype(float)).all():
+            raise PublishError(f"{name} has scores that are not finite numbers")
+    return table
+
+
+def _lists(table: pa.Table, reasons: Sequence[Reason], name: str) -> Lists:
+    """Rows grouped into ranked lists (one per user, or one for a fallback without user_id)."""
+    if "user_id" in table.column_names:
+        table = _sorted(table, ["user_id", "rank"])
+        owners_all = table["user_id"].to_numpy()
+    else:
+        table = _sorted(table, ["rank"])
+        owners_all = np.zeros(len(table), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[len(table) > 0, owners_all[1:] != owners_all[:-1]])
+    offsets = np.r_[starts, len(table)].astype(np.int64)
+    position = np.arange(len(table)) - np.repeat(offsets[:-1], np.diff(offsets)) + 1
+    if not (table["rank"].to_numpy() == position).all():
         raise PublishError(f"{name} ranks are not 1..n per user")
-    if frame.duplicated([*group, "item_id"]).any():
+    if _repeats(owners_all, table["item_id"].to_numpy()):
         raise PublishError(f"{name} lists an item twice for one user")
-    return frame
+    return Lists(
+        owners_all[offsets[:-1]],
+        offsets,
+        table["item_id"].combine_chunks(),
+        _reason_indexes(table, reasons, name),
+        table["reason_ref"].combine_chunks(),
+    )
+
+
+def _sorted(table: pa.Table, by: list[str]) -> pa.Table:
+    """`table` sorted by `by` (one or two keys); skipped when it already is (scoring writes
+    shard files sorted)."""
+    if len(table) < 2:
+        return table
+    first = table[by[0]].to_numpy()
+    ahead, tie = first[1:] > first[:-1], first[1:] == first[:-1]
+    if len(by) > 1:
+        second = table[by[1]].to_numpy()
+        tie &= second[1:] >= second[:-1]
+    if (ahead | tie).all():
+        return table
+    return table.sort_by([(c, "ascending") for c in by])
+
+
+def _repeats(owners: np.ndarray, members: np.ndarray) -> bool:
+    """Whether some owner lists a member twice; one hash over both ids when they fit 32 bits."""
+    if len(owners) == 0:
+        return False
+    if owners.min() >= 0 and members.min() >= 0 and owners.max() < 2**31 and members.max() < 2**32:
+        return bool(pd.Index((owners << 32) | members).has_duplicates)
+    return bool(pd.DataFrame({"owner": owners, "member": members}).duplicated().any())
+
+
+def _reason_indexes(table: pa.Table, reasons: Sequence[Reason], name: str) -> pa.Array:
+    """Each row's index into `reasons`, after checking its code is known, its source is the
+    code's and it has the ref the code's template needs.
+
+    Works on the few distinct (code, source) pairs: dictionary indexes, not strings, per row.
+    """
+    codes, code_of = _dictionary(table["reason_code"])
+    sources, source_of = _dictionary(table["source"])
+    position = {r.code: i for i, r in enumerate(reasons)}
+    unknown = sorted(set(code_of) - set(position))
+    if unknown:
+        raise PublishError(f"{name} has reason codes without a template: {unknown}")
+    lookup = np.array([position[code] for code in code_of], dtype=np.int64)
+    index = lookup[codes] if len(code_of) else codes.astype(np.int64)
+    pairs = np.unique(codes * max(len(source_of), 1) + sources)
+    for pair in pairs.tolist():
+        code, source = code_of[pair // len(source_of)], source_of[pair % len(source_of)]
+        if source != reasons[position[code]].source:
+            raise PublishError(
+                f"{name}: source {source} does not match reason code {code} "
+                f"(its source is {reasons[position[code]].source})"
+            )
+    needs = np.array([r.needs_ref for r in reasons])[index]
+    lacking = needs & table["reason_ref"].is_null().to_numpy(zero_copy_only=False)
+    if lacking.any():
+        first = reasons[index[np.flatnonzero(lacking)[0]]].code
+        raise PublishError(
+            f"{name}: {int(lacking.sum())} rows lack the reason_ref their template needs "
+            f"(first: code {first})"
+        )
+    return pa.array(index)
+
+
+def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """A string column as per-row indexes into its distinct values (read as such from Parquet)."""
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    array = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.dictionary.type != pa.string():
+        array = array.cast(pa.dictionary(array.type.index_type, pa.string()))
+    return array.indices.to_numpy().astype(np.int64), array.dictionary.to_pylist()
+
+
+def _pack(lists: Lists, stamp: str) -> list[str]:
+    """One JSON payload per list: `{"items":[..],"reasons":[..],"refs":[..],"at":".."}`.
+
+    Built column-wise by Arrow (numbers to text, joined per list), ~1M items per 0.05 s.
+    """
+    if len(lists.owners) == 0:
+        return []
+    offsets = pa.array(lists.offsets, pa.int32())
+
+    def joined(values: pa.Array) -> pa.Array:
+        text = pc.fill_null(pc.cast(values, pa.string()), "null")
+        return pc.binary_join(pa.ListArray.from_arrays(offsets, text), ",")
+
+    payloads = pc.binary_join_element_wise(
+        '{"items":[',
+        joined(lists.items),
+        '],"reasons":[',
+        joined(lists.reasons),
+        '],"refs":[',
+        joined(lists.refs),
+        f'],"at":"{stamp}"}}',
+        "",
+    )
+    return payloads.to_pylist()
 
 
 def _prepared_similar(frame: pd.DataFrame | None) -> pd.DataFrame:
     """Similar items with a `rank` per item (best score first, ties by id), sorted by item."""
     if frame is None:
         frame = pd.DataFrame({name: pd.Series(dtype="int64") for name in SIMILAR_COLUMNS})
-    frame = _checked_columns(frame, SIMILAR_COLUMNS, "similar")
+    missing = [c for c in SIMILAR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PublishError(f"similar lacks columns {missing}")
+    frame = _checked(_arrow(frame[list(SIMILAR_COLUMNS)]), "similar").to_pandas()
     if (frame["item_id"] == frame["similar_item_id"]).any():
         raise PublishError("similar lists an item as similar to itself")
     if frame.duplicated(["item_id", "similar_item_id"]).any():
         raise PublishError("similar lists an item twice for one item")
-    frame = frame.sort_values(
+    return frame.sort_values(
         ["item_id", "score", "similar_item_id"],
         ascending=[True, False, True],
         kind="stable",
         ignore_index=True,
     )
-    return frame.assign(rank=frame.groupby("item_id").cumcount() + 1)
 
 
-def _checked_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
-    """`frame` reduced to `columns`: all present, integer ids, no nulls, finite scores."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PublishError(f"{name} lacks columns {missing}")
-    frame = frame[list(columns)]
-    not_int = [c for c in INTEGER_COLUMNS if c in columns and not is_integer_dtype(frame[c])]
-    if not_int:
-        raise PublishError(f"{name} columns {not_int} must have an integer dtype")
-    if frame.isna().to_numpy().any():
-        raise PublishError(f"{name} has nulls in {frame.columns[frame.isna().any()].tolist()}")
-    if not np.isfinite(frame["score"].to_numpy(dtype=float)).all():
-        raise PublishError(f"{name} has scores that are not finite numbers")
-    return frame
-
-
-def _item_fragments(frame: pd.DataFrame) -> list[str]:
-    """One JSON object per row, in row order.
-
-    Source and reason repeat a lot, so each distinct triple is JSON-encoded once and reused;
-    the rest is one f-string per row, the fastest of the variants measured.
-    """
-    if frame.empty:
-        return []
-    codes = frame.groupby(REASON_COLUMNS, sort=False).ngroup().to_numpy()
-    _, first_rows = np.unique(codes, return_index=True)
-    distinct = frame[REASON_COLUMNS].iloc[first_rows].itertuples(index=False)
-    tails = np.array([_item_tail(*triple) for triple in distinct], dtype=object)[codes]
-    return [
-        f'{{"item_id":{item},"rank":{rank},"score":{score:.6g}{tail}'
-        for item, rank, score, tail in zip(
-            frame["item_id"].tolist(),
-            frame["rank"].tolist(),
-            frame["score"].tolist(),
-            tails.tolist(),
-            strict=True,
-        )
-    ]
-
-
-def _item_tail(source: str, code: str, text: str) -> str:
-    """The end of an item's JSON object, from `source` on."""
-    source, code, text = (json.dumps(value, ensure_ascii=False) for value in (source, code, text))
-    return f',"source":{source},"reason":{{"code":{code},"text":{text}}}}}'
-
-
-def _user_payloads(recs: pd.DataFrame, version: str, stamp: str) -> tuple[list[int], list[bytes]]:
-    """User ids and their JSON payloads from recs sorted by user and rank."""
-    if recs.empty:
-        return [], []
-    return _grouped_payloads(recs["user_id"], _item_fragments(recs), "user_id", version, stamp)
-
-
-def _similar_payloads(
-    similar: pd.DataFrame, version: str, stamp: str
-) -> tuple[list[int], list[bytes]]:
-    """Item ids and their "more like this" payloads from similar items sorted by item and rank."""
-    fragments = [
-        f'{{"item_id":{item},"rank":{rank},"score":{score:.6g}}}'
-        for item, rank, score in zip(
-            similar["similar_item_id"].tolist(),
-            similar["rank"].tolist(),
-            similar["score"].tolist(),
-            strict=True,
-        )
-    ]
-    return _grouped_payloads(similar["item_id"], fragments, "item_id", version, stamp)
-
-
-def _grouped_payloads(
-    owners: pd.Series, fragments: list[str], field: str, version: str, stamp: str
-) -> tuple[list[int], list[bytes]]:
-    """One payload per run of equal `owners` (rows sorted by owner) and the owners' ids."""
-    if owners.empty:
-        return [], []
-    values = owners.to_numpy()
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    ids = values[starts].tolist()
-    payloads = [
-        _payload(field, owner, version, stamp, fragments[start:end])
-        for owner, start, end in zip(ids, starts.tolist(), ends.tolist(), strict=True)
-    ]
+def _similar_payloads(similar: pd.DataFrame, stamp: str) -> tuple[list[int], list[str]]:
+    """Item ids and their `{"items":[..],"scores":[..],"at":".."}` payloads (6 significant
+    digits), from similar items sorted by item and rank."""
+    payloads: list[str] = []
+    ids: list[int] = []
+    for item_id, rows in similar.groupby("item_id", sort=True):
+        items = ",".join(map(str, rows["similar_item_id"].tolist()))
+        scores = ",".join(f"{score:.6g}" for score in rows["score"].tolist())
+        ids.append(int(item_id))
+        payloads.append(f'{{"items":[{items}],"scores":[{scores}],"at":"{stamp}"}}')
     return ids, payloads
 
 
-def _payload(
-    field: str, owner: int | None, version: str, stamp: str, fragments: list[str]
-) -> bytes:
-    """`{"<field>": owner, "table_version": ..., "generated_at": ..., "items": [fragments]}`."""
-    value = "null" if owner is None else str(owner)
-    head = f'{{"{field}":{value},"table_version":"{version}","generated_at":"{stamp}","items":['
-    return (head + ",".join(fragments) + "]}").encode()
+# -- Redis helpers -------------------------------------------------------------------------------
 
 
 def _reserve_version(client: redis.Redis, keys: Keys, meta: dict[str, Any], ttl: int) -> str:
@@ -698,16 +1079,71 @@ def _reserve_version(client: redis.Redis, keys: Keys, meta: dict[str, Any], ttl:
     raise PublishError(f"could not find an unused version id for batch {meta['batch']}")
 
 
-def _set_batches(
-    client: redis.Redis, names: list[str], values: list[bytes], batch_size: int, ttl: int
+def _stage(
+    client: redis.Redis, names: list[str], values: list[str], batch_size: int, ttl: int
 ) -> None:
+    """SET every key with the staging TTL, in batches of `batch_size`.
+
+    One Lua call per batch on a single server; pipelined `SET EX` on a cluster, where a script's
+    keys would have to share a slot. Either way each key is written by one atomic SET.
+    """
+    chunks = zip(_chunks(names, batch_size), _chunks(values, batch_size), strict=True)
+    if isinstance(client, RedisCluster):
+        for name_chunk, value_chunk in chunks:
+            with client.pipeline(transaction=False) as pipe:
+                for name, value in zip(name_chunk, value_chunk, strict=True):
+                    pipe.set(name, value, ex=ttl)
+                pipe.execute()
+        return
+    script = client.register_script(_STAGE_SCRIPT)
+    for name_chunk, value_chunk in chunks:
+        script(keys=list(name_chunk), args=[ttl, *value_chunk])
+
+
+def _replace(
+    client: redis.Redis, names: list[str], values: list[str], batch_size: int
+) -> list[str | bytes | None]:
+    """SET each key for good (no TTL), pipelined; the values they replaced (None: a new key)."""
+    replaced: list[Any] = []
     for name_chunk, value_chunk in zip(
         _chunks(names, batch_size), _chunks(values, batch_size), strict=True
     ):
         with client.pipeline(transaction=False) as pipe:
             for name, value in zip(name_chunk, value_chunk, strict=True):
-                pipe.set(name, value, ex=ttl)
+                pipe.set(name, value, get=True)
+            replaced.extend(pipe.execute())
+    return replaced
+
+
+def _update_live_meta(
+    client: redis.Redis, keys: Keys, version: str, change: dict[str, int], through: str
+) -> None:
+    """Add `change` to the live version's counts and bytes and record the refresh, atomically.
+
+    WATCH on the pointer and the meta (one slot) makes a concurrent switch a `PublishConflict`.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(keys.current, keys.meta(version))
+            if _current(pipe, keys) != version:
+                raise PublishConflict(f"{version} stopped being live during the refresh")
+            meta = _read_meta(pipe, keys, version)
+            counts = {**meta["counts"]}
+            for name in ("users", "items", "similar_items"):
+                counts[name] += change[name]
+            meta = {
+                **meta,
+                "counts": counts,
+                "bytes": meta["bytes"] + change["bytes"],
+                "refreshed_through": through,
+                "refreshed_at": _now(),
+                "refreshes": meta.get("refreshes", 0) + 1,
+            }
+            pipe.multi()
+            pipe.set(keys.meta(version), json.dumps(meta))
             pipe.execute()
+        except WatchError:
+            raise PublishConflict(f"the live table changed while refreshing {version}") from None
 
 
 def _read_meta(client: redis.Redis, keys: Keys, version: str) -> dict[str, Any]:
@@ -720,10 +1156,41 @@ def _read_meta(client: redis.Redis, keys: Keys, version: str) -> dict[str, Any]:
     return meta
 
 
-def _write_meta(
-    client: redis.Redis, keys: Keys, meta: dict[str, Any], *, keep_ttl: bool = True
-) -> None:
-    client.set(keys.meta(meta["version"]), json.dumps(meta), keepttl=keep_ttl)
+def _write_meta(client: redis.Redis, keys: Keys, meta: dict[str, Any]) -> None:
+    client.set(keys.meta(meta["version"]), json.dumps(meta), keepttl=True)
+
+
+def _reasons_of(meta: dict[str, Any]) -> list[Reason]:
+    return [Reason(r["code"], r["source"], r["template"]) for r in meta["reasons"]]
+
+
+def _shard_records(
+    client: redis.Redis, keys: Keys, version: str, shards: int
+) -> dict[int, dict[str, int]]:
+    """The registry's record of every shard; PublishError naming the shards not staged yet."""
+    raw = client.hgetall(keys.shards(version))
+    records = {int(_text(k)): json.loads(v) for k, v in raw.items()}
+    missing = [s for s in range(shards) if s not in records]
+    if missing:
+        raise PublishError(
+            f"version {version} is incomplete: {len(missing)} of {shards} shards were not staged "
+            f"(first: {', '.join(map(str, missing[:5]))})"
+        )
+    return records
+
+
+def _totalled(meta: dict[str, Any], records: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """`meta` with the shards' users, items and bytes added to what `begin_table` counted."""
+    counts = {
+        **meta["counts"],
+        "users": sum(r["users"] for r in records.values()),
+        "items": sum(r["items"] for r in records.values()),
+    }
+    return {
+        **meta,
+        "counts": counts,
+        "bytes": meta["bytes"] + sum(r["bytes"] for r in records.values()),
+    }
 
 
 def _check_meta(meta: dict[str, Any], version: str) -> None:
@@ -733,37 +1200,14 @@ def _check_meta(meta: dict[str, Any], version: str) -> None:
         raise PublishError(f"meta record of {version} is malformed: {detail}")
 
 
-def _expected_keys(
-    client: redis.Redis,
-    keys: Keys,
-    version: str,
-    kind: KeyKind,
-    expected: Iterable[int] | int,
-    recorded: int,
-) -> list[str]:
-    """The version's keys of `kind`, checked against `expected` and the meta record's count.
-
-    Given ids, each must have its key (pipelined EXISTS); given a count, SCAN must find exactly
-    that many. Either way the number must equal `recorded`, the count staged into the meta record.
-    """
-    if isinstance(expected, int):
-        found = sorted(_scan(client, keys.version_pattern(version, f"{kind.segment}:*")))
-        _check_count(version, kind, len(found), expected)
-    else:
-        found = [keys.member(version, kind.segment, i) for i in dict.fromkeys(map(int, expected))]
-        _check_exist(client, version, kind, found)
-    _check_count(version, kind, recorded, len(found))
-    return found
-
-
-def _check_count(version: str, kind: KeyKind, found: int, expected: int) -> None:
-    if found != expected:
-        raise PublishError(f"version {version} holds {found} {kind.rows}, expected {expected}")
-
-
 def _check_exist(client: redis.Redis, version: str, kind: KeyKind, names: list[str]) -> None:
-    flags = _pipelined(client, "exists", names)
-    missing = [_id_of(key) for key, flag in zip(names, flags, strict=True) if not flag]
+    """Every key exists: one multi-key EXISTS per batch (split by slot on a cluster), and the
+    per-key EXISTS only of a batch that came up short, to name what is missing."""
+    missing: list[int] = []
+    for chunk in _chunks(names, SCAN_COUNT):
+        if client.exists(*chunk) < len(chunk):
+            flags = _pipelined(client, "exists", list(chunk))
+            missing += [_id_of(key) for key, flag in zip(chunk, flags, strict=True) if not flag]
     if missing:
         raise PublishError(
             f"version {version} is incomplete: {len(missing)} of {len(names)} {kind.missing} "
@@ -771,17 +1215,29 @@ def _check_exist(client: redis.Redis, version: str, kind: KeyKind, names: list[s
         )
 
 
-def _check_payload(key: str, raw: str | bytes | None, version: str, *, personal: bool) -> None:
-    """Schema, version, user id, ranks 1..n and no item twice, for one stored payload."""
+def _check_payload(key: str, raw: str | bytes | None, reasons: Sequence[Reason]) -> None:
+    """Schema, equal column lengths, no item twice, known reasons with the refs they need."""
     payload = _parsed(key, raw, USER_RECS_SCHEMA)
-    _check_list(key, payload, version, "user_id", _id_of(key) if personal else None)
+    items, indexes, refs = payload["items"], payload["reasons"], payload["refs"]
+    if not len(items) == len(indexes) == len(refs):
+        raise PublishError(f"{key} has items, reasons and refs of different lengths")
+    if len(set(items)) != len(items):
+        raise PublishError(f"{key} lists an item twice")
+    if max(indexes) >= len(reasons):
+        raise PublishError(f"{key} names reason {max(indexes)}; the version has {len(reasons)}")
+    if any(reasons[i].needs_ref and ref is None for i, ref in zip(indexes, refs, strict=True)):
+        raise PublishError(f"{key} lacks a ref its reason's template needs")
 
 
-def _check_similar_payload(key: str, raw: str | bytes | None, version: str) -> None:
-    """As `_check_payload` for a similar-items payload; the item must not list itself."""
+def _check_similar_payload(key: str, raw: str | bytes | None) -> None:
+    """Schema, equal lengths, no item twice and never the item itself."""
     payload = _parsed(key, raw, SIMILAR_SCHEMA)
-    _check_list(key, payload, version, "item_id", _id_of(key))
-    if any(item["item_id"] == payload["item_id"] for item in payload["items"]):
+    items = payload["items"]
+    if len(items) != len(payload["scores"]):
+        raise PublishError(f"{key} has items and scores of different lengths")
+    if len(set(items)) != len(items):
+        raise PublishError(f"{key} lists an item twice")
+    if _id_of(key) in items:
         raise PublishError(f"{key} lists the item as similar to itself")
 
 
@@ -800,35 +1256,19 @@ def _parsed(key: str, raw: str | bytes | None, schema: Path) -> dict[str, Any]:
     return payload
 
 
-def _check_list(
-    key: str, payload: dict[str, Any], version: str, field: str, owner: int | None
-) -> None:
-    """The payload's version and owner match its key; ranks run 1..n; no item appears twice."""
-    items = payload["items"]
-    if payload["table_version"] != version:
-        raise PublishError(f"{key} has table_version {payload['table_version']}")
-    if payload[field] != owner:
-        raise PublishError(f"{key} has {field} {payload[field]}, expected {owner}")
-    if [item["rank"] for item in items] != list(range(1, len(items) + 1)):
-        raise PublishError(f"{key} has ranks that are not 1..n in order")
-    if len({item["item_id"] for item in items}) != len(items):
-        raise PublishError(f"{key} lists an item twice")
-
-
 def _persist_complete(
     client: redis.Redis, keys: Keys, version: str, counts: dict[str, int], ttl_seconds: int
 ) -> None:
     """Remove the TTL of every key of `version`, then check they are all still there.
 
     Counting after PERSIST is what makes the check final: nothing can expire afterwards. If keys
-    are missing, the survivors get `ttl_seconds` back so they still clean themselves up.
-    Versions staged before similar items existed have no `similar_items` count: 0 then.
+    are missing, they all get `ttl_seconds` back so the survivors still clean themselves up.
     """
-    found = sorted(_scan(client, keys.version_pattern(version)))
+    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
     _pipelined(client, "persist", found)
-    present = sum(_pipelined(client, "exists", found))
+    present = sum(_pipelined(client, "exists", found[:-2]))
     has_fallback = bool(client.exists(keys.fallback(version)))
-    expected = counts["users"] + counts.get("similar_items", 0) + 2  # + fallback and meta
+    expected = counts["users"] + counts["similar_items"] + 1
     if present != expected or not has_fallback:
         _pipelined(client, "expire", found, ttl_seconds)
         raise PublishError(
@@ -845,12 +1285,12 @@ def _switch(
     *,
     expected_current: str | None,
 ) -> None:
-    """Point `current` at `version` and store its meta in one transaction.
+    """Point `current` at `version` and store its meta in one transaction (one slot).
 
     WATCH on the pointer turns a concurrent switch by another run into a clear error instead of
     one run silently retiring the other's version.
     """
-    with client.pipeline() as pipe:
+    with client.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(keys.current)
             if _current(pipe, keys) != expected_current:
@@ -870,8 +1310,8 @@ def _retire(client: redis.Redis, keys: Keys, version: str, status: str, ttl_seco
     raw = client.get(keys.meta(version))
     if raw is not None:
         meta = {**json.loads(raw), "status": status, "retired_at": _now()}
-        _write_meta(client, keys, meta, keep_ttl=False)
-    found = sorted(_scan(client, keys.version_pattern(version)))
+        client.set(keys.meta(version), json.dumps(meta))
+    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
     _pipelined(client, "expire", found, ttl_seconds)
     log.info("%s is %s; its %d keys expire in %d s", version, status, len(found), ttl_seconds)
 
@@ -883,6 +1323,11 @@ def _forget_expired(client: redis.Redis, keys: Keys) -> None:
     gone = [m for m, flag in zip(members, flags, strict=True) if not flag]
     if gone:
         client.zrem(keys.versions, *gone)
+
+
+def _version_keys(client: redis.Redis, keys: Keys, version: str) -> list[str]:
+    """The data keys of a version (users, fallback, similar items), by SCAN on every node."""
+    return sorted(_scan(client, keys.version_pattern(version)))
 
 
 def _scan(client: redis.Redis, pattern: str) -> set[str]:
@@ -918,16 +1363,53 @@ def _id_of(key: str) -> int:
     return int(key.rsplit(":", 1)[1])
 
 
-def _batch_tables(settings: Settings, batch: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The batch's per-user recommendations and fallback list from the lake."""
-    lake = Lake(settings.lake)
-    recs = lake.read("recs", {"batch": batch}, "part", RECOMMENDATIONS)
-    return recs, lake.read("recs_fallback", {"batch": batch}, "part")
+def _catalogued(catalogue: Catalogue, item_id: int) -> Mapping[str, str]:
+    try:
+        return catalogue[item_id]
+    except KeyError:
+        raise DataNotFound(
+            f"item {item_id} is not in the catalogue; cannot render its reason"
+        ) from None
 
 
-def _batch_similar(settings: Settings, batch: str) -> pd.DataFrame | None:
+# -- lake helpers --------------------------------------------------------------------------------
+
+
+def _read_shard(
+    lake: Lake, batch: str, shard: int, shards: int, columns: Sequence[str] = USER_COLUMNS
+) -> pa.Table:
+    """`columns` of one shard file of the batch's recs (others are not read)."""
+    path = lake.path(RECS_TABLE, {"batch": batch, "shard": shard_key(shard, shards)}, "part")
+    if not lake.fs.exists(path):
+        raise DataNotFound(f"{path} does not exist; score shard {shard} of {shards} first")
+    with lake.fs.open(path, "rb") as handle:
+        present = pq.read_schema(handle).names
+        handle.seek(0)
+        wanted = [c for c in columns if c in present]
+        return pq.read_table(handle, columns=wanted, read_dictionary=["source", "reason_code"])
+
+
+def _batch_shards(lake: Lake, batch: str) -> int:
+    """The shard count of the batch's recs files, once all of them are there."""
+    found = [
+        _SHARD_DIR.search(path) for path in lake.files(RECS_TABLE, f"batch={batch}/*/part.parquet")
+    ]
+    keys = {(int(m.group(1)), int(m.group(2))) for m in found if m}
+    counts = {shards for _, shards in keys}
+    if len(counts) != 1:
+        raise DataNotFound(
+            f"batch {batch} has no single set of {RECS_TABLE} shard files: {sorted(keys)}"
+        )
+    shards = counts.pop()
+    if len(keys) != shards:
+        raise DataNotFound(
+            f"batch {batch} has {len(keys)} of its {shards} {RECS_TABLE} shard files"
+        )
+    return shards
+
+
+def _batch_similar(lake: Lake, batch: str) -> pd.DataFrame | None:
     """The batch's more_like_this table, or None when the batch has none (no embeddings)."""
-    lake = Lake(settings.lake)
     if not lake.exists(SIMILAR_TABLE, {"batch": batch}, "part"):
         log.info("batch %s has no %s table; publishing no similar items", batch, SIMILAR_TABLE)
         return None
@@ -935,15 +1417,11 @@ def _batch_similar(settings: Settings, batch: str) -> pd.DataFrame | None:
 
 
 def _models_used(
-    settings: Settings,
-    batch: str,
-    recs: pd.DataFrame,
-    fallback: pd.DataFrame,
-    similar: pd.DataFrame | None,
+    lake: Lake, batch: str, shards: int, fallback: pd.DataFrame, similar: pd.DataFrame | None
 ) -> dict[str, Any]:
-    """The models behind the table: the score report's registry versions, else its sources."""
+    """The models behind the table: the score plan's, else the sources found in the tables."""
     try:
-        report = json.loads(Lake(settings.lake).read_json(SCORE_REPORTS, batch))
+        report = json.loads(lake.read_json(SCORE_REPORTS, batch))
     except DataNotFound:
         report = {}
     except ValueError as exc:
@@ -957,11 +1435,15 @@ def _models_used(
         return models
     log.warning(
         "%s/%s.json is missing or names no models; the meta record names the table's sources "
-        "instead (re-run score_users for the batch to record the model versions)",
+        "instead (re-run scoring for the batch to record the model versions)",
         SCORE_REPORTS,
         batch,
     )
-    sources = {*recs["source"].unique().tolist(), *fallback["source"].unique().tolist()}
+    sources = set(fallback["source"].unique().tolist())
+    for shard in range(shards):
+        sources |= set(
+            pc.unique(_read_shard(lake, batch, shard, shards, ["source"])["source"]).to_pylist()
+        )
     if similar is not None and not similar.empty:
         sources.add("content")
     return {source: f"models of batch {batch}" for source in sorted(sources)}
@@ -983,6 +1465,13 @@ def _utc_text(moment: datetime) -> str:
 
 def _now() -> str:
     return _utc_text(datetime.now(UTC))
+
+
+def _live_version(client: redis.Redis, keys: Keys) -> str:
+    version = _current(client, keys)
+    if version is None:
+        raise DataNotFound(f"no live recommendations table under {keys.root}")
+    return version
 
 
 def _current(client: redis.Redis, keys: Keys) -> str | None:

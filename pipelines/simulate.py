@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Integer, Table
 from sqlalchemy.types import TypeEngine
 
 from inbo.lake import batch_key
-from pipelines import appdb
+from pipelines import app_counters, appdb
 
 log = logging.getLogger(__name__)
 
@@ -235,23 +235,39 @@ def simulate(
     truth_dir: Path,
     progress: Callable[[int, int], None] | None = None,
     dirty_share: float = 0.0,
+    counters: app_counters.CounterStore | None = None,
+    counter_drift: float = 0.0,
+    activity: float = 1.0,
 ) -> SimulationSummary:
     """Replace the app database at `db_url` with a simulated world of `days` days up to `end`.
 
     `dirty_share` of the interactions are broken the ways real app data breaks (an unknown kind, a
     negative dwell, an issue that does not exist, a clock in the future), from a random stream of
     their own, so the same seed gives the same clean rows whatever the share.
+
+    With `counters`, the app's per-item counters are rebuilt in Redis as the rows are written, a
+    `counter_drift` share of the increments lost or doubled (again from a stream of their own);
+    the drift is recorded in `truth_dir/item_counter_drift.parquet`.
+
+    `activity` scales every user's sessions per day: 1.0 is the demo's engaged audience (about 7
+    interactions per user and day); a large audience that opens the app only now and then is
+    nearer 0.085 (about 18M interactions for 1M users over 30 days).
     """
     if min(users, items, days) < 1:
         raise ValueError("users, items and days must all be at least 1")
     if not 0.0 <= dirty_share < 1.0:
         raise ValueError("dirty_share must be in [0, 1)")
+    if not 0.0 <= counter_drift < 1.0:
+        raise ValueError("counter_drift must be in [0, 1)")
+    if activity <= 0:
+        raise ValueError("activity must be positive")
     end = _naive_utc(end)
     start = end - timedelta(days=days)
     rng = np.random.default_rng(seed)
     pubs = _publishers(rng, min(items, max(5, round(items / 15))), start)
     issues = _issues(rng, items, pubs, start, end)
     people, tastes = _users(rng, users, start, end)
+    people["sessions_per_day"] *= activity
     subs = _subscriptions(rng, people, tastes, pubs, start, end)
     _write_truth(truth_dir, people, tastes, issues)
 
@@ -268,9 +284,18 @@ def simulate(
             conn.commit()
             world = _World.build(people, tastes, issues, subs, len(pubs), end)
             flaws = _Flaws(np.random.default_rng([seed, 1]), dirty_share)
-            events, reads = _play(conn, rng, world, start, days, progress, flaws)
+            app = (
+                app_counters.SimulatedApp.replacing(
+                    counters, np.random.default_rng([seed, 2]), counter_drift
+                )
+                if counters is not None
+                else None
+            )
+            events, reads = _play(conn, rng, world, start, days, progress, flaws, app)
     finally:
         engine.dispose()
+    if app is not None:
+        app.write_truth(truth_dir)
     summary = SimulationSummary(
         start, end, len(people), len(pubs), len(issues), len(subs), events, reads
     )
@@ -700,6 +725,7 @@ def _play(
     days: int,
     progress: Callable[[int, int], None] | None,
     flaws: _Flaws,
+    app: app_counters.SimulatedApp | None,
 ) -> tuple[int, int]:
     """Simulate and insert day by day; returns (interactions, reading_progress) rows written."""
     start64 = np.datetime64(start, "us")
@@ -721,8 +747,11 @@ def _play(
         )  # fmt: skip
         due, pending = _split_due(_concat([pending, events]), day_start + DAY)
         del events  # a day of rows is the biggest thing held: keep one copy of it, not two
-        written += _insert(conn, appdb.experience_interactions, flaws.apply(due))
+        rows = flaws.apply(due)
+        written += _insert(conn, appdb.experience_interactions, rows)
         conn.commit()
+        if app is not None:
+            app.record(app_counters.interaction_counts(rows["issue_id"], rows["kind"]))
         reads.append(day_reads)
         if progress is not None:
             progress(day + 1, days)
@@ -730,6 +759,8 @@ def _play(
     latest = _latest_progress(reads, end64)
     _insert(conn, appdb.reading_progress, latest)
     conn.commit()
+    if app is not None:
+        app.record(app_counters.read_counts(latest["issue_id"].to_numpy()))
     return written, len(latest)
 
 

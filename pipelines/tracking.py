@@ -57,11 +57,12 @@ def log_step_run(
     params: Mapping[str, object],
     metrics: Mapping[str, float],
     artifacts: Path | None = None,
+    experiment: str = EXPERIMENT,
 ) -> str:
-    """Log one pipeline step's run for `batch` and return its run id."""
+    """Log one pipeline step's run for `batch` (in `experiment`) and return its run id."""
     import mlflow
 
-    experiment_id = _experiment_id(settings, EXPERIMENT)
+    experiment_id = _experiment_id(settings, experiment)
     existing = mlflow.search_runs(
         [experiment_id],
         filter_string=f"tags.step = '{step}' and tags.batch = '{batch}'",

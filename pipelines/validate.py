@@ -17,6 +17,7 @@ import pandas as pd
 from inbo import schemas
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
+from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
 from pipelines.ingest import REPORTS as INGEST_REPORTS
 from pipelines.ingest import check_counts, quarantine_rows, write_quarantine
@@ -136,6 +137,19 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
             quarantine=lake.path("quarantine"),
         )
     return report
+
+
+def validate_exclusive(
+    interval_end: datetime, settings: Settings | None = None
+) -> ValidationReport:
+    """`validate_batch` under the ingest lock (see `ingest_exclusive`): what the DAGs run.
+
+    A nightly and an hourly run closing at the same instant share a batch; the lock keeps them
+    from rewriting its event files under each other.
+    """
+    settings = settings or get_settings()
+    with platform_lock(settings, INGEST):
+        return validate_batch(interval_end, settings)
 
 
 def latest_validated_batch(lake: Lake) -> str:

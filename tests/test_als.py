@@ -113,7 +113,7 @@ def test_a_new_community_a_reader_gets_the_unseen_a_issues(model: ALSModel) -> N
     recs = model.recommend(np.array([NEW_A_READER]), n=3)
     assert set(recs["item_id"].head(2)) == {105, 106}
     assert recs["item_id"].iloc[2] in B_ITEMS
-    assert list(recs.columns) == list(CANDIDATE_COLUMNS)
+    assert list(recs.columns) == [*CANDIDATE_COLUMNS, "reason_ref"]
     assert (recs["source"] == "als").all()
 
 

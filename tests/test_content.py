@@ -84,7 +84,7 @@ def recs_of(model: ContentModel, user: int, n: int = 20) -> pd.DataFrame:
 
 def test_a_cooking_reader_gets_cooking_first(model: ContentModel) -> None:
     recs = recs_of(model, COOK)
-    assert list(recs.columns) == list(CANDIDATE_COLUMNS)
+    assert list(recs.columns) == [*CANDIDATE_COLUMNS, "reason_ref"]
     assert set(recs["item_id"][:2]) == {3, 4}  # the two cooking issues they have not read
     assert recs["score"].is_monotonic_decreasing
     assert set(recs["source"]) == {"content"} and set(recs["reason_code"]) == {"similar_to_read"}

@@ -106,13 +106,26 @@ def test_nightly_runs_its_steps_in_order(dags: dict) -> None:
         "train_reranker",
         "evaluate",
         "register_and_gate",
-        "score_users",
-        "publish",
+        "prepare_scoring",
+        "score_shard",
+        "begin_publish",
+        "publish_shard",
         "verify",
         "activate",
     ]
     for upstream, downstream in pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+
+
+def test_nightly_scores_and_publishes_one_mapped_task_per_shard(dags: dict) -> None:
+    """Shards fan out by dynamic task mapping; the pointer waits for every publish shard."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dags["inbo_nightly"]
+    for task_id in ("score_shard", "publish_shard"):
+        assert isinstance(dag.get_task(task_id), MappedOperator), task_id
+    assert dag.get_task("verify").upstream_task_ids >= {"publish_shard", "begin_publish"}
+    assert dag.get_task("activate").upstream_task_ids == {"verify"}
 
 
 def test_dag_files_have_no_airflow2_leftovers() -> None:

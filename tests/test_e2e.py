@@ -21,10 +21,9 @@ import pytest
 from inbo import schemas
 from inbo.lake import Lake, batch_key
 from inbo.settings import REPO_ROOT, Settings
+from pipelines.recommend import read_recs_table
 
 pytestmark = pytest.mark.e2e
-
-USER_SCHEMA = json.loads((REPO_ROOT / "docs/schemas/user-recs.v1.schema.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -68,29 +67,30 @@ def nightly(
 
 def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datetime) -> None:
     from inbo.services import redis_client
-    from pipelines.publish import read_recs
+    from pipelines.publish import USER_RECS_SCHEMA, Keys, catalogue_of, live_meta, read_recs
 
     live_redis = nightly
 
     lake = Lake(live_redis.lake)
     batch = batch_key(world_end)
-    recs = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    recs = read_recs_table(world_end, live_redis)
     client = redis_client(live_redis)
-    prefix = f"{live_redis.redis_prefix}:recs:v1"
-    version = client.get(f"{prefix}:current")
+    version = client.get(Keys(live_redis.redis_prefix).current)
     assert version and version.startswith(batch)
 
-    meta = json.loads(client.get(f"{prefix}:{version}:meta"))
-    assert meta["status"] == "live"
+    meta = live_meta(client, live_redis.redis_prefix)
+    assert meta is not None and meta["status"] == "live" and meta["shards"] >= 1
     assert meta["counts"]["users"] == recs["user_id"].nunique() > 100
 
+    user_schema = json.loads(USER_RECS_SCHEMA.read_text())
+    catalogue = catalogue_of(lake.read("items", {"batch": batch}, "part", schemas.ITEMS))
     for user_id, rows in list(recs.groupby("user_id"))[:50]:
-        answer = read_recs(int(user_id), live_redis)
+        answer = read_recs(int(user_id), live_redis, catalogue)
         assert answer["personal"] and answer["table_version"] == version
-        jsonschema.validate(answer["payload"], USER_SCHEMA)
-        items = answer["payload"]["items"]
+        jsonschema.validate(answer["payload"], user_schema)
+        items = answer["items"]
         assert [i["item_id"] for i in items] == rows.sort_values("rank")["item_id"].tolist()
-        assert all(i["reason"]["code"] and i["reason"]["text"] for i in items)
+        assert all(i["reason_code"] and i["reason"] for i in items)
 
     assert "inbo-als v" in meta["models"]["als"] and "inbo-reranker v" in meta["models"]["reranker"]
     assert meta["counts"]["similar_items"] > 0
@@ -103,7 +103,7 @@ def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datet
     assert explained.reason == top["reason"]
 
     stranger = read_recs(10**9, live_redis)
-    assert not stranger["personal"] and stranger["payload"]["items"]
+    assert not stranger["personal"] and stranger["items"]
 
     interactions = lake.read(
         "features/interactions", {"batch": batch}, "part", schemas.INTERACTIONS
@@ -122,22 +122,21 @@ def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
     nightly: Settings, world_end: datetime
 ) -> None:
     from inbo.services import redis_client
+    from pipelines.publish import Keys
 
     live_redis = nightly
-    lake = Lake(live_redis.lake)
-    batch = batch_key(world_end)
-    first = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    first = read_recs_table(world_end, live_redis)
     client = redis_client(live_redis)
-    prefix = f"{live_redis.redis_prefix}:recs:v1"
-    first_version = client.get(f"{prefix}:current")
+    keys = Keys(live_redis.redis_prefix)
+    first_version = client.get(keys.current)
 
     assert run_nightly(world_end) == "success"
-    again = lake.read("recs", {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    again = read_recs_table(world_end, live_redis)
     assert again.equals(first)
-    second_version = client.get(f"{prefix}:current")
+    second_version = client.get(keys.current)
     assert second_version != first_version
-    assert client.zscore(f"{prefix}:versions", first_version) is not None
-    assert client.ttl(f"{prefix}:{first_version}:meta") > 0
+    assert client.zscore(keys.versions, first_version) is not None
+    assert client.ttl(keys.meta(first_version)) > 0
 
 
 def test_recommendations_follow_the_simulated_tastes(
@@ -147,8 +146,7 @@ def test_recommendations_follow_the_simulated_tastes(
     import pandas as pd
 
     live_redis = nightly
-    lake = Lake(live_redis.lake)
-    recs = lake.read("recs", {"batch": batch_key(world_end)}, "part", schemas.RECOMMENDATIONS)
+    recs = read_recs_table(world_end, live_redis)
     truth = pd.read_parquet(live_redis.var_dir / "simulation" / "user_tastes.parquet")
     items = pd.read_parquet(live_redis.var_dir / "simulation" / "items.parquet")
     top = recs[recs["rank"] <= 10].merge(items[["item_id", "category"]], on="item_id")

