@@ -167,20 +167,8 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
     sources = CandidateModels.load(model_dir(settings, live.batch), als=als)
     data = active_data(lake, settings, interval_end, active)
     since_nightly = batch_events(lake, live.batch, batch, _users(active))
-    recipe = Recipe.from_settings(settings)
-    if sources.als is not None:
-        delta = aggregate(since_nightly, interval_end, recipe.half_life_days, recipe.read_at)
-        sources.als.recalculate_users(delta)
-    sources.continue_reading.fit(data)
-    sources.popularity.refresh_users(data.interactions, _published(data))
-    new_items = np.empty(0, dtype=np.int64)
-    similar = None
-    if sources.content is not None and data.embeddings is not None:
-        new_items = sources.content.add_items(published_vectors(data, data.embeddings))
-        sources.content.refresh_users(data.interactions, interval_end)
-        similar = sources.content.similar_to(new_items, SIMILAR_K) if len(new_items) else None
-    trending = sources.popularity.global_top(settings.fallback_n)
-    trending = trending.assign(rank=np.arange(1, len(trending) + 1))
+    new_items, similar = fold_in(sources, data, since_nightly, Recipe.from_settings(settings))
+    trending = lake.read("recs_fallback", {"batch": live.batch}, "part")
     item_table = _ranking_items(lake, batch) if reranker is not None else None
     candidates = propose(sources, data, active, settings)
     recs = top_n(candidates, reranker, data, settings, trending, item_table)
@@ -195,6 +183,28 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
         }
     )
     return _record_score(lake, summary)
+
+
+def fold_in(
+    sources: CandidateModels, data: TrainingData, since_nightly: pd.DataFrame, recipe: Recipe
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Bring the nightly's sources up to `data.as_of` for the active users, in place.
+
+    ALS gets their interactions since the nightly batch added (re-solved against fixed item
+    factors); continue reading, category affinity and content profile are rebuilt from `data`;
+    issues published since are indexed. Returns the new issues and their "more like this" lists.
+    """
+    if sources.als is not None:
+        delta = aggregate(since_nightly, data.as_of, recipe.half_life_days, recipe.read_at)
+        sources.als.recalculate_users(delta)
+    sources.continue_reading.fit(data)
+    sources.popularity.refresh_users(data.interactions, _published(data))
+    if sources.content is None or data.embeddings is None:
+        return np.empty(0, dtype=np.int64), None
+    new_items = sources.content.add_items(published_vectors(data, data.embeddings))
+    sources.content.refresh_users(data.interactions, data.as_of)
+    similar = sources.content.similar_to(new_items, SIMILAR_K) if len(new_items) else None
+    return new_items, similar
 
 
 def active_data(
