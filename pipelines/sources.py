@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 from inbo.errors import ServiceUnavailable, SourceError
@@ -70,11 +71,16 @@ def as_strings(frame: pd.DataFrame) -> pd.DataFrame:
                 column = column.dt.tz_convert("UTC")
             text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
         else:
-            text = column.map(
-                lambda v: None if v is None or v is pd.NA or v != v else str(v), na_action=None
-            )
+            text = column.map(_as_text, na_action=None)
         out[name] = text.astype("string")
     return out.reset_index(drop=True)
+
+
+def _as_text(value: object) -> str | None:
+    """One cell as text, None when missing; a list (an item's tags) as the app's comma list."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return ",".join(map(str, value))
+    return None if pd.isna(value) else str(value)
 
 
 def _naive_utc(moment: datetime) -> datetime:

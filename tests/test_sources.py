@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -379,3 +380,22 @@ def test_dropped_user_with_unreadable_creation_time_is_quarantined_not_lost(
     assert bad[["id", "_reason"]].values.tolist() == [
         ["3", "conversion: created_at 'last tuesday' is not a valid value"]
     ]
+
+
+def test_as_strings_keeps_list_cells_and_missing_values_apart() -> None:
+    """Quarantined item rows carry their parsed tags (a list): they must not break the quarantine."""
+    from pipelines.sources import as_strings
+
+    frame = pd.DataFrame(
+        {
+            "tags": [["ai", "chips"], np.array(["space"]), [], None],
+            "score": [1.5, float("nan"), 2.0, 3.0],
+            "name": ["a", None, "c", "d"],
+        }
+    )
+
+    text = as_strings(frame)
+
+    assert text["tags"].tolist() == ["ai,chips", "space", "", pd.NA]
+    assert text["score"].tolist() == ["1.5", pd.NA, "2.0", "3.0"]
+    assert text["name"].tolist() == ["a", pd.NA, "c", "d"]
