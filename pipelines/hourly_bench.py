@@ -49,10 +49,21 @@ class HourlyBenchResult:
     machine: str
 
 
+SHARD_USERS = 20_000
+"""Users per nightly scoring shard: what keeps the nightly's scoring within memory."""
+
+
 def world_settings(base: Settings, users: int, items: int, days: int) -> Settings:
-    """Settings on the bench world's own var dir (never the demo's) and the same Redis server."""
+    """Settings on the bench world's own var dir, never the demo's (and its own embedded Redis
+    unless `INBO_REDIS_URL` names one), scoring in shards of about `SHARD_USERS` users."""
     var_dir = base.var_dir / "bench" / f"hourly-{users}u-{items}i-{days}d"
-    return base.model_copy(update={"var_dir": var_dir, "redis_prefix": f"bench-hourly-{users}"})
+    return base.model_copy(
+        update={
+            "var_dir": var_dir,
+            "redis_prefix": f"bench-hourly-{users}",
+            "score_shards": max(1, users // SHARD_USERS),
+        }
+    )
 
 
 def prepare_world(settings: Settings, users: int, items: int, days: int, seed: int = 7) -> None:

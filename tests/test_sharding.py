@@ -217,3 +217,20 @@ def test_a_shard_that_dies_midway_blocks_the_switch_until_its_retry(
         answer = publish.read_recs(int(user_id), settings)
         assert answer["personal"] and answer["table_version"] == version
         assert [i["item_id"] for i in answer["items"]] == rows["item_id"].tolist()
+
+
+def test_the_simulators_activity_scales_the_interactions(
+    tmp_path: Path, world_end: datetime
+) -> None:
+    """`activity` makes the big, mostly idle audiences of the scale benchmark; 1.0 is the demo."""
+    from pipelines.simulate import simulate
+
+    def interactions(activity: float) -> int:
+        db = f"sqlite:///{tmp_path / f'a{activity}.db'}"
+        return simulate(
+            db, users=400, items=60, days=3, seed=5, end=world_end.replace(tzinfo=None),
+            truth_dir=tmp_path / f"truth{activity}", activity=activity,
+        ).experience_interactions  # fmt: skip
+
+    full, tenth = interactions(1.0), interactions(0.1)
+    assert 0.05 < tenth / full < 0.2, (tenth, full)
