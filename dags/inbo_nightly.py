@@ -27,44 +27,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pendulum
-from airflow.sdk import (
-    Asset,
-    CronDataIntervalTimetable,
-    ExceptionRetryPolicy,
-    RetryAction,
-    RetryRule,
-    dag,
-    task,
-)
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-USER_EVENTS = Asset(name="inbo_user_events", uri="inbo://lake/user_events")
-INTERACTIONS = Asset(name="inbo_interactions", uri="inbo://lake/features/interactions")
-RECS = Asset(name="inbo_recs", uri="inbo://lake/recs")
-REDIS_TABLE = Asset(name="inbo_redis_recs", uri="inbo://redis/recs")
-
-RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception="inbo.errors.ServiceUnavailable",
-            action=RetryAction.RETRY,
-            reason="a service dropped out: it may be back on the next try",
-        ),
-        RetryRule(
-            exception=[
-                "inbo.errors.InboError",
-                "builtins.TypeError",
-                "builtins.ValueError",
-                "builtins.KeyError",
-                "builtins.AttributeError",
-                "builtins.NameError",
-                "builtins.ImportError",
-            ],
-            action=RetryAction.FAIL,
-            reason="bad data, configuration or code: a retry gives the same answer",
-        ),
-    ]
-)
-"""Services that drop out (Redis, MLflow, the app DB) are retried; deterministic failures are not."""
+from inbo.orchestration import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
 
 
 @dag(
@@ -84,9 +49,9 @@ RETRY_TRANSIENT_ONLY = ExceptionRetryPolicy(
 def inbo_nightly() -> None:
     @task
     def ingest(data_interval_end: datetime | None = None) -> dict[str, object]:
-        from pipelines.ingest import ingest
+        from pipelines.ingest import ingest_exclusive
 
-        report = ingest(data_interval_end)
+        report = ingest_exclusive(data_interval_end)
         return {
             "batch": report.batch,
             "extracted": report.extracted,
@@ -97,9 +62,9 @@ def inbo_nightly() -> None:
     def validate(
         _: dict[str, object], data_interval_end: datetime | None = None
     ) -> dict[str, object]:
-        from pipelines.validate import validate_batch
+        from pipelines.validate import validate_exclusive
 
-        report = validate_batch(data_interval_end)
+        report = validate_exclusive(data_interval_end)
         return {
             "passed": report.passed,
             "quarantined": report.quarantined,

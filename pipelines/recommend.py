@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.interactions import load_events
-from features.ranking import catalogue_item_features, ranking_features
+from features.ranking import RANKING_ITEM_TABLE, catalogue_item_features, ranking_features
 from inbo import schemas
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
@@ -48,8 +48,6 @@ REPORTS = "_reports/score"
 """The batch's score plan (`ScorePlan`), also read by publishing for the models it names."""
 USERS_TABLE = "recs_users"
 """Who gets a personal row, with their shard: (user_id, shard)."""
-ITEM_FEATURES_TABLE = "features/item_ranking"
-"""The reranker's item features of the batch, computed once on every user's events."""
 USERS_SCHEMA = pa.schema(
     [pa.field("user_id", pa.int64(), nullable=False), pa.field("shard", pa.int64(), False)]
 )
@@ -189,7 +187,7 @@ def prepare_scoring(
         events, _ = load_events(lake, *event_window(settings, interval_end))
         items = lake.read("items", part, "part", schemas.ITEMS)
         table = catalogue_item_features(events, items, interval_end)
-        lake.write(table.reset_index(), ITEM_FEATURES_TABLE, "part", part)
+        lake.write(table.reset_index(), RANKING_ITEM_TABLE, "part", part)
     models = {**registry_names(versions), **batch_sources(settings, batch)}
     plan = ScorePlan(batch, shards, len(users), len(trending), versions, models)
     lake.write_json(json.dumps(asdict(plan), indent=2), REPORTS, batch)
@@ -231,7 +229,7 @@ def score_shard(
     sources = CandidateModels.load(model_dir(settings, batch), als=als)
     trending = lake.read("recs_fallback", {"batch": batch}, "part")
     item_table = (
-        lake.read(ITEM_FEATURES_TABLE, {"batch": batch}, "part").set_index("item_id")
+        lake.read(RANKING_ITEM_TABLE, {"batch": batch}, "part").set_index("item_id")
         if reranker is not None
         else None
     )

@@ -144,3 +144,33 @@ def test_dag_files_have_no_airflow2_leftovers() -> None:
         text=True,
     )
     assert out.returncode == 0, out.stdout
+
+
+def test_hourly_refreshes_after_features_and_reconciles_after_validation(dags: dict) -> None:
+    dag = dags["inbo_hourly"]
+    assert dag.get_task("validate").upstream_task_ids == {"ingest"}
+    assert dag.get_task("score_active_users").upstream_task_ids == {
+        "update_features",
+        "embed_new_items",
+    }
+    assert dag.get_task("publish_active_users").upstream_task_ids == {"score_active_users"}
+    assert dag.get_task("reconcile_counters").upstream_task_ids == {"validate"}
+    assert dag.params["repair_counters"] is False  # report mode unless a run asks for repair
+
+
+def test_the_hourly_schedule_comes_from_the_settings() -> None:
+    """`INBO_HOURLY_SCHEDULE` is read when the DAG file is parsed; nothing assumes an hour."""
+    env = {**os.environ, "INBO_HOURLY_SCHEDULE": "*/10 * * * *"}
+    probe = (
+        "import sys; from airflow.dag_processing.dagbag import DagBag; "
+        "dag = DagBag(dag_folder=sys.argv[1]).dags['inbo_hourly']; "
+        "print(dag.timetable.expression)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO_ROOT / "dags" / "inbo_hourly.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "*/10 * * * *"
