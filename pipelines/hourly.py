@@ -358,8 +358,21 @@ def _record_score(lake: Lake, summary: HourlyScore) -> HourlyScore:
 
 
 def _record_publish(settings: Settings, summary: HourlyPublish) -> HourlyPublish:
-    """Write the report to the lake and, when rows went live, the run's metrics to MLflow."""
-    Lake(settings.lake).write_json(json.dumps(asdict(summary), indent=2), REPORTS, summary.batch)
+    """Write the report to the lake and, when rows went live, the run's metrics to MLflow.
+
+    A re-run that finds its batch already applied keeps the report of the run that applied it,
+    so `inbo status` still shows when the rows went live.
+    """
+    lake = Lake(settings.lake)
+    if summary.status == ALREADY_APPLIED:
+        try:
+            applied = HourlyPublish(**json.loads(lake.read_json(REPORTS, summary.batch)))
+        except DataNotFound:
+            applied = summary
+        if applied.status == PUBLISHED:
+            log.info("hourly %s was applied before; its report stays", summary.batch)
+            return applied
+    lake.write_json(json.dumps(asdict(summary), indent=2), REPORTS, summary.batch)
     if summary.status == PUBLISHED:
         metrics = {
             "users_refreshed": float(summary.users),
