@@ -9,6 +9,7 @@ the same `rank` function, so the offline figures describe what gets published.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -34,12 +35,22 @@ SOURCE_OF_REASON = {
 }
 
 
+RECIPE_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "read_fraction"]
+"""The event columns `Recipe.tables` reads."""
+
+
 def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingData:
-    """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events."""
+    """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events.
+
+    The result has no raw events: the candidate sources never read them. The rebuild copies only
+    the columns it reads, and every user's events, since ALS item factors and item popularity
+    depend on all of them (at 1M users, copies of the full-width events ran out of memory).
+    """
     if data.events is None:
         raise ValueError("the reranker needs raw events: build TrainingData with `events`")
-    interactions, started = recipe.tables(data.events, cutoff)
-    return restrict(data, cutoff, interactions, started)
+    earlier = data.events.loc[data.events["ts"] < pd.Timestamp(cutoff), RECIPE_COLUMNS]
+    interactions, started = recipe.tables(earlier, cutoff)
+    return restrict(replace(data, events=None), cutoff, interactions, started)
 
 
 def seen_pairs(interactions: pd.DataFrame) -> pd.DataFrame:

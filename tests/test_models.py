@@ -10,6 +10,7 @@ import pytest
 
 from inbo import schemas
 from models.base import TrainingData
+from models.candidates import FRESH_DAYS, REASON_PRIORITY, SCORE_COLUMNS, _combine
 from models.continue_reading import ContinueReadingModel
 from models.factory import create
 from models.popularity import PopularityModel
@@ -159,3 +160,69 @@ def test_blend_caps_each_user_at_n() -> None:
     recs = blend(pool, pd.DataFrame({"user_id": [], "item_id": []}, dtype="int64"), n=4)
     assert recs.groupby("user_id").size().tolist() == [4, 4]
     assert recs[recs["user_id"] == 1]["item_id"].tolist() == [9, 8, 7, 6]
+
+
+def combine_reference(long: pd.DataFrame, popularity: PopularityModel, data: TrainingData):
+    """`_combine` as it was with a Python join per pair: the vectorised one must match it."""
+    keys = ["user_id", "item_id"]
+    scores = long.pivot_table(index=keys, columns="column", values="score", aggfunc="max")
+    scores = scores.reindex(columns=[*SCORE_COLUMNS.values(), "fresh_score"])
+    order = (
+        long["reason_code"]
+        .map({code: i for i, code in enumerate(REASON_PRIORITY)})
+        .fillna(len(REASON_PRIORITY))
+    )
+    best = long.assign(_order=order).sort_values([*keys, "_order"]).drop_duplicates(keys)
+    sources = long.groupby(keys)["reason_code"].agg(lambda codes: ",".join(sorted(set(codes))))
+    frame = (
+        best.set_index(keys)[["reason_code", "reason", "reason_ref"]]
+        .join(scores)
+        .join(sources.rename("sources"))
+    ).reset_index()
+    global_score = popularity.scores.set_index("item_id")["score"]
+    frame["popularity_score"] = frame["item_id"].map(global_score / global_score.max())
+    age = pd.Timestamp(data.as_of) - frame["item_id"].map(
+        data.items.set_index("item_id")["published_at"]
+    )
+    frame["is_fresh"] = (age <= timedelta(days=FRESH_DAYS)).astype(float)
+    frame["n_sources"] = (
+        frame[[*SCORE_COLUMNS.values(), "fresh_score"]].notna().sum(axis=1).astype(float)
+    )
+    return frame.drop(columns="fresh_score")
+
+
+def test_combine_matches_the_per_pair_join_exactly() -> None:
+    rng = np.random.default_rng(7)
+    codes = {
+        "als_score": ["because_you_read"],
+        "content_score": ["similar_to_read"],
+        "category_score": ["popular_in_category"],
+        "continue_reading": ["continue_reading"],
+        "fresh_score": ["subscribed_publisher", "new_this_week", "editor_pick"],  # one unranked
+    }
+    parts = []
+    for column, reasons in codes.items():
+        pairs = rng.integers([1, 0], [80, 6], size=(300, 2))
+        code = rng.choice(reasons, size=len(pairs))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user_id": pairs[:, 0],
+                    "item_id": items_frame()["item_id"].to_numpy()[pairs[:, 1]],
+                    "score": rng.random(len(pairs)).round(1),  # ties across sources
+                    "reason_code": code,
+                    "reason": [f"{c} #{n}" for c, n in zip(code, range(len(code)), strict=True)],
+                    "reason_ref": pd.Series(pairs[:, 1], dtype="Int64").mask(
+                        rng.random(len(pairs)) < 0.5
+                    ),
+                    "column": column,
+                }
+            )
+        )
+    long = pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=3)
+    data = training([(u, i, 1.0 + u % 3) for u in range(1, 9) for i in (10, 11, 20)])
+    popularity = PopularityModel().fit(data)
+    combined = _combine(long, popularity, data)
+    assert combined["sources"].str.contains(",").any()  # some pairs came from several sources
+    pd.testing.assert_frame_equal(combined, combine_reference(long, popularity, data))
+    assert combined.dtypes.to_dict() == combine_reference(long, popularity, data).dtypes.to_dict()
