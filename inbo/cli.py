@@ -254,6 +254,24 @@ def evaluate(
     print(format_table(run_benchmark(dataset, path, k=k)))
 
 
+@app.command("bench-hourly")
+def bench_hourly(
+    users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 200_000,
+    items: Annotated[int, typer.Option(min=10, help="Newsletter issues.")] = 5_000,
+    days: Annotated[int, typer.Option(min=2, help="Days of traffic before the timed hour.")] = 3,
+) -> None:
+    """Time one hourly refresh over a busy hour after a nightly run (world built once, reused)."""
+    from pipelines.hourly_bench import as_json, format_result, run_hourly_bench
+
+    settings = get_settings()
+    result = run_hourly_bench(settings, users, items, days)
+    print(format_result(result))
+    out = settings.reports_dir / "bench-hourly.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(as_json(result))
+    console.print(f"written to {out}")
+
+
 @app.command()
 def bench(
     users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 100_000,

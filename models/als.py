@@ -227,6 +227,34 @@ class ALSModel:
         log.info("als recalculated %d users from %d new interactions", len(rows), len(new))
         return self
 
+    def refit_users(self, rows: pd.DataFrame) -> Self:
+        """Replace the whole interaction rows of the users in `rows` and re-solve their factors.
+
+        `rows` holds every interaction of those users (`user_id`, `item_id`, `weight`, optionally
+        `is_read`, `dismissed`), e.g. their rows rebuilt at a later moment. Unlike
+        `recalculate_users` nothing adds up, so it does not matter which batch the model was
+        trained on or how often it is called: the same rows give the same factors. Items stay
+        fixed (implicit's recalculate-user solve).
+        """
+        users = pd.unique(rows["user_id"].to_numpy())
+        rows = self._on_catalogue(rows)
+        self.users = self.users.extend(users)
+        positions = self.users.index(users)
+        keep = np.ones(len(self.users), dtype=np.float32)
+        keep[positions] = 0.0
+        cleared = sp.diags(keep, format="csr")
+        self.weights = cleared @ grow_rows(self.weights, len(self.users)) + self._pairs(
+            rows, rows["weight"].to_numpy()
+        )
+        self.seen = (cleared @ grow_rows(self.seen, len(self.users))).maximum(
+            self._pairs(rows, _seen_flags(rows))
+        )
+        self.confidence = confidence(self.weights, self.alpha, self.weighting)
+        with threadpool_limits(1, "blas"):
+            self.als.partial_fit_users(positions, self.confidence[positions])
+        log.info("als refitted %d users from %d interactions", len(positions), len(rows))
+        return self
+
     def recalculate_user(self, user_id: int, new_items: pd.DataFrame) -> Self:
         """`recalculate_users` for one user; `new_items` has `item_id`, `weight`."""
         return self.recalculate_users(new_items.assign(user_id=user_id))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -29,11 +29,11 @@ import pyarrow.compute as pc
 
 from features.embeddings import EMBEDDINGS, latest_table_batch
 from features.embeddings import TABLE as EMBEDDINGS_TABLE
-from features.interactions import Recipe, aggregate, load_events
+from features.interactions import Recipe, load_events
 from features.ranking import RANKING_ITEM_TABLE
 from inbo import schemas
 from inbo.errors import DataNotFound
-from inbo.lake import Lake, batch_key
+from inbo.lake import Lake, batch_end, batch_key
 from inbo.locks import PUBLISH, platform_lock
 from inbo.services import redis_connection
 from inbo.settings import Settings, get_settings
@@ -42,7 +42,7 @@ from models.candidates import CandidateModels
 from models.content import published_vectors
 from pipelines import tracking
 from pipelines.publish import live_meta, refresh_users
-from pipelines.recommend import champion_versions, pinned_parts, propose, registry_names, top_n
+from pipelines.recommend import event_window, pinned_parts, propose, read_plan, top_n
 from pipelines.train import model_dir
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,7 @@ def live_table(settings: Settings) -> LiveTable | None:
     return LiveTable(meta["version"], meta["batch"], meta.get("refreshed_through") or meta["batch"])
 
 
-def batch_events(
-    lake: Lake, after: str, through: str, filters: pc.Expression | None = None
-) -> pd.DataFrame:
+def batch_events(lake: Lake, after: str, through: str) -> pd.DataFrame:
     """Validated events ingested by the batches after `after` up to `through`, any timestamp.
 
     By batch, not by timestamp: a late event belongs to the batch that ingested it, so it is
@@ -130,7 +128,7 @@ def batch_events(
         if "/.tmp-" not in path
         and after < path.rsplit("/", 1)[-1].removesuffix(".parquet") <= through
     ]
-    events = lake.read_files(sorted(paths), schemas.USER_EVENTS, filters)
+    events = lake.read_files(sorted(paths), schemas.USER_EVENTS)
     return events.drop_duplicates("event_id").reset_index(drop=True)
 
 
@@ -162,41 +160,37 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
     if not len(active):
         _write_recs(lake, batch, schemas.empty(schemas.RECOMMENDATIONS), None)
         return _record_score(lake, summary)
-    versions = champion_versions(settings)
-    als, reranker = pinned_parts(settings, versions)
+    plan = read_plan(batch_end(live.batch), settings)
+    als, reranker = pinned_parts(settings, plan.versions)
     sources = CandidateModels.load(model_dir(settings, live.batch), als=als)
     data = active_data(lake, settings, interval_end, active)
-    since_nightly = batch_events(lake, live.batch, batch, _users(active))
-    new_items, similar = fold_in(sources, data, since_nightly, Recipe.from_settings(settings))
+    new_items, similar = fold_in(sources, data)
     trending = lake.read("recs_fallback", {"batch": live.batch}, "part")
     item_table = _ranking_items(lake, batch) if reranker is not None else None
     candidates = propose(sources, data, active, settings)
     recs = top_n(candidates, reranker, data, settings, trending, item_table)
     _write_recs(lake, batch, recs, similar)
-    summary = HourlyScore(
-        **{
-            **asdict(summary),
-            "users_scored": int(recs["user_id"].nunique()),
-            "new_items": len(new_items),
-            "models": registry_names(versions),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
+    summary = replace(
+        summary,
+        users_scored=int(recs["user_id"].nunique()),
+        new_items=len(new_items),
+        models=plan.models,
+        seconds=round(time.perf_counter() - started, 3),
     )
     return _record_score(lake, summary)
 
 
-def fold_in(
-    sources: CandidateModels, data: TrainingData, since_nightly: pd.DataFrame, recipe: Recipe
-) -> tuple[np.ndarray, pd.DataFrame | None]:
-    """Bring the nightly's sources up to `data.as_of` for the active users, in place.
+def fold_in(sources: CandidateModels, data: TrainingData) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Bring the live table's sources up to `data.as_of` for the active users, in place.
 
-    ALS gets their interactions since the nightly batch added (re-solved against fixed item
-    factors); continue reading, category affinity and content profile are rebuilt from `data`;
-    issues published since are indexed. Returns the new issues and their "more like this" lists.
+    Their ALS rows are replaced by their rows rebuilt now and their factors re-solved against
+    the fixed item factors; continue reading, category affinity and content profile are rebuilt
+    from `data`; issues published since are indexed. Replacing rather than adding keeps a re-run,
+    or a run after several others, from counting an event twice. Returns the new issues and
+    their "more like this" lists.
     """
     if sources.als is not None:
-        delta = aggregate(since_nightly, data.as_of, recipe.half_life_days, recipe.read_at)
-        sources.als.recalculate_users(delta)
+        sources.als.refit_users(data.interactions)
     sources.continue_reading.fit(data)
     sources.popularity.refresh_users(data.interactions, _published(data))
     if sources.content is None or data.embeddings is None:
@@ -218,9 +212,7 @@ def active_data(
     batch = batch_key(interval_end)
     part = {"batch": batch}
     mine = _users(users)
-    events, _ = load_events(
-        lake, interval_end - timedelta(days=2 * settings.history_days), interval_end, mine
-    )
+    events, _ = load_events(lake, *event_window(settings, interval_end), mine)
     interactions, started = Recipe.from_settings(settings).tables(events, interval_end)
     vectors = latest_table_batch(lake, batch)
     embeddings = (
@@ -324,7 +316,10 @@ def _publish_status(
 ) -> str:
     if meta is None or meta["version"] != scored.version:
         return SUPERSEDED
-    if str(meta.get("refreshed_through") or meta["batch"]) >= batch:
+    mark = str(meta.get("refreshed_through") or meta["batch"])
+    if mark > batch:
+        return SUPERSEDED
+    if mark == batch:
         return ALREADY_APPLIED
     return PUBLISHED if len(recs) else NO_ACTIVE_USERS
 
@@ -360,8 +355,9 @@ def _record_score(lake: Lake, summary: HourlyScore) -> HourlyScore:
 def _record_publish(settings: Settings, summary: HourlyPublish) -> HourlyPublish:
     """Write the report to the lake and, when rows went live, the run's metrics to MLflow.
 
-    A re-run that finds its batch already applied keeps the report of the run that applied it,
-    so `inbo status` still shows when the rows went live.
+    A re-run that finds its batch already applied keeps the report of the run that applied it
+    (so `inbo status` still shows when the rows went live) and logs its metrics again, in case
+    MLflow was what failed the first time.
     """
     lake = Lake(settings.lake)
     if summary.status == ALREADY_APPLIED:
@@ -370,28 +366,32 @@ def _record_publish(settings: Settings, summary: HourlyPublish) -> HourlyPublish
         except DataNotFound:
             applied = summary
         if applied.status == PUBLISHED:
-            log.info("hourly %s was applied before; its report stays", summary.batch)
-            return applied
+            summary = applied
     lake.write_json(json.dumps(asdict(summary), indent=2), REPORTS, summary.batch)
     if summary.status == PUBLISHED:
-        metrics = {
-            "users_refreshed": float(summary.users),
-            "new_users": float(summary.new_users),
-            "new_similar_items": float(summary.similar_items),
-            "publish_seconds": summary.seconds,
-        }
-        if summary.freshness_seconds is not None:
-            metrics["freshness_seconds"] = summary.freshness_seconds
-        tracking.log_step_run(
-            settings,
-            "hourly_refresh",
-            summary.batch,
-            {"table_version": summary.version},
-            metrics,
-            experiment=EXPERIMENT,
-        )
+        _log_metrics(settings, summary)
     log.info("hourly publish %s", summary)
     return summary
+
+
+def _log_metrics(settings: Settings, summary: HourlyPublish) -> None:
+    """The refresh's size and freshness in the MLflow experiment `inbo-hourly`, one run per batch."""
+    metrics = {
+        "users_refreshed": float(summary.users),
+        "new_users": float(summary.new_users),
+        "new_similar_items": float(summary.similar_items),
+        "publish_seconds": summary.seconds,
+    }
+    if summary.freshness_seconds is not None:
+        metrics["freshness_seconds"] = summary.freshness_seconds
+    tracking.log_step_run(
+        settings,
+        "hourly_refresh",
+        summary.batch,
+        {"table_version": summary.version},
+        metrics,
+        experiment=EXPERIMENT,
+    )
 
 
 def _utc_text(moment: datetime | pd.Timestamp) -> str:

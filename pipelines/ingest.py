@@ -432,19 +432,35 @@ def plan_watermarks(
     run over an older interval) then read nothing twice, and their range may be empty.
     """
     folder = f"{STATE}/{source.name}"
-    if lake.fs.exists(f"{lake.path(folder)}/{batch}.json"):
-        return json.loads(lake.read_json(folder, batch))
     head = _watermark_head(lake, folder)
-    plan: dict[str, dict[str, Watermark | None]] = {}
-    for table in INCREMENTAL_TABLES:
-        low = head.get(table.name)
-        high = source.high_watermark(table, until)
-        reached = high is not None and (low is None or _after(high, low))
-        plan[table.name] = {"low": low, "high": high if reached else low}
-    lake.write_json(json.dumps(plan, indent=2), folder, batch)
-    marks = {name: marks["high"] for name, marks in plan.items() if marks["high"] is not None}
-    lake.write_json(json.dumps({**head, **marks}, indent=2), folder, HEAD)
+    if lake.fs.exists(f"{lake.path(folder)}/{batch}.json"):
+        plan: dict[str, dict[str, Watermark | None]] = json.loads(lake.read_json(folder, batch))
+    else:
+        plan = {}
+        for table in INCREMENTAL_TABLES:
+            low = head.get(table.name)
+            high = source.high_watermark(table, until)
+            reached = high is not None and (low is None or _after(high, low))
+            plan[table.name] = {"low": low, "high": high if reached else low}
+        lake.write_json(json.dumps(plan, indent=2), folder, batch)
+    _advance_head(lake, folder, head, plan)
     return plan
+
+
+def _advance_head(
+    lake: Lake,
+    folder: str,
+    head: dict[str, Watermark],
+    plan: dict[str, dict[str, Watermark | None]],
+) -> None:
+    """Move the head up to the plan's highs; also on a re-run, in case a run died in between."""
+    moved = {
+        name: marks["high"]
+        for name, marks in plan.items()
+        if marks["high"] is not None and (name not in head or _after(marks["high"], head[name]))
+    }
+    if moved:
+        lake.write_json(json.dumps({**head, **moved}, indent=2), folder, HEAD)
 
 
 def _watermark_head(lake: Lake, folder: str) -> dict[str, Watermark]:

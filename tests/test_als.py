@@ -195,6 +195,27 @@ def test_recalculate_users_folds_in_a_new_user(world: TrainingData) -> None:
     assert recs["reason"].str.contains("Issue 20[123]").all()
 
 
+def test_refit_users_replaces_rows_so_repeating_it_changes_nothing(world: TrainingData) -> None:
+    """The hourly fold-in: a user's whole rebuilt row replaces the stored one, it never adds up."""
+    rows = pd.DataFrame(
+        {"user_id": NEW_A_READER, "item_id": [201, 202, 203, 204], "weight": 4.0, "is_read": True}
+    )
+    once = fresh().fit(world).refit_users(rows)
+    twice = fresh().fit(world).refit_users(rows).refit_users(rows)
+    added = fresh().fit(world).recalculate_users(rows).recalculate_users(rows)
+    position = once.users.index(np.array([NEW_A_READER]))[0]
+
+    np.testing.assert_allclose(
+        twice.als.user_factors[position], once.als.user_factors[position], rtol=1e-5
+    )
+    assert set(once.weights[position].indices) == set(
+        once.items.index(np.array([201, 202, 203, 204]))
+    )
+    assert not np.allclose(added.weights[position].toarray(), once.weights[position].toarray())
+    recs = once.recommend(np.array([NEW_A_READER]), n=2)
+    assert set(recs["item_id"]) == {205, 206}  # its old A-community reads are gone from the row
+
+
 @pytest.mark.parametrize("weighting", ["bm25", "tfidf"])
 def test_weighted_confidence_finds_the_same_communities(
     world: TrainingData, weighting: str

@@ -175,26 +175,34 @@ def redis_dump(settings: Settings) -> dict[str, bytes]:
     return {str(name): client.dump(name) for name in names}
 
 
-def test_a_read_recommended_issue_is_gone_after_the_hourly_run(
+def test_read_and_dismissed_issues_are_gone_after_the_hourly_run(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from pipelines.publish import read_recs, sample_users
+    import jsonschema
+
+    from pipelines.publish import USER_RECS_SCHEMA, read_recs, sample_users
 
     user = sample_users(1, hourly)[0]
     before = live_items(hourly, user)
-    read = before[0]
+    read, hidden = before[0], before[1]
     add_rows(
         hourly, "reading_progress", [read_to_the_end(user, read, world_end + timedelta(minutes=10))]
+    )
+    add_rows(
+        hourly,
+        "experience_interactions",
+        [interaction(user, hidden, "hide", world_end + timedelta(minutes=12))],
     )
 
     report = run_hourly(world_end + timedelta(hours=1))
 
     after = live_items(hourly, user)
-    assert report.status == "published" and report.users >= 1
-    assert read not in after
+    assert report.status == "published" and report.users == 1
+    assert read not in after and hidden not in after
     assert len(after) == len(before)
     answer = read_recs(user, hourly)
     assert answer["table_version"] == report.version
+    jsonschema.validate(answer["payload"], json.loads(USER_RECS_SCHEMA.read_text()))
     assert [item["rank"] for item in answer["items"]] == list(range(1, len(after) + 1))
 
 

@@ -678,3 +678,22 @@ def test_rerun_after_a_progress_row_moved_on_keeps_the_original_read(world: Sett
     ingest(B2, world)
     ingest(B1, world)
     pd.testing.assert_frame_equal(lake.read("staging/user_events", {"batch": KEY1}, "part"), first)
+
+
+def test_a_retry_restores_the_watermark_head_a_crash_lost(
+    world: Settings, world_end: datetime
+) -> None:
+    """A run that died after writing its plan but before moving the head must not make the next
+    batch read the same rows again."""
+    from pipelines.ingest import HEAD, STATE
+
+    earlier = world_end - timedelta(days=1)
+    first = ingest(earlier, world)
+    lake = Lake(world.lake)
+    lake.write_json("{}", f"{STATE}/{first.source}", HEAD)  # the head as it was before the run
+
+    ingest(earlier, world)  # the retry
+    second = ingest(world_end, world)
+
+    for table in INCREMENTAL_TABLES:
+        assert second.watermarks[table.name]["low"] == first.watermarks[table.name]["high"]
