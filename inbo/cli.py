@@ -552,15 +552,20 @@ AtOption = Annotated[
     str | None,
     typer.Option(
         "--at",
-        help="End of the hourly interval (UTC, e.g. 2026-11-26T14:00). Default: the last full hour.",
+        help="End of the interval (UTC, e.g. 2026-11-26T14:00). Default: the latest tick of "
+        "INBO_HOURLY_SCHEDULE.",
     ),
 ]
 
 
 def hour_end(at: str | None) -> datetime:
-    """The interval end for `--at` (UTC); the start of the current hour when not given."""
+    """The interval end for `--at` (UTC); by default the latest tick of `INBO_HOURLY_SCHEDULE`."""
     if at is None:
-        return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        from croniter import croniter
+
+        now = datetime.now(UTC)
+        latest: datetime = croniter(get_settings().hourly_schedule, now).get_prev(datetime)
+        return latest
     try:
         moment = datetime.fromisoformat(at)
     except ValueError:
