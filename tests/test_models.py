@@ -226,3 +226,48 @@ def test_combine_matches_the_per_pair_join_exactly() -> None:
     assert combined["sources"].str.contains(",").any()  # some pairs came from several sources
     pd.testing.assert_frame_equal(combined, combine_reference(long, popularity, data))
     assert combined.dtypes.to_dict() == combine_reference(long, popularity, data).dtypes.to_dict()
+
+
+def test_fresh_candidates_keep_only_issues_that_can_reach_a_top_n_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cutting each publisher's and category's fresh issues to its n best (ties kept) before the
+    user join changes nothing, even with many tied publication times."""
+    import models.candidates as candidates
+
+    rng = np.random.default_rng(0)
+    as_of = datetime(2026, 11, 20, tzinfo=UTC)
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(600),
+            "publisher_id": rng.integers(0, 12, 600),
+            "category": rng.choice(["tech", "science", "sports"], 600),
+            "published_at": [as_of - timedelta(hours=int(h)) for h in rng.integers(0, 200, 600)],
+        }
+    ).assign(publisher=lambda f: "Pub " + f["publisher_id"].astype(str))
+    subs = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 80, 300),
+            "publisher_id": rng.integers(0, 12, 300),
+            "subscribed_at": pd.Timestamp(as_of - timedelta(days=30)),
+            "unsubscribed_at": pd.Series(pd.NaT, index=range(300), dtype="datetime64[us, UTC]"),
+        }
+    )
+    affinity = pd.DataFrame(
+        {"user_id": rng.integers(0, 80, 150), "category": rng.choice(["tech", "sports"], 150)}
+    )
+    data = TrainingData(
+        interactions=pd.DataFrame(),
+        items=items,
+        continue_reading=pd.DataFrame(),
+        as_of=as_of,
+        subscriptions=subs,
+    )
+    users = np.arange(80)
+
+    cut = candidates.fresh_candidates(users, data, affinity, 4)
+    monkeypatch.setattr(candidates, "_freshest", lambda fresh, key, n: fresh)
+    whole = candidates.fresh_candidates(users, data, affinity, 4)
+
+    assert len(cut) > 0
+    pd.testing.assert_frame_equal(cut.reset_index(drop=True), whole.reset_index(drop=True))
