@@ -85,6 +85,12 @@ class Lake:
     ) -> bool:
         return bool(self.fs.exists(self.path(table, partition, name)))
 
+    def names(self, table: str, suffix: str = ".json") -> list[str]:
+        """Names (without `suffix`) of the files directly under `table`, sorted, temp files out."""
+        return [
+            path.rsplit("/", 1)[-1].removesuffix(suffix) for path in self.files(table, f"*{suffix}")
+        ]
+
     def files(self, table: str, pattern: str = "**/*.parquet") -> list[str]:
         """Every data file of `table`, sorted, temp files excluded."""
         found = self.fs.glob(f"{self.path(table)}/{pattern}")

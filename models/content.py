@@ -157,10 +157,7 @@ class ContentModel:
 
     def similar_items(self, item_id: int, k: int) -> pd.DataFrame:
         """The `k` items nearest to `item_id`, itself excluded; KeyError if it is not indexed."""
-        position = pd.Index(self.item_ids).get_indexer([item_id])
-        if position[0] < 0:
-            raise KeyError(f"item {item_id} is not in the content index")
-        return self._neighbours(position, k)
+        return self.similar_to(np.array([item_id]), k)
 
     def more_like_this(self, k: int) -> pd.DataFrame:
         """`similar_items` for every indexed item, searched in batches."""

@@ -124,11 +124,10 @@ def batch_events(lake: Lake, after: str, through: str) -> pd.DataFrame:
     """
     paths = [
         path
-        for path in lake.fs.glob(f"{lake.path('user_events')}/date=*/*.parquet")
-        if "/.tmp-" not in path
-        and after < path.rsplit("/", 1)[-1].removesuffix(".parquet") <= through
+        for path in lake.files("user_events", "date=*/*.parquet")
+        if after < path.rsplit("/", 1)[-1].removesuffix(".parquet") <= through
     ]
-    events = lake.read_files(sorted(paths), schemas.USER_EVENTS)
+    events = lake.read_files(paths, schemas.USER_EVENTS)
     return events.drop_duplicates("event_id").reset_index(drop=True)
 
 
@@ -289,14 +288,10 @@ def read_score(lake: Lake, batch: str) -> HourlyScore:
 def latest_refresh(settings: Settings | None = None) -> HourlyPublish | None:
     """The newest hourly publish report, for `inbo status` (None before the first run)."""
     lake = Lake((settings or get_settings()).lake)
-    reports = [
-        path.rsplit("/", 1)[-1].removesuffix(".json")
-        for path in lake.fs.glob(f"{lake.path(REPORTS)}/*.json")
-        if "/.tmp-" not in path
-    ]
+    reports = lake.names(REPORTS)
     if not reports:
         return None
-    return HourlyPublish(**json.loads(lake.read_json(REPORTS, max(reports))))
+    return HourlyPublish(**json.loads(lake.read_json(REPORTS, reports[-1])))
 
 
 def _since(lake: Lake, batch: str, live: LiveTable) -> str:

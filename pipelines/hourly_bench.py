@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from inbo.errors import InboError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
+from pipelines.scale_bench import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,7 @@ def time_refresh(settings: Settings, end: datetime) -> tuple[dict[str, float], f
     """`inbo refresh --at end` in a child process: per-step seconds, wall seconds, peak RSS (MB)."""
     import resource
 
-    env = {
-        **os.environ,
-        "INBO_VAR_DIR": str(settings.var_dir),
-        "INBO_REDIS_PREFIX": settings.redis_prefix,
-    }
-    if settings.redis_url:
-        env["INBO_REDIS_URL"] = settings.redis_url
+    env = _env(settings)
     inbo = str(Path(sys.executable).with_name("inbo"))
     started = time.perf_counter()
     result = subprocess.run(
@@ -167,7 +161,7 @@ def run_hourly_bench(
         steps=steps,
         wall_seconds=round(wall, 1),
         peak_rss_mb=round(peak),
-        machine=machine(),
+        machine=", ".join(f"{k} {v}" for k, v in machine_info(_env(settings)).items()),
     )
 
 
@@ -186,19 +180,16 @@ def _forget_refresh(settings: Settings, end: datetime) -> None:
             lake.fs.rm(path)
 
 
-def machine() -> str:
-    """CPU model, cores, memory and OS, for the report."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        cpu = names[0] if names else cpu
-    memory = ""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        kb = int(re.findall(r"MemTotal:\s*(\d+)", meminfo.read_text())[0])
-        memory = f", {kb / 1024**2:.0f} GiB RAM"
-    return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+def _env(settings: Settings) -> dict[str, str]:
+    """The environment of a process working on the bench world."""
+    from inbo.services import ensure_redis
+
+    return {
+        **os.environ,
+        "INBO_VAR_DIR": str(settings.var_dir),
+        "INBO_REDIS_PREFIX": settings.redis_prefix,
+        "INBO_REDIS_URL": ensure_redis(settings),
+    }
 
 
 def format_result(result: HourlyBenchResult) -> str:

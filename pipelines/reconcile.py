@@ -152,7 +152,7 @@ def restore_counters(backup: str, settings: Settings | None = None) -> int:
 def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]:
     """Validated app-database batches, and per app table the watermark ranges the lake lacks."""
     plans = _manifests(lake)
-    validated = {_stem(path) for path in lake.fs.glob(f"{lake.path(VALIDATE_REPORTS)}/*.json")}
+    validated = set(lake.names(VALIDATE_REPORTS))
     if batch not in plans or batch not in validated:
         raise DataNotFound(
             f"batch {batch} was not ingested from the app database and validated: run "
@@ -174,11 +174,10 @@ def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]
 def _manifests(lake: Lake) -> dict[str, dict[str, dict[str, Watermark | None]]]:
     """Each app-database batch's watermark plan, by batch key."""
     folder = f"{STATE}/appdb"
-    names = [_stem(path) for path in lake.fs.glob(f"{lake.path(folder)}/*.json")]
     return {
         name: json.loads(lake.read_json(folder, name))
-        for name in names
-        if not name.startswith(("_", ".tmp-"))
+        for name in lake.names(folder)
+        if not name.startswith("_")
     }
 
 

@@ -154,12 +154,7 @@ def validate_exclusive(
 
 def latest_validated_batch(lake: Lake) -> str:
     """The newest batch with a validation report in the lake."""
-    reports = lake.fs.glob(f"{lake.path(REPORTS)}/*.json")
-    batches = sorted(
-        name.rsplit("/", 1)[-1].removesuffix(".json")
-        for name in reports
-        if not name.rsplit("/", 1)[-1].startswith(".tmp-")
-    )
+    batches = lake.names(REPORTS)
     if not batches:
         raise DataNotFound(
             f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"
