@@ -263,20 +263,20 @@ def ranking_features(
 ) -> pd.DataFrame:
     """The candidates (same rows, same order) with every column of `FEATURES` added.
 
-    Only events strictly before `as_of` are read; the subscription flag is the state at `as_of`.
+    Only events strictly before `as_of` are read (each feature cuts its own window, so no copy of
+    the whole history is made); the subscription flag is the state at `as_of`.
     `item_table` (from `catalogue_item_features` on every user's events) lets `events` hold only
     the candidates' users, as a user shard does: user and pair features need no one else's.
     """
-    past = history(events, as_of)
     frame = with_candidate_columns(candidates)
     ids = pd.Index(frame["item_id"].unique(), name="item_id")
     if item_table is None:
-        item_table = item_features(past, items, as_of, ids)
+        item_table = item_features(events, items, as_of, ids)
     frame = frame.join(item_table, on="item_id")
     fresh = frame["item_age_hours"].between(0, FRESH_HOURS).astype(float)
     frame["is_fresh"] = frame["is_fresh"].fillna(fresh)
-    frame = frame.join(user_features(past, as_of), on="user_id")
-    pairs = pair_features(frame[["user_id", "item_id"]], past, items, subscriptions, as_of)
+    frame = frame.join(user_features(events, as_of), on="user_id")
+    pairs = pair_features(frame[["user_id", "item_id"]], events, items, subscriptions, as_of)
     frame = pd.concat([frame, pairs], axis=1)
     filled = frame.fillna({name: 0.0 for name in (*USER_FEATURES, *PAIR_FEATURES)})
     kept = [name for name in frame.columns if name not in FEATURES]
@@ -294,7 +294,7 @@ def catalogue_item_features(
     ids = pd.Index(
         np.union1d(items["item_id"].to_numpy(), events["item_id"].to_numpy()), name="item_id"
     )
-    return item_features(history(events, as_of), items, as_of, ids)
+    return item_features(events, items, as_of, ids)
 
 
 def catalogue_keys(item_ids: pd.Series, items: pd.DataFrame) -> pd.DataFrame:
@@ -314,7 +314,7 @@ def catalogue_keys(item_ids: pd.Series, items: pd.DataFrame) -> pd.DataFrame:
 
 def pair_features(
     pairs: pd.DataFrame,
-    past: pd.DataFrame,
+    events: pd.DataFrame,
     items: pd.DataFrame,
     subscriptions: pd.DataFrame,
     as_of: datetime,
@@ -322,15 +322,15 @@ def pair_features(
     """User x item features for (user_id, item_id) `pairs`; NaN where the user has no history."""
     users, keys = pairs["user_id"], catalogue_keys(pairs["item_id"], items)
     subscribed = active_subscriptions(subscriptions, as_of).assign(share=1.0)
-    shown = past_impressions(past, as_of)
+    shown = past_impressions(events, as_of)
     index = pd.MultiIndex.from_frame(pairs)
     return pd.DataFrame(
         {
             "user_category_affinity": _lookup(
-                affinity(past, items, as_of, "category"), users, keys["category"]
+                affinity(events, items, as_of, "category"), users, keys["category"]
             ),
             "user_publisher_affinity": _lookup(
-                affinity(past, items, as_of, "publisher_id"), users, keys["publisher_id"]
+                affinity(events, items, as_of, "publisher_id"), users, keys["publisher_id"]
             ),
             "subscribed": _lookup(subscribed, users, keys["publisher_id"]),
             PAIR_FEATURES[-1]: shown.reindex(index).to_numpy(dtype=float),
@@ -386,6 +386,18 @@ def impression_labels(
     return labels.drop(columns="grade").assign(**{LABEL: grade if graded else grade.clip(upper=1)})
 
 
+def training_users(labels: pd.DataFrame, limit: int | None, seed: int = 0) -> np.ndarray:
+    """The sorted users with a positive label, at most `limit` of them drawn at random (seeded).
+
+    LambdaRank learns from contrasts within each user's list, so a fixed-size sample of users
+    trains as well at any scale and keeps training memory flat as the user count grows.
+    """
+    positive = np.sort(labels.loc[labels[LABEL] > 0, "user_id"].unique())
+    if limit is None or len(positive) <= limit:
+        return positive
+    return np.sort(np.random.default_rng(seed).choice(positive, limit, replace=False))
+
+
 def training_examples(
     events: pd.DataFrame,
     items: pd.DataFrame,
@@ -394,6 +406,7 @@ def training_examples(
     cutoff: datetime,
     label_days: float = 2.0,
     graded: bool = True,
+    item_table: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Labelled ranking examples: what each user was shown after `cutoff`, featurised at `cutoff`.
 
@@ -401,7 +414,8 @@ def training_examples(
     scores `candidates_fn(cutoff)` gives (NaN where it did not propose the item), so the ranker
     learns on real exposure. Features see only events before `cutoff`; labels see the window.
     Users with no positive label are dropped (nothing to rank towards). Sorted by user: one
-    contiguous group per user, as `Reranker.fit` expects.
+    contiguous group per user, as `Reranker.fit` expects. With `item_table` (from
+    `catalogue_item_features` at `cutoff`), `events` may hold only the users to learn from.
     """
     labels = impression_labels(events, items, cutoff, label_days, graded)
     labels = labels[labels.groupby("user_id")[LABEL].transform("max") > 0].reset_index(drop=True)
@@ -409,7 +423,7 @@ def training_examples(
     shown = labels[["user_id", "item_id"]].merge(
         proposed, on=["user_id", "item_id"], how="left", validate="one_to_one"
     )
-    examples = ranking_features(shown, events, items, subscriptions, cutoff)
+    examples = ranking_features(shown, events, items, subscriptions, cutoff, item_table)
     examples[LABEL] = labels[LABEL].to_numpy()
     log.info(
         "training examples at %s: %d rows, %d users, %d positive, %.0f%% proposed by candidates",

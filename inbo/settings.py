@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Days of impressions the reranker learns from (before the batch end).",
     )
+    reranker_max_users: int = Field(
+        100_000,
+        ge=1,
+        description="Users (with a positive label) the reranker learns from, sampled; bounds memory.",
+    )
     holdout_days: float = Field(
         2.0, gt=0, description="Days at the end of the batch held out to evaluate and gate models."
     )

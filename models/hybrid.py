@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from features.interactions import Recipe
-from features.ranking import impression_labels, ranking_features, training_examples
+from features.ranking import (
+    catalogue_item_features,
+    impression_labels,
+    ranking_features,
+    training_examples,
+    training_users,
+)
 from models.base import TrainingData
 from models.candidates import CandidateModels, generate, restrict
 from models.reranker import Reranker
@@ -86,25 +92,35 @@ def train_reranker(
     per_source: int,
     recipe: Recipe,
     reranker_params: dict[str, Any] | None = None,
+    max_users: int | None = None,
 ) -> tuple[Reranker, pd.DataFrame]:
-    """A reranker trained on the last `label_days` before `data.as_of`, and its examples."""
+    """A reranker trained on the last `label_days` before `data.as_of`, and its examples.
+
+    It learns from the users with a positive label, at most `max_users` of them: item features
+    come from everyone's events, user and pair features only from the sampled users' events.
+    """
+    if data.events is None:
+        raise ValueError("the reranker needs raw events: build TrainingData with `events`")
     cutoff = pd.Timestamp(data.as_of) - timedelta(days=label_days)
     earlier = data_at(data, cutoff.to_pydatetime(), recipe)
     sources = CandidateModels.fit(earlier, als_params)
-    shown = impression_labels(data.events, data.items, cutoff, label_days, True)["user_id"].unique()
+    labels = impression_labels(data.events, data.items, cutoff, label_days, True)
+    users = training_users(labels, max_users)
+    log.info("reranker learns from %d users (at most %s)", len(users), max_users or "all")
 
     def candidates_at(moment: datetime) -> pd.DataFrame:
-        return generate(sources, np.asarray(shown), earlier, per_source).drop(
+        return generate(sources, users, earlier, per_source).drop(
             columns=["reason_code", "reason", "reason_ref", "sources"]
         )
 
     examples = training_examples(
-        data.events,
+        data.events[data.events["user_id"].isin(users)],
         data.items,
         data.subscriptions,
         candidates_at,
         cutoff.to_pydatetime(),
         label_days,
+        item_table=catalogue_item_features(data.events, data.items, cutoff.to_pydatetime()),
     )
     return Reranker(**(reranker_params or {})).fit(examples), examples
 

@@ -149,6 +149,7 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
             settings.als_params,
             settings.candidates_per_source,
             Recipe.from_settings(settings),
+            max_users=settings.reranker_max_users,
         )
     except (NoPositiveExamples, ModelCannotFit) as exc:
         log.warning("no reranker for batch %s: %s; the champion (if any) keeps serving", batch, exc)
@@ -165,6 +166,7 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
             batch=batch,
             params={
                 "label_days": settings.reranker_label_days,
+                "max_users": settings.reranker_max_users,
                 **window_params(settings, interval_end),
             },
             metrics={

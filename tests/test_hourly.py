@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from inbo import schemas
 from inbo.lake import Lake, batch_key
@@ -102,11 +102,21 @@ def run_hourly(end: datetime) -> Any:
 
 
 def add_rows(settings: Settings, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows`; a reading-progress row updates the user's row for that issue if there is
+    one, as the app does (a sampled user may already have started the issue)."""
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     from pipelines import appdb
 
+    statement = sqlite_insert(getattr(appdb, table))
+    if table == "reading_progress":
+        statement = statement.on_conflict_do_update(
+            index_elements=["user_id", "issue_id"],
+            set_={column: statement.excluded[column] for column in rows[0]},
+        )
     engine = appdb.app_engine(settings.app_db)
     with engine.begin() as conn:
-        conn.execute(insert(getattr(appdb, table)), rows)
+        conn.execute(statement, rows)
     engine.dispose()
 
 

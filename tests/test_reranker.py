@@ -19,10 +19,12 @@ from features.ranking import (
     LABEL,
     POSITIVE_EVENTS,
     CandidatesFn,
+    catalogue_item_features,
     history,
     impression_labels,
     ranking_features,
     training_examples,
+    training_users,
     utc,
 )
 from inbo import schemas
@@ -424,3 +426,30 @@ def test_reranker_beats_popularity_on_the_demo_world(world: Settings, world_end:
     )
     assert examples["user_id"].nunique() >= 30
     assert reranked > popular + 0.05
+
+    # A sample of users, featurised from only their own events plus the catalogue's item table,
+    # gets exactly the rows the full run gave them: how training stays flat at a million users.
+    cutoff = world_end - 2 * DAY
+    users = training_users(impression_labels(events, items, cutoff, 2.0), 25, seed=7)
+    sampled = training_examples(
+        events[events["user_id"].isin(users)],
+        items,
+        subscriptions,
+        fn,
+        cutoff,
+        item_table=catalogue_item_features(events, items, cutoff),
+    )
+    assert sorted(sampled["user_id"].unique()) == users.tolist()
+    expected = examples[examples["user_id"].isin(users)].drop(columns=["reranker", "popularity"])
+    pd.testing.assert_frame_equal(sampled, expected.reset_index(drop=True))
+
+
+def test_training_users_are_a_seeded_sample_of_users_with_a_positive_label() -> None:
+    labels = pd.DataFrame({"user_id": [5, 5, 3, 9, 9, 1, 7], LABEL: [0, 1, 2, 0, 0, 1, 1]})
+    assert training_users(labels, None).tolist() == [1, 3, 5, 7]  # 9 never engaged
+    assert training_users(labels, 10).tolist() == [1, 3, 5, 7]
+    drawn = training_users(labels, 2, seed=1)
+    assert len(drawn) == 2 and set(drawn) <= {1, 3, 5, 7} and list(drawn) == sorted(drawn)
+    assert training_users(labels, 2, seed=1).tolist() == drawn.tolist()
+    draws = {tuple(training_users(labels, 2, seed=seed)) for seed in range(20)}
+    assert len(draws) > 1  # the seed matters: it is a random sample, not the first users
