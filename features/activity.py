@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from features.interactions import load_events
+from features.interactions import MODEL_EVENT_COLUMNS, load_events
 from features.ranking import HISTORY_DAYS, RANKING_ITEM_TABLE, catalogue_item_features
 from inbo import schemas
 from inbo.lake import Lake, batch_key
@@ -100,7 +100,7 @@ def build_activity(interval_end: datetime, settings: Settings | None = None) -> 
     batch = batch_key(interval_end)
     part = {"batch": batch}
     span = max(max(WINDOWS.values()), timedelta(days=HISTORY_DAYS))
-    events, _ = load_events(lake, interval_end - span, interval_end)
+    events, _ = load_events(lake, interval_end - span, interval_end, columns=MODEL_EVENT_COLUMNS)
     items = item_activity(events, interval_end)
     users = user_activity(events, interval_end)
     lake.write(items, ITEM_TABLE, "part", part)

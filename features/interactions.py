@@ -8,6 +8,7 @@ continue-reading table: issues a user started recently but did not finish.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +34,17 @@ EVENT_WEIGHTS: dict[str, float] = {
     "unsubscribe": -1.0,
 }
 """How much each event says about a user's interest; a read also scales with its read fraction."""
+
+MODEL_EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "ts",
+    "read_fraction",
+)
+"""The event columns the interaction recipe, the ranking features, activity and evaluation read;
+the rest (session, device, surface...) is for analytics and is not loaded to train or score."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +98,16 @@ class InteractionStats:
 
 
 def load_events(
-    lake: Lake, start: datetime, end: datetime, filters: pc.Expression | None = None
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    filters: pc.Expression | None = None,
+    columns: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Clean events with start <= ts < end, each event_id once; also how many duplicates were dropped.
 
-    `filters` (e.g. one user shard's ids) is applied while reading, to bound memory.
+    `filters` (e.g. one user shard's ids) is applied while reading and only `columns` are read
+    (`MODEL_EVENT_COLUMNS` is what models and features need), to bound memory.
     """
     days = pd.date_range(start.date(), end.date(), freq="D")
     paths = [
@@ -101,7 +118,9 @@ def load_events(
         )
         if "/.tmp-" not in path
     ]
-    events = lake.read_files(paths, schemas.USER_EVENTS, filters)
+    if columns is not None:
+        columns = list(dict.fromkeys(["event_id", "ts", *columns]))  # to deduplicate and cut
+    events = lake.read_files(paths, schemas.USER_EVENTS, filters, columns)
     events = events[(events["ts"] >= pd.Timestamp(start)) & (events["ts"] < pd.Timestamp(end))]
     unique = events.drop_duplicates("event_id", keep="first")
     return unique.reset_index(drop=True), len(events) - len(unique)
@@ -159,7 +178,7 @@ def build_interactions(
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
     start = interval_end - timedelta(days=settings.history_days)
-    events, duplicates = load_events(lake, start, interval_end)
+    events, duplicates = load_events(lake, start, interval_end, columns=MODEL_EVENT_COLUMNS)
     pairs, started = Recipe.from_settings(settings).tables(events, interval_end)
     lake.write(pairs, "features/interactions", "part", {"batch": batch}, schemas.INTERACTIONS)
     lake.write(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import fsspec
@@ -125,15 +125,21 @@ class Lake:
         paths: Iterable[str],
         schema: pa.Schema | None = None,
         filters: pc.Expression | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
+        """The files as one frame; only `columns` (all by default), rows matching `filters`."""
+        selected = list(columns) if columns is not None else None
         tables = []
         for path in paths:
             with self.fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle, schema=schema, filters=filters))
+                tables.append(
+                    pq.read_table(handle, schema=schema, filters=filters, columns=selected)
+                )
         if not tables:
             if schema is None:
                 raise DataNotFound("nothing to read")
-            return schema.empty_table().to_pandas()
+            empty = schema.empty_table()
+            return (empty.select(selected) if selected is not None else empty).to_pandas()
         return pa.concat_tables(tables, promote_options="default").to_pandas()
 
     def remove(self, table: str, partition: Mapping[str, str] | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from features.interactions import Recipe
+from features.interactions import MODEL_EVENT_COLUMNS, Recipe
 from features.ranking import (
     catalogue_item_features,
     impression_labels,
@@ -41,10 +41,6 @@ SOURCE_OF_REASON = {
 }
 
 
-RECIPE_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "read_fraction"]
-"""The event columns `Recipe.tables` reads."""
-
-
 def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingData:
     """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events.
 
@@ -54,7 +50,7 @@ def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingDat
     """
     if data.events is None:
         raise ValueError("the reranker needs raw events: build TrainingData with `events`")
-    earlier = data.events.loc[data.events["ts"] < pd.Timestamp(cutoff), RECIPE_COLUMNS]
+    earlier = data.events.loc[data.events["ts"] < pd.Timestamp(cutoff), list(MODEL_EVENT_COLUMNS)]
     interactions, started = recipe.tables(earlier, cutoff)
     return restrict(replace(data, events=None), cutoff, interactions, started)
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from features.embeddings import EMBEDDINGS, latest_table_batch
 from features.embeddings import TABLE as EMBEDDINGS_TABLE
-from features.interactions import Recipe, load_events
+from features.interactions import MODEL_EVENT_COLUMNS, Recipe, load_events
 from features.ranking import RANKING_ITEM_TABLE
 from inbo import schemas
 from inbo.errors import DataNotFound
@@ -211,7 +211,9 @@ def active_data(
     batch = batch_key(interval_end)
     part = {"batch": batch}
     mine = _users(users)
-    events, _ = load_events(lake, *event_window(settings, interval_end), mine)
+    events, _ = load_events(
+        lake, *event_window(settings, interval_end), mine, columns=MODEL_EVENT_COLUMNS
+    )
     interactions, started = Recipe.from_settings(settings).tables(events, interval_end)
     vectors = latest_table_batch(lake, batch)
     embeddings = (

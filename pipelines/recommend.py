@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.interactions import load_events
+from features.interactions import MODEL_EVENT_COLUMNS, load_events
 from features.ranking import RANKING_ITEM_TABLE, catalogue_item_features, ranking_features
 from inbo import schemas
 from inbo.errors import DataNotFound
@@ -184,7 +184,9 @@ def prepare_scoring(
     lake.write(trending, "recs_fallback", "part", part)
     versions = champion_versions(settings)
     if "reranker" in versions:
-        events, _ = load_events(lake, *event_window(settings, interval_end))
+        events, _ = load_events(
+            lake, *event_window(settings, interval_end), columns=MODEL_EVENT_COLUMNS
+        )
         items = lake.read("items", part, "part", schemas.ITEMS)
         table = catalogue_item_features(events, items, interval_end)
         lake.write(table.reset_index(), RANKING_ITEM_TABLE, "part", part)
@@ -263,7 +265,9 @@ def shard_data(settings: Settings, interval_end: datetime, users: np.ndarray) ->
     lake = Lake(settings.lake)
     part = {"batch": batch_key(interval_end)}
     mine = pc.field("user_id").isin(pa.array(users, pa.int64()))
-    events, _ = load_events(lake, *event_window(settings, interval_end), filters=mine)
+    events, _ = load_events(
+        lake, *event_window(settings, interval_end), filters=mine, columns=MODEL_EVENT_COLUMNS
+    )
     return TrainingData(
         interactions=lake.read("features/interactions", part, "part", schemas.INTERACTIONS, mine),
         items=lake.read("items", part, "part", schemas.ITEMS),

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from features.embeddings import EMBEDDINGS
-from features.interactions import Recipe, load_events
+from features.interactions import MODEL_EVENT_COLUMNS, Recipe, load_events
 from inbo import schemas
 from inbo.errors import ModelCannotFit, NoPositiveExamples
 from inbo.lake import Lake, batch_key
@@ -44,12 +44,17 @@ def model_dir(settings: Settings, batch: str) -> Path:
     return settings.var_dir / "models" / batch
 
 
-def load_training_data(settings: Settings, as_of: datetime) -> TrainingData:
-    """Everything the batch ending at `as_of` may learn from, read from the lake."""
+def load_training_data(settings: Settings, as_of: datetime, events: bool = True) -> TrainingData:
+    """Everything the batch ending at `as_of` may learn from, read from the lake.
+
+    `events=False` skips the raw events: only the reranker and the evaluation read them, and at
+    a million users they are gigabytes the candidate sources never touch.
+    """
     lake = Lake(settings.lake)
     batch = batch_key(as_of)
     part = {"batch": batch}
-    events, _ = load_events(lake, as_of - timedelta(days=2 * settings.history_days), as_of)
+    start = as_of - timedelta(days=2 * settings.history_days)
+    raw = load_events(lake, start, as_of, columns=MODEL_EVENT_COLUMNS)[0] if events else None
     embeddings = (
         lake.read("features/embeddings", part, "part", EMBEDDINGS)
         if lake.exists("features/embeddings", part, "part")
@@ -62,7 +67,7 @@ def load_training_data(settings: Settings, as_of: datetime) -> TrainingData:
             "features/continue_reading", part, "part", schemas.CONTINUE_READING
         ),
         as_of=as_of,
-        events=events,
+        events=raw,
         subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS),
         embeddings=embeddings,
     )
@@ -81,7 +86,7 @@ def fit_baselines(interval_end: datetime, settings: Settings | None = None) -> T
     """Popularity, continue reading and (when the batch has embeddings) content similarity."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
-    data = load_training_data(settings, interval_end)
+    data = load_training_data(settings, interval_end, events=False)
     directory = model_dir(settings, batch)
     PopularityModel().fit(data).save(directory / "popularity")
     ContinueReadingModel().fit(data).save(directory / "continue_reading")
@@ -113,7 +118,7 @@ def fit_als(interval_end: datetime, settings: Settings | None = None) -> Trained
     """ALS on the batch's interaction table; saved with its id mappings and logged to MLflow."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
-    data = load_training_data(settings, interval_end)
+    data = load_training_data(settings, interval_end, events=False)
     directory = model_dir(settings, batch) / "als"
     started = time.perf_counter()
     model = ALSModel(**settings.als_params).fit(data)

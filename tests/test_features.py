@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from features.interactions import aggregate, continue_reading, event_weights, load_events
+from features.interactions import (
+    MODEL_EVENT_COLUMNS,
+    aggregate,
+    continue_reading,
+    event_weights,
+    load_events,
+)
 from inbo import schemas
 from inbo.lake import Lake
 
@@ -95,3 +101,20 @@ def test_load_events_respects_the_window(tmp_path) -> None:
     lake.write_partitioned(frame, "user_events", "b1", by="ts", schema=schemas.USER_EVENTS)
     loaded, _ = load_events(lake, AS_OF - timedelta(days=2), AS_OF)
     assert loaded["event_id"].tolist() == ["new"]
+
+
+def test_load_events_reads_only_the_model_columns_and_still_deduplicates(tmp_path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    frame = events(("a", 1, 10, "read", 1, 0.4), ("b", 2, 11, "click", 1, None))
+    frame["device"] = "ios"
+    lake.write_partitioned(frame, "user_events", "b1", by="ts", schema=schemas.USER_EVENTS)
+    lake.write_partitioned(frame.head(1), "user_events", "b2", by="ts", schema=schemas.USER_EVENTS)
+    full, _ = load_events(lake, AS_OF - timedelta(days=3), AS_OF)
+    lean, duplicates = load_events(
+        lake, AS_OF - timedelta(days=3), AS_OF, columns=("user_id", "read_fraction")
+    )
+    assert list(lean.columns) == ["event_id", "ts", "user_id", "read_fraction"]
+    assert duplicates == 1 and "device" in full
+    pd.testing.assert_frame_equal(lean, full[list(lean.columns)])
+    model, _ = load_events(lake, AS_OF - timedelta(days=3), AS_OF, columns=MODEL_EVENT_COLUMNS)
+    assert set(model.columns) == set(MODEL_EVENT_COLUMNS)
