@@ -12,7 +12,7 @@ champion, on the same held-out window) -> `register_and_gate` (MLflow registry: 
 `champion` unless worse by the margin) -> `prepare_scoring` (user list, fallback list, item features,
 champion versions pinned) -> `score_shard` x `INBO_SCORE_SHARDS` (champion models, top-N, a reason on
 every item; one mapped task per user shard) -> `begin_publish` (reserve a Redis table version) ->
-`publish_shard` x shards (stage each shard's users) -> `verify` -> `activate` (atomic pointer switch,
+`publish_shard` x shards (stage each shard's users, `INBO_PUBLISH_PARALLEL` at a time) -> `verify` -> `activate` (atomic pointer switch,
 only once every shard succeeded; the previous version stays for `inbo rollback`).
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
@@ -30,6 +30,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from inbo.orchestration import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
+from inbo.settings import get_settings
 
 
 @dag(
@@ -144,7 +145,7 @@ def inbo_nightly() -> None:
 
         return begin_batch(data_interval_end, len(all_shards))
 
-    @task
+    @task(max_active_tis_per_dag=get_settings().publish_parallel)
     def publish_shard(
         shard: int,
         version: str,

@@ -284,7 +284,10 @@ def bench(
     activity: Annotated[
         float, typer.Option(min=0.001, help="Sessions per user and day, relative to the demo.")
     ] = 0.085,
-    parallel: Annotated[int, typer.Option(min=1, help="Shard tasks at a time.")] = 2,
+    parallel: Annotated[int, typer.Option(min=1, help="Score shard tasks at a time.")] = 2,
+    publish_parallel: Annotated[
+        int, typer.Option(min=1, help="Publish shard tasks at a time (INBO_PUBLISH_PARALLEL).")
+    ] = 1,
     label_days: Annotated[
         float, typer.Option(min=0.1, help="Days of impressions the reranker learns from.")
     ] = 2.0,
@@ -308,6 +311,7 @@ def bench(
         activity=activity,
         per_source=per_source,
         parallel=parallel,
+        publish_parallel=publish_parallel,
         evaluate=evaluate,
         label_days=label_days,
     )

@@ -45,7 +45,16 @@ class Settings(BaseSettings):
     )
     top_n: int = Field(50, ge=1, le=500, description="Items per user in the published table.")
     fallback_n: int = Field(100, ge=1, description="Items in the fallback list.")
-    publish_batch_size: int = Field(2000, ge=1, description="Keys per pipelined Redis batch.")
+    publish_batch_size: int = Field(
+        50,
+        ge=1,
+        description="Keys per atomic staging call; Redis serves no reader while one runs.",
+    )
+    publish_parallel: int = Field(
+        1,
+        ge=1,
+        description="Shard publish tasks writing to Redis at once (more if Redis has its own cores).",
+    )
     version_ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long a superseded table version stays for rollback."
     )

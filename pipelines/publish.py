@@ -99,8 +99,10 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
-"""SET every key with the staging TTL in one call per batch: ~270k keys/s, vs ~100k for pipelined
-SET EX and ~135k for MSET + pipelined EXPIRE (measured on the embedded Redis)."""
+"""SET every key with the staging TTL in one call per batch. Measured on the embedded Redis with
+hiredis, one writer and a reader at 1,000 lookups/s: 50-key calls ~195k keys/s with read p99
+~0.65 ms; 2,000-key calls ~240k keys/s but p99 ~9 ms (a script blocks every other client);
+pipelined SET EX ~135k keys/s."""
 
 
 @dataclass(frozen=True)

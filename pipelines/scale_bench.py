@@ -5,8 +5,9 @@ embedded Redis, so it never touches the demo's state. Simulation is not timed, n
 for the previous nights: ingesting and validating every day but the last, and encoding the items
 published before it (MiniLM encodes only new items nightly). Then every nightly step for the last
 day runs as `python -m pipelines.scale_bench step ...`, like an Airflow task process, so its peak
-RSS is its own; shard steps run `parallel` at a time, as a worker with that many slots would. While
-the shards publish, a separate process reads users' rows (pointer + GET) at a fixed rate.
+RSS is its own; score shards run `parallel` at a time, as a worker with that many slots would, and
+publish shards `publish_parallel` at a time, as the DAG's `INBO_PUBLISH_PARALLEL` allows. While the
+shards publish, a separate process reads users' rows (pointer + GET) at a fixed rate.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class BenchParams:
     activity: float = 0.085
     per_source: int = 100
     parallel: int = 2
+    publish_parallel: int = 1
     evaluate: bool = True
     label_days: float = 2.0
 
@@ -124,6 +126,7 @@ def bench_env(home: Path, params: BenchParams) -> dict[str, str]:
         INBO_SCORE_SHARDS=str(params.shards),
         INBO_CANDIDATES_PER_SOURCE=str(params.per_source),
         INBO_RERANKER_LABEL_DAYS=str(params.label_days),
+        INBO_PUBLISH_PARALLEL=str(params.publish_parallel),
         GX_ANALYTICS_ENABLED="False",
     )
     env["INBO_REDIS_URL"] = ensure_redis(Settings(var_dir=home))
@@ -294,7 +297,8 @@ def publish_stages(
         "users": published,
         "shard_seconds": shard_stage.seconds,
         "users_per_second": published / shard_stage.seconds,
-        "in_task_users_per_second": published / (staging / min(params.parallel, params.shards)),
+        "in_task_users_per_second": published
+        / (staging / min(params.publish_parallel, params.shards)),
         "end_to_end_users_per_second": published / sum(s.seconds for s in stages),
         "used_memory_bytes_per_user": (after - before) / published,
         **key_memory(env, int(published)),
@@ -317,7 +321,9 @@ def publish_all(
         )
         for s in range(params.shards)
     ]
-    shard_stage, counts = timed_with_results("publish shards", commands, env, home, params.parallel)
+    shard_stage, counts = timed_with_results(
+        "publish shards", commands, env, home, params.publish_parallel
+    )
     users = sum(int(c["users"]) for c in counts)
     staging = sum(float(c["seconds"]) for c in counts)
     shard_stage = Stage(
@@ -650,6 +656,7 @@ def format_report(report: BenchReport) -> str:
         "",
         f"`inbo bench --users {p.users} --items {p.items} --days {p.days} --shards {p.shards}"
         f" --per-source {p.per_source} --label-days {p.label_days:g}"
+        f" --parallel {p.parallel} --publish-parallel {p.publish_parallel}"
         f"{'' if p.evaluate else ' --no-evaluate'}`"
         f" ({BENCH_END:%Y-%m-%d}); world: {w.get('experience_interactions', 0):,} interactions,"
         f" {w.get('reading_progress', 0):,} reading-progress rows, {w.get('subscriptions', 0):,}"
@@ -659,8 +666,8 @@ def format_report(report: BenchReport) -> str:
         "",
         *_stage_table(report.warmup),
         "",
-        f"The night of {BENCH_END:%Y-%m-%d}, one process per task, {p.parallel} shard tasks at a"
-        " time:",
+        f"The night of {BENCH_END:%Y-%m-%d}, one process per task, {p.parallel} score and"
+        f" {p.publish_parallel} publish shard task(s) at a time:",
         "",
         *_stage_table(report.stages),
         f"| **nightly total** | **{report.nightly_seconds:,.0f}** "

@@ -126,6 +126,9 @@ def test_nightly_scores_and_publishes_one_mapped_task_per_shard(dags: dict) -> N
         assert isinstance(dag.get_task(task_id), MappedOperator), task_id
     assert dag.get_task("verify").upstream_task_ids >= {"publish_shard", "begin_publish"}
     assert dag.get_task("activate").upstream_task_ids == {"verify"}
+    # Scoring fans out freely; Redis writers are capped so frontend reads keep their latency.
+    assert dag.get_task("publish_shard").max_active_tis_per_dag == 1  # INBO_PUBLISH_PARALLEL
+    assert dag.get_task("score_shard").max_active_tis_per_dag is None
 
 
 def test_dag_files_have_no_airflow2_leftovers() -> None:
