@@ -12,11 +12,12 @@ champion, on the same held-out window) -> `register_and_gate` (MLflow registry: 
 `champion` unless worse by the margin) -> `prepare_scoring` (user list, fallback list, item features,
 champion versions pinned) -> `score_shard` x `INBO_SCORE_SHARDS` (champion models, top-N, a reason on
 every item; one mapped task per user shard) -> `begin_publish` (reserve a Redis table version) ->
-`publish_shard` x shards (stage each shard's users, `INBO_PUBLISH_PARALLEL` at a time) -> `verify` -> `activate` (atomic pointer switch,
-only once every shard succeeded; the previous version stays for `inbo rollback`).
+`publish_shards` x `INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) ->
+`verify` -> `activate` (atomic pointer switch, only once every shard succeeded; the previous
+version stays for `inbo rollback`).
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
-executor. A retried shard task rewrites its own lake file and Redis keys, nothing else.
+executor. A retried shard or writer task rewrites its own lake file and Redis keys, nothing else.
 
 Each task calls one library function with the run's data interval; big data moves through the
 lake, XCom carries only small summaries and MLflow run ids. Re-running a date gives the same tables.
@@ -31,6 +32,9 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from inbo.orchestration import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
 from inbo.settings import get_settings
+
+WRITERS = get_settings().publish_parallel
+"""Publish tasks, each staging every WRITERS-th score shard: Redis writers at once."""
 
 
 @dag(
@@ -145,16 +149,16 @@ def inbo_nightly() -> None:
 
         return begin_batch(data_interval_end, len(all_shards))
 
-    @task(max_active_tis_per_dag=get_settings().publish_parallel)
-    def publish_shard(
-        shard: int,
+    @task
+    def publish_shards(
+        writer: int,
         version: str,
         all_shards: list[int],
         data_interval_end: datetime | None = None,
     ) -> int:
-        from pipelines.publish import publish_shard
+        from pipelines.publish import publish_writer
 
-        return publish_shard(data_interval_end, version, shard, len(all_shards))
+        return publish_writer(data_interval_end, version, writer, WRITERS, len(all_shards))
 
     @task
     def verify(version: str, _: list[int], data_interval_end: datetime | None = None) -> str:
@@ -178,7 +182,9 @@ def inbo_nightly() -> None:
     shards = prepare_scoring(decisions)
     scored = score_shard.partial(all_shards=shards).expand(shard=shards)
     version = begin_publish(scored, shards)
-    published = publish_shard.partial(version=version, all_shards=shards).expand(shard=shards)
+    published = publish_shards.partial(version=version, all_shards=shards).expand(
+        writer=list(range(WRITERS))
+    )
     activate(verify(version, published))
 
 

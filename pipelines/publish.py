@@ -43,7 +43,7 @@ from inbo.lake import Lake, batch_key
 from inbo.locks import PUBLISH, platform_lock
 from inbo.services import masked_url, redis_binary, redis_connection
 from inbo.settings import REPO_ROOT, Settings, get_settings
-from inbo.shards import shard_key, user_shard
+from inbo.shards import shard_key, user_shard, writer_shards
 
 if TYPE_CHECKING:
     import redis
@@ -770,6 +770,20 @@ def publish_shard(
             batch_size=settings.publish_batch_size,
         )
     return report.users
+
+
+def publish_writer(
+    interval_end: datetime,
+    version: str,
+    writer: int,
+    writers: int,
+    shards: int,
+    settings: Settings | None = None,
+) -> int:
+    """Stage, one after another, the shards `writer_shards` gives this writer; users staged."""
+    settings = settings or get_settings()
+    mine = writer_shards(writer, writers, shards)
+    return sum(publish_shard(interval_end, version, shard, shards, settings) for shard in mine)
 
 
 def verify_batch(interval_end: datetime, version: str, settings: Settings | None = None) -> str:

@@ -315,11 +315,21 @@ def publish_all(
         "publish begin", [step_command("begin", "--shards", shards, date=date)], env, home
     )
     version = str(results[0]["version"])
+    writers = str(params.publish_parallel)
     commands = [
         step_command(
-            "publish", "--version", version, "--shard", str(s), "--shards", shards, date=date
+            "publish",
+            "--version",
+            version,
+            "--writer",
+            str(w),
+            "--writers",
+            writers,
+            "--shards",
+            shards,
+            date=date,
         )
-        for s in range(params.shards)
+        for w in range(params.publish_parallel)
     ]
     shard_stage, counts = timed_with_results(
         "publish shards", commands, env, home, params.publish_parallel
@@ -430,7 +440,9 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
         "prepare": lambda: _prepare(end),
         "score": lambda: _score(end, args.shard, args.shards),
         "begin": lambda: {"version": _publish().begin_batch(end, args.shards)},
-        "publish": lambda: _publish_shard(end, args.version, args.shard, args.shards),
+        "publish": lambda: _publish_writer(
+            end, args.version, args.writer, args.writers, args.shards
+        ),
         "verify": lambda: {"version": _publish().verify_batch(end, args.version)},
         "activate": lambda: {"previous": _publish().activate_version(args.version)},
     }
@@ -523,11 +535,13 @@ def _score(end: datetime, shard: int, shards: int) -> dict[str, Any]:
     return asdict(score_shard(end, shard, shards))
 
 
-def _publish_shard(end: datetime, version: str, shard: int, shards: int) -> dict[str, Any]:
-    """`publish_shard`, timed inside the task (the process start is not publishing)."""
+def _publish_writer(
+    end: datetime, version: str, writer: int, writers: int, shards: int
+) -> dict[str, Any]:
+    """`publish_writer`, timed inside the task (the process start is not publishing)."""
     publish = _publish()
     started = time.perf_counter()
-    users = publish.publish_shard(end, version, shard, shards)
+    users = publish.publish_writer(end, version, writer, writers, shards)
     return {"users": users, "seconds": time.perf_counter() - started}
 
 
@@ -747,6 +761,8 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--date", required=True)
     step.add_argument("--shard", type=int, default=0)
     step.add_argument("--shards", type=int, default=1)
+    step.add_argument("--writer", type=int, default=0)
+    step.add_argument("--writers", type=int, default=1)
     step.add_argument("--version", default="")
     step.add_argument("--als-run", default="")
     step.add_argument("--reranker-run", default="")

@@ -109,7 +109,7 @@ def test_nightly_runs_its_steps_in_order(dags: dict) -> None:
         "prepare_scoring",
         "score_shard",
         "begin_publish",
-        "publish_shard",
+        "publish_shards",
         "verify",
         "activate",
     ]
@@ -117,18 +117,17 @@ def test_nightly_runs_its_steps_in_order(dags: dict) -> None:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
 
 
-def test_nightly_scores_and_publishes_one_mapped_task_per_shard(dags: dict) -> None:
-    """Shards fan out by dynamic task mapping; the pointer waits for every publish shard."""
+def test_nightly_scores_per_shard_and_publishes_per_redis_writer(dags: dict) -> None:
+    """Score shards fan out by dynamic task mapping; publish fans out over `INBO_PUBLISH_PARALLEL`
+    writers (default 1), each staging its share of the shards; the pointer waits for all."""
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     dag = dags["inbo_nightly"]
-    for task_id in ("score_shard", "publish_shard"):
+    for task_id in ("score_shard", "publish_shards"):
         assert isinstance(dag.get_task(task_id), MappedOperator), task_id
-    assert dag.get_task("verify").upstream_task_ids >= {"publish_shard", "begin_publish"}
+    assert dag.get_task("publish_shards").op_kwargs_expand_input.value == {"writer": [0]}
+    assert dag.get_task("verify").upstream_task_ids >= {"publish_shards", "begin_publish"}
     assert dag.get_task("activate").upstream_task_ids == {"verify"}
-    # Scoring fans out freely; Redis writers are capped so frontend reads keep their latency.
-    assert dag.get_task("publish_shard").max_active_tis_per_dag == 1  # INBO_PUBLISH_PARALLEL
-    assert dag.get_task("score_shard").max_active_tis_per_dag is None
 
 
 def test_dag_files_have_no_airflow2_leftovers() -> None:

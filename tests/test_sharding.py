@@ -234,3 +234,31 @@ def test_the_simulators_activity_scales_the_interactions(
 
     full, tenth = interactions(1.0), interactions(0.1)
     assert 0.05 < tenth / full < 0.2, (tenth, full)
+
+
+def test_writers_split_the_shards_between_them_and_stage_each_once(
+    scored_world: Settings, world_end: datetime, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two publish writers over five score shards: every shard staged by exactly one writer, and
+    the version verifies with every user once."""
+    from inbo.services import redis_client
+    from inbo.shards import writer_shards
+    from pipelines import publish
+
+    assert [writer_shards(w, 2, 5) for w in range(2)] == [[0, 2, 4], [1, 3]]
+    assert writer_shards(3, 4, 2) == []  # more writers than shards: the extra one has nothing
+    with pytest.raises(ValueError, match=r"writer 2 is not in 0\.\.1"):
+        writer_shards(2, 2, 5)
+
+    monkeypatch.setenv("INBO_REDIS_URL", redis_server)
+    get_settings.cache_clear()
+    settings = get_settings()
+    recs = scored_with(settings, world_end, 5)
+    version = publish.begin_batch(world_end, 5, settings)
+    staged = [publish.publish_writer(world_end, version, w, 2, 5, settings) for w in range(2)]
+    assert sum(staged) == recs["user_id"].nunique()
+    assert staged[0] == recs.loc[recs["user_id"] % 5 % 2 == 0, "user_id"].nunique()
+    publish.verify_batch(world_end, version, settings)
+    keys = publish.Keys(settings.redis_prefix)
+    recorded = redis_client(settings).hgetall(keys.shards(version))
+    assert sorted(map(int, recorded)) == [0, 1, 2, 3, 4]
