@@ -158,7 +158,8 @@ def inbo_nightly() -> None:
     ) -> int:
         from pipelines.publish import publish_writer
 
-        return publish_writer(data_interval_end, version, writer, WRITERS, len(all_shards))
+        reports = publish_writer(data_interval_end, version, writer, WRITERS, len(all_shards))
+        return sum(report.users for report in reports)
 
     @task
     def verify(version: str, _: list[int], data_interval_end: datetime | None = None) -> str:

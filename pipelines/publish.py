@@ -210,7 +210,8 @@ class Lists:
 
 @dataclass(frozen=True)
 class ShardReport:
-    """What `stage_shard` wrote."""
+    """What `stage_shard` wrote; `write_seconds` is the part spent in Redis calls (the rest is
+    checking and packing)."""
 
     version: str
     shard: int
@@ -218,6 +219,7 @@ class ShardReport:
     items: int
     bytes: int
     seconds: float
+    write_seconds: float
 
 
 @dataclass(frozen=True)
@@ -382,13 +384,17 @@ def stage_shard(
         )
     payloads = _pack(lists, meta["generated_at"])
     names = [keys.user(version, uid) for uid in lists.owners.tolist()]
+    writing = time.perf_counter()
     _stage(client, names, payloads, batch_size, staging_ttl_seconds)
     record = {"users": len(names), "items": len(lists.refs), "bytes": sum(map(len, payloads))}
     with client.pipeline(transaction=True) as pipe:
         pipe.hset(keys.shards(version), str(shard), json.dumps(record))
         pipe.expire(keys.shards(version), staging_ttl_seconds)
         pipe.execute()
-    report = ShardReport(version, shard, **record, seconds=time.perf_counter() - started)
+    done = time.perf_counter()
+    report = ShardReport(
+        version, shard, **record, seconds=done - started, write_seconds=done - writing
+    )
     log.info("staged shard %d/%d of %s: %s", shard, shards, version, report)
     return report
 
@@ -755,8 +761,8 @@ def publish_shard(
     shard: int,
     shards: int,
     settings: Settings | None = None,
-) -> int:
-    """Stage the users of `recs/batch=K/shard=<key>/part.parquet` into `version`; users staged."""
+) -> ShardReport:
+    """Stage the users of `recs/batch=K/shard=<key>/part.parquet` into `version`."""
     settings = settings or get_settings()
     recs = _read_shard(Lake(settings.lake), batch_key(interval_end), shard, shards)
     with redis_connection(settings) as client:
@@ -769,7 +775,7 @@ def publish_shard(
             shards=shards,
             batch_size=settings.publish_batch_size,
         )
-    return report.users
+    return report
 
 
 def publish_writer(
@@ -779,11 +785,11 @@ def publish_writer(
     writers: int,
     shards: int,
     settings: Settings | None = None,
-) -> int:
-    """Stage, one after another, the shards `writer_shards` gives this writer; users staged."""
+) -> list[ShardReport]:
+    """Stage, one after another, the shards `writer_shards` gives this writer."""
     settings = settings or get_settings()
     mine = writer_shards(writer, writers, shards)
-    return sum(publish_shard(interval_end, version, shard, shards, settings) for shard in mine)
+    return [publish_shard(interval_end, version, shard, shards, settings) for shard in mine]
 
 
 def verify_batch(interval_end: datetime, version: str, settings: Settings | None = None) -> str:

@@ -90,6 +90,7 @@ class BenchReport:
     stages: list[Stage] = field(default_factory=list)
     publish: dict[str, float] = field(default_factory=dict)
     reads: dict[str, float] = field(default_factory=dict)
+    read_phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def nightly_seconds(self) -> float:
@@ -287,35 +288,51 @@ def publish_stages(
     )  # fmt: skip
     time.sleep(2.0)  # the reader is connected and reading the current table before staging starts
     before = redis_memory(env)
-    stages, published, staging = publish_all(home, env, params, date)
+    run = publish_all(home, env, params, date)
     after = redis_memory(env)
     stop.touch()
     reader.wait(timeout=60)
     report.reads = json.loads(readings.read_text())
-    shard_stage = next(stage for stage in stages if stage.name == "publish shards")
+    report.read_phases = phase_latencies(np.load(readings.with_suffix(".npy")), run.windows)
+    shard_stage = next(stage for stage in run.stages if stage.name == "publish shards")
+    writers = min(params.publish_parallel, params.shards)
     report.publish = {
-        "users": published,
+        "users": run.users,
         "shard_seconds": shard_stage.seconds,
-        "users_per_second": published / shard_stage.seconds,
-        "in_task_users_per_second": published
-        / (staging / min(params.publish_parallel, params.shards)),
-        "end_to_end_users_per_second": published / sum(s.seconds for s in stages),
-        "used_memory_bytes_per_user": (after - before) / published,
-        **key_memory(env, int(published)),
+        "users_per_second": run.users / shard_stage.seconds,
+        "in_task_users_per_second": run.users / (run.task_seconds / writers),
+        "write_users_per_second": run.users / (run.write_seconds / writers),
+        "end_to_end_users_per_second": run.users / sum(s.seconds for s in run.stages),
+        "used_memory_bytes_per_user": (after - before) / run.users,
+        **key_memory(env, int(run.users)),
     }
-    return stages
+    return run.stages
 
 
-def publish_all(
-    home: Path, env: dict[str, str], params: BenchParams, date: str
-) -> tuple[list[Stage], int, float]:
-    """The publish stages, the users published and the shard tasks' own staging seconds."""
-    shards = str(params.shards)
-    begin, results = timed_with_results(
-        "publish begin", [step_command("begin", "--shards", shards, date=date)], env, home
-    )
+@dataclass(frozen=True)
+class PublishRun:
+    """The timed publish: its stages, when each ran (epoch seconds) and the writers' own times."""
+
+    stages: list[Stage]
+    windows: dict[str, tuple[float, float]]
+    users: int
+    task_seconds: float
+    write_seconds: float
+
+
+def publish_all(home: Path, env: dict[str, str], params: BenchParams, date: str) -> PublishRun:
+    """The publish stages, run as the DAG runs them: begin, the writer tasks, verify, activate."""
+    shards, writers = str(params.shards), str(params.publish_parallel)
+    windows: dict[str, tuple[float, float]] = {}
+
+    def run(name: str, commands: list[list[str]], parallel: int = 1) -> tuple[Stage, list[Any]]:
+        started = time.time()
+        stage, results = timed_with_results(name, commands, env, home, parallel)
+        windows[name] = (started, time.time())
+        return stage, results
+
+    begin, results = run("publish begin", [step_command("begin", "--shards", shards, date=date)])
     version = str(results[0]["version"])
-    writers = str(params.publish_parallel)
     commands = [
         step_command(
             "publish",
@@ -331,20 +348,40 @@ def publish_all(
         )
         for w in range(params.publish_parallel)
     ]
-    shard_stage, counts = timed_with_results(
-        "publish shards", commands, env, home, params.publish_parallel
-    )
+    shard_stage, counts = run("publish shards", commands, params.publish_parallel)
     users = sum(int(c["users"]) for c in counts)
-    staging = sum(float(c["seconds"]) for c in counts)
+    task_seconds = sum(float(c["seconds"]) for c in counts)
+    write_seconds = sum(float(c["write_seconds"]) for c in counts)
     shard_stage = Stage(
         shard_stage.name, shard_stage.seconds, shard_stage.peak_rss_mb, shard_stage.tasks,
-        f"{users:,} users; {staging:.1f} task-s staging",
+        f"{users:,} users, {params.shards} shards; {task_seconds:.1f} task-s publishing, of"
+        f" which {write_seconds:.1f} s in Redis calls",
     )  # fmt: skip
-    verify = timed("verify", [step_command("verify", "--version", version, date=date)], env, home)
-    activate = timed(
-        "activate", [step_command("activate", "--version", version, date=date)], env, home
+    verify, _ = run("verify", [step_command("verify", "--version", version, date=date)])
+    activate, _ = run("activate", [step_command("activate", "--version", version, date=date)])
+    return PublishRun(
+        [begin, shard_stage, verify, activate], windows, users, task_seconds, write_seconds
     )
-    return [begin, shard_stage, verify, activate], users, staging
+
+
+def phase_latencies(
+    samples: np.ndarray, windows: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """p50/p99/max (ms) and count of the reads that started inside each stage's window.
+
+    `samples` has one row per read: its start (epoch seconds) and its latency in ms.
+    """
+    phases = {}
+    for name, (start, end) in windows.items():
+        inside = samples[(samples[:, 0] >= start) & (samples[:, 0] < end), 1]
+        if len(inside):
+            phases[name] = {
+                "requests": float(len(inside)),
+                "p50_ms": float(np.percentile(inside, 50)),
+                "p99_ms": float(np.percentile(inside, 99)),
+                "max_ms": float(inside.max()),
+            }
+    return phases
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -541,8 +578,12 @@ def _publish_writer(
     """`publish_writer`, timed inside the task (the process start is not publishing)."""
     publish = _publish()
     started = time.perf_counter()
-    users = publish.publish_writer(end, version, writer, writers, shards)
-    return {"users": users, "seconds": time.perf_counter() - started}
+    reports = publish.publish_writer(end, version, writer, writers, shards)
+    return {
+        "users": sum(report.users for report in reports),
+        "seconds": time.perf_counter() - started,
+        "write_seconds": sum(report.write_seconds for report in reports),
+    }
 
 
 def _publish() -> Any:
@@ -603,11 +644,13 @@ def read_loop(users: int, rate: float, stop_file: Path, out: Path, env: dict[str
     keys = Keys(get_settings().redis_prefix)
     rng = random.Random(1)
     latencies: list[float] = []
+    stamps: list[float] = []
     misses = late = 0
     interval = 1.0 / rate
     next_at = time.perf_counter()
     while not stop_file.exists():
         user_id = rng.randint(1, users)
+        stamps.append(time.time())
         started = time.perf_counter()
         version = client.get(keys.current)
         found = client.get(keys.user(version.decode(), user_id)) if version else None
@@ -620,6 +663,7 @@ def read_loop(users: int, rate: float, stop_file: Path, out: Path, env: dict[str
         else:
             late += 1
     ms = np.array(latencies) * 1000
+    np.save(out.with_suffix(".npy"), np.column_stack([np.array(stamps), ms]))
     out.write_text(
         json.dumps(
             {
@@ -711,9 +755,10 @@ def _publish_lines(report: BenchReport) -> list[str]:
     if not pub:
         return []
     lines = [
-        f"- Publish: {pub['users']:,.0f} users; inside the shard tasks (reading the shard file,"
-        f" packing, staging) **{pub['in_task_users_per_second']:,.0f} users/s**; the shard"
-        f" stage's wall time with process start-up {pub['shard_seconds']:.1f} s ="
+        f"- Publish: {pub['users']:,.0f} users. Redis writes (the staging calls, per writer)"
+        f" **{pub['write_users_per_second']:,.0f} users/s**; inside the writer tasks (reading the"
+        f" shard files, checking, packing, writing) {pub['in_task_users_per_second']:,.0f}"
+        f" users/s; the stage's wall time with process start-up {pub['shard_seconds']:.1f} s ="
         f" {pub['users_per_second']:,.0f} users/s; {pub['end_to_end_users_per_second']:,.0f}"
         " users/s with begin, verify and activate.",
         f"- Redis memory: {pub['used_memory_bytes_per_user']:,.0f} bytes per user"
@@ -733,6 +778,11 @@ def _publish_lines(report: BenchReport) -> list[str]:
             f" **p99 {reads['p99_ms']:.3f} ms**, max {reads['max_ms']:.2f} ms over"
             f" {reads['requests']:,.0f} requests ({reads['behind_schedule']:,.0f} sent late)."
         )
+        for name, phase in report.read_phases.items():
+            lines.append(
+                f"  - during {name}: p50 {phase['p50_ms']:.3f} ms, p99 {phase['p99_ms']:.3f} ms,"
+                f" max {phase['max_ms']:.2f} ms ({phase['requests']:,.0f} requests)"
+            )
     return lines
 
 

@@ -986,7 +986,9 @@ def test_batch_entry_points_publish_the_lake_shards(
     lake.write_json(json.dumps(report), "_reports/score", BATCH)
 
     version = begin_batch(END, 3, settings=settings)
-    assert [publish_shard(END, version, s, 3, settings=settings) for s in range(3)] == [5, 5, 5]
+    reports = [publish_shard(END, version, s, 3, settings=settings) for s in range(3)]
+    assert [report.users for report in reports] == [5, 5, 5]
+    assert all(0 < report.write_seconds < report.seconds for report in reports)
     assert verify_batch(END, version, settings=settings) == version
     assert activate_version(version, settings=settings) is None
 

@@ -207,7 +207,7 @@ def test_a_shard_that_dies_midway_blocks_the_switch_until_its_retry(
         publish.verify_batch(world_end, version, settings)
     assert client.get(keys.current) == previous
 
-    assert publish.publish_shard(world_end, version, 1, 3, settings) > 0  # the retry
+    assert publish.publish_shard(world_end, version, 1, 3, settings).users > 0  # the retry
     publish.verify_batch(world_end, version, settings)
     publish.activate_version(version, settings)
     assert client.get(keys.current) == version
@@ -255,7 +255,9 @@ def test_writers_split_the_shards_between_them_and_stage_each_once(
     settings = get_settings()
     recs = scored_with(settings, world_end, 5)
     version = publish.begin_batch(world_end, 5, settings)
-    staged = [publish.publish_writer(world_end, version, w, 2, 5, settings) for w in range(2)]
+    reports = [publish.publish_writer(world_end, version, w, 2, 5, settings) for w in range(2)]
+    assert [[r.shard for r in mine] for mine in reports] == [[0, 2, 4], [1, 3]]
+    staged = [sum(r.users for r in mine) for mine in reports]
     assert sum(staged) == recs["user_id"].nunique()
     assert staged[0] == recs.loc[recs["user_id"] % 5 % 2 == 0, "user_id"].nunique()
     publish.verify_batch(world_end, version, settings)
