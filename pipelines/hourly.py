@@ -35,7 +35,7 @@ from inbo import schemas
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_end, batch_key
 from inbo.locks import PUBLISH, platform_lock
-from inbo.services import redis_connection
+from inbo.services import redis_connection, snapshot
 from inbo.settings import Settings, get_settings
 from models.base import TrainingData
 from models.candidates import CandidateModels
@@ -263,6 +263,7 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
             batch_size=settings.publish_batch_size,
             similar=similar,
         )
+    snapshot(settings)
     published_at = datetime.now(UTC)
     newest = pd.Timestamp(scored.newest_event_at) if scored.newest_event_at else None
     summary = HourlyPublish(

@@ -20,6 +20,7 @@ from inbo.services import (
     redis_client,
     redis_connection,
     service_status,
+    snapshot,
     stop_redis,
 )
 from inbo.settings import Settings
@@ -88,6 +89,39 @@ def test_restart_keeps_url_and_data(tmp_path: Path) -> None:
     finally:
         stop_redis(settings)
     assert stop_redis(settings) is False
+
+
+def test_a_snapshot_survives_a_crash_and_nothing_saves_on_its_own(tmp_path: Path) -> None:
+    """No automatic save points (one would fork mid-publish); `snapshot` after an activation is
+    what a killed server comes back with."""
+    import os
+    import signal
+    import time
+
+    settings = embedded_settings(tmp_path)
+    ensure_redis(settings)
+    client = redis_client(settings)
+    try:
+        assert client.config_get("save")["save"] == ""
+        client.set("table", "v1")
+        before = client.lastsave()
+        assert snapshot(settings) is True
+        for _ in range(100):
+            if (
+                client.lastsave() != before
+                or not client.info("persistence")["rdb_bgsave_in_progress"]
+            ):
+                break
+            time.sleep(0.05)
+        client.set("unsaved", "lost")
+        os.kill(int(client.info("server")["process_id"]), signal.SIGKILL)
+        time.sleep(0.2)
+        restarted = redis_client(settings)
+        assert restarted.get("table") == "v1"
+        assert restarted.get("unsaved") is None
+        assert snapshot(Settings(var_dir=tmp_path, redis_url=ensure_redis(settings))) is False
+    finally:
+        stop_redis(settings)
 
 
 def test_external_url_is_used_as_is(embedded: Settings, tmp_path: Path) -> None:
