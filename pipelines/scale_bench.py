@@ -61,7 +61,6 @@ class BenchParams:
     per_source: int = 100
     parallel: int = 2
     publish_parallel: int = 1
-    publish_nice: int = 0
     evaluate: bool = True
     label_days: float = 2.0
 
@@ -327,8 +326,6 @@ def publish_all(home: Path, env: dict[str, str], params: BenchParams, date: str)
     windows: dict[str, tuple[float, float]] = {}
 
     def run(name: str, commands: list[list[str]], parallel: int = 1) -> tuple[Stage, list[Any]]:
-        if params.publish_nice:
-            commands = [["nice", "-n", str(params.publish_nice), *c] for c in commands]
         started = time.time()
         stage, results = timed_with_results(name, commands, env, home, parallel)
         windows[name] = (started, time.time())
