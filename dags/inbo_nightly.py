@@ -34,7 +34,8 @@ from inbo.orchestration import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_
 from inbo.settings import get_settings
 
 WRITERS = get_settings().publish_parallel
-"""Publish tasks, each staging every WRITERS-th score shard: Redis writers at once."""
+"""Publish tasks, each staging every WRITERS-th score shard: Redis writers at once. Passed to the
+tasks with `.partial`, so a worker whose environment says otherwise still splits the same way."""
 
 
 @dag(
@@ -152,13 +153,14 @@ def inbo_nightly() -> None:
     @task
     def publish_shards(
         writer: int,
+        writers: int,
         version: str,
         all_shards: list[int],
         data_interval_end: datetime | None = None,
     ) -> int:
         from pipelines.publish import publish_writer
 
-        reports = publish_writer(data_interval_end, version, writer, WRITERS, len(all_shards))
+        reports = publish_writer(data_interval_end, version, writer, writers, len(all_shards))
         return sum(report.users for report in reports)
 
     @task
@@ -183,7 +185,7 @@ def inbo_nightly() -> None:
     shards = prepare_scoring(decisions)
     scored = score_shard.partial(all_shards=shards).expand(shard=shards)
     version = begin_publish(scored, shards)
-    published = publish_shards.partial(version=version, all_shards=shards).expand(
+    published = publish_shards.partial(version=version, all_shards=shards, writers=WRITERS).expand(
         writer=list(range(WRITERS))
     )
     activate(verify(version, published))

@@ -92,17 +92,21 @@ def stop_redis(settings: Settings) -> bool:
 
 def snapshot(settings: Settings) -> bool:
     """Start a background RDB save of the embedded server; False for an external Redis, whose
-    persistence its operators own, or when a save is already running."""
+    persistence its operators own, or when none could be started.
+
+    Never raises: it runs after a table went live, and failing that task would retry an
+    activation that already happened. A missed snapshot costs only what a restart would restore.
+    """
     if settings.redis_url:
         return False
     import redis
 
-    with redis_connection(settings) as client:
-        try:
+    try:
+        with redis_connection(settings) as client:
             client.bgsave()
-        except redis.ResponseError as exc:  # "Background save already in progress"
-            log.info("no snapshot started: %s", exc)
-            return False
+    except (redis.RedisError, ServiceUnavailable) as exc:  # e.g. a save already in progress
+        log.warning("no Redis snapshot started: %s", exc)
+        return False
     return True
 
 
@@ -247,8 +251,9 @@ def _write_config(redis_dir: Path, port: int) -> Path:
     restored together, and it does not double the cost of writing a table (AOF measured ~2x slower
     for a 140 MB publish). No automatic save points: one would fire in the middle of a publish
     (at 1M users a fork plus 11 s of a core, the frontend's reads waiting behind both), so the
-    platform snapshots after each activation and hourly refresh instead (`snapshot`), and on
-    shutdown. A crash loses what was written since; the batch can be re-published.
+    platform snapshots after each activation instead (`snapshot`), and on shutdown. A crash
+    loses the hourly refreshes since: the restored meta's `refreshed_through` makes the next
+    hourly run refresh those users again.
     """
     config = redis_dir / "redis.conf"
     lines = [

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     publish_parallel: int = Field(
         1,
         ge=1,
-        description="Shard publish tasks writing to Redis at once (more if Redis has its own cores).",
+        description="Publish writer tasks, each staging every n-th shard (more if Redis has cores).",
     )
     version_ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long a superseded table version stays for rollback."

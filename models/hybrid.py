@@ -24,6 +24,7 @@ from features.ranking import (
     training_examples,
     training_users,
 )
+from inbo.errors import NoPositiveExamples
 from models.base import TrainingData
 from models.candidates import CandidateModels, generate, restrict
 from models.reranker import Reranker
@@ -102,6 +103,11 @@ def train_reranker(
     sources = CandidateModels.fit(earlier, als_params)
     labels = impression_labels(data.events, data.items, cutoff, label_days, True)
     users = training_users(labels, max_users)
+    if len(users) == 0:
+        raise NoPositiveExamples(
+            f"nobody clicked or read what they were shown in the {label_days:g} days before"
+            f" {pd.Timestamp(data.as_of).isoformat()}: nothing to learn a ranking from"
+        )
     log.info("reranker learns from %d users (at most %s)", len(users), max_users or "all")
 
     def candidates_at(moment: datetime) -> pd.DataFrame:
@@ -137,12 +143,14 @@ class HybridRecommender:
         label_days: float = 2.0,
         per_source: int = 100,
         recipe: Recipe | None = None,
+        max_users: int | None = None,
     ) -> None:
         self.als_params = als_params or {}
         self.reranker_params = reranker_params or {}
         self.label_days = label_days
         self.per_source = per_source
         self.recipe = recipe or Recipe()
+        self.max_users = max_users
 
     def fit(self, data: TrainingData) -> Self:
         self.sources = CandidateModels.fit(data, self.als_params)
@@ -153,6 +161,7 @@ class HybridRecommender:
             self.per_source,
             self.recipe,
             self.reranker_params,
+            self.max_users,
         )
         self.data = data
         return self

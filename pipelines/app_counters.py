@@ -110,7 +110,7 @@ def open_counters(settings: Settings) -> Iterator[CounterStore]:
     if settings.app_redis_url:
         target = settings.model_copy(update={"redis_url": settings.app_redis_url})
     with redis_connection(target) as client:
-        yield CounterStore(client, settings.app_redis_prefix, settings.publish_batch_size)
+        yield CounterStore(client, settings.app_redis_prefix)
 
 
 def interaction_counts(issue_ids: np.ndarray, kinds: np.ndarray) -> pd.DataFrame:

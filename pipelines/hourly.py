@@ -35,13 +35,13 @@ from inbo import schemas
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_end, batch_key
 from inbo.locks import PUBLISH, platform_lock
-from inbo.services import redis_connection, snapshot
+from inbo.services import redis_connection
 from inbo.settings import Settings, get_settings
 from models.base import TrainingData
 from models.candidates import CandidateModels
 from models.content import published_vectors
 from pipelines import tracking
-from pipelines.publish import live_meta, refresh_users
+from pipelines.publish import PIPELINE_BATCH, live_meta, refresh_users
 from pipelines.recommend import event_window, pinned_parts, propose, read_plan, top_n
 from pipelines.train import model_dir
 
@@ -260,10 +260,9 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
             recs,
             through=batch,
             generated_at=datetime.now(UTC),
-            batch_size=settings.publish_batch_size,
+            batch_size=PIPELINE_BATCH,
             similar=similar,
         )
-    snapshot(settings)
     published_at = datetime.now(UTC)
     newest = pd.Timestamp(scored.newest_event_at) if scored.newest_event_at else None
     summary = HourlyPublish(

@@ -64,6 +64,7 @@ def configurations(settings: Settings, with_content: bool) -> dict[str, Any]:
         label_days=settings.reranker_label_days,
         per_source=settings.candidates_per_source,
         recipe=Recipe.from_settings(settings),
+        max_users=settings.reranker_max_users,
     )
     models: dict[str, Any] = {"popularity": PopularityModel}
     if with_content:

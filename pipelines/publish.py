@@ -1,8 +1,8 @@
 """Publishing recommendation tables to Redis under the versioned contract v2 (docs/redis-contract.md).
 
-A nightly run writes a whole new table version next to the live one, one user shard per task,
-checks it, then moves one pointer: `begin_batch` -> `publish_shard` (every shard, in parallel) ->
-`verify_batch` -> `activate_version`. Readers follow the pointer, so they see the old table or the
+A nightly run writes a whole new table version next to the live one, checks it, then moves one
+pointer: `begin_batch` -> `publish_writer` (each writer task stages every n-th user shard with
+`publish_shard`) -> `verify_batch` -> `activate_version`. Readers follow the pointer, so they see the old table or the
 new one, never a mix, and the old one stays readable (with a TTL) for `rollback`. The hourly job
 rewrites active users' keys inside the live version with `refresh_users`.
 
@@ -1110,21 +1110,26 @@ def _reserve_version(client: redis.Redis, keys: Keys, meta: dict[str, Any], ttl:
 def _stage(
     client: redis.Redis, names: list[str], values: list[str], batch_size: int, ttl: int
 ) -> None:
-    """SET every key with the staging TTL, in batches of `batch_size`.
+    """SET every key with the staging TTL.
 
-    One Lua call per batch on a single server; pipelined `SET EX` on a cluster, where a script's
-    keys would have to share a slot. Either way each key is written by one atomic SET.
+    One Lua call per `batch_size` keys on a single server; pipelined `SET EX` (`PIPELINE_BATCH` a
+    round trip) on a cluster, where a script's keys would have to share a slot. Either way each
+    key is written by one atomic SET.
     """
-    chunks = zip(_chunks(names, batch_size), _chunks(values, batch_size), strict=True)
     if isinstance(client, RedisCluster):
-        for name_chunk, value_chunk in chunks:
+        pipelined = zip(
+            _chunks(names, PIPELINE_BATCH), _chunks(values, PIPELINE_BATCH), strict=True
+        )
+        for name_chunk, value_chunk in pipelined:
             with client.pipeline(transaction=False) as pipe:
                 for name, value in zip(name_chunk, value_chunk, strict=True):
                     pipe.set(name, value, ex=ttl)
                 pipe.execute()
         return
     script = client.register_script(_STAGE_SCRIPT)
-    for name_chunk, value_chunk in chunks:
+    for name_chunk, value_chunk in zip(
+        _chunks(names, batch_size), _chunks(values, batch_size), strict=True
+    ):
         script(keys=list(name_chunk), args=[ttl, *value_chunk])
 
 

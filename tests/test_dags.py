@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inbo.settings import REPO_ROOT
+from inbo.settings import REPO_ROOT, get_settings
 
 HEAVY = (
     "pandas",
@@ -125,7 +125,11 @@ def test_nightly_scores_per_shard_and_publishes_per_redis_writer(dags: dict) -> 
     dag = dags["inbo_nightly"]
     for task_id in ("score_shard", "publish_shards"):
         assert isinstance(dag.get_task(task_id), MappedOperator), task_id
-    assert dag.get_task("publish_shards").op_kwargs_expand_input.value == {"writer": [0]}
+    writers = get_settings().publish_parallel  # 1 unless INBO_PUBLISH_PARALLEL says otherwise
+    assert dag.get_task("publish_shards").op_kwargs_expand_input.value == {
+        "writer": list(range(writers))
+    }
+    assert dag.get_task("publish_shards").partial_kwargs["op_kwargs"]["writers"] == writers
     assert dag.get_task("verify").upstream_task_ids >= {"publish_shards", "begin_publish"}
     assert dag.get_task("activate").upstream_task_ids == {"verify"}
 

@@ -15,6 +15,7 @@ import pytest
 
 from features.ranking import (
     CTR_PRIOR_IMPRESSIONS,
+    ENGAGED_EVENTS,
     FEATURES,
     LABEL,
     POSITIVE_EVENTS,
@@ -453,3 +454,30 @@ def test_training_users_are_a_seeded_sample_of_users_with_a_positive_label() -> 
     assert training_users(labels, 2, seed=1).tolist() == drawn.tolist()
     draws = {tuple(training_users(labels, 2, seed=seed)) for seed in range(20)}
     assert len(draws) > 1  # the seed matters: it is a random sample, not the first users
+
+
+def test_a_label_window_nobody_engaged_in_is_no_positive_examples(
+    world: Settings, world_end: datetime
+) -> None:
+    """Impressions but no click or read after the cutoff: the named error the nightly logs and
+    skips (the champion keeps serving), not a crash in candidate generation."""
+    from dataclasses import replace
+
+    from features.interactions import Recipe, build_interactions
+    from models.hybrid import train_reranker
+    from pipelines.ingest import ingest
+    from pipelines.train import load_training_data
+    from pipelines.validate import validate_batch
+
+    ingest(world_end)
+    validate_batch(world_end)
+    build_interactions(world_end)
+    data = load_training_data(world, world_end)
+    assert data.events is not None
+    in_window = data.events["ts"] >= pd.Timestamp(world_end - 2 * DAY)
+    engaged = data.events["event_type"].isin(ENGAGED_EVENTS)
+    silent = replace(data, events=data.events[~(in_window & engaged)])
+    with pytest.raises(NoPositiveExamples, match="nobody clicked or read"):
+        train_reranker(silent, 2.0, {}, 20, Recipe())
+    _, examples = train_reranker(data, 2.0, {}, 20, Recipe(), max_users=10)
+    assert examples["user_id"].nunique() == 10  # the sample bounds who it learns from
