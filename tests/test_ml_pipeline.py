@@ -146,3 +146,21 @@ def test_the_gate_refuses_a_deliberately_worse_challenger(
     assert first.promoted and not worse.promoted
     assert registry.alias_version(big, "als", registry.CHAMPION) == versions["good"]
     assert registry.alias_version(big, "als", registry.CHALLENGER) == versions["bad"]
+
+
+def test_a_champion_trained_like_tonight_is_not_refitted(tmp_path: Path) -> None:
+    """Same parameters, same split, seeded fits: the champion's rows are tonight's, copied under
+    the names the gate reads; a champion trained differently is evaluated on its own."""
+    from pipelines.promotion import champion_rows, configurations, same_as_tonight
+
+    settings = Settings(var_dir=tmp_path)
+    same = dict(settings.als_params)
+    other = {**same, "factors": same["factors"] * 2}
+    assert same_as_tonight(settings, same) and not same_as_tonight(settings, other)
+    assert "als@champion" not in configurations(settings, True, same)
+    assert {"als@champion", "hybrid@champion"} <= set(configurations(settings, True, other))
+    rows = [{"model": "als", "ndcg_at_k": 0.3}, {"model": "hybrid", "ndcg_at_k": 0.4}]
+    assert champion_rows(rows) == [
+        {"model": "als@champion", "ndcg_at_k": 0.3},
+        {"model": "hybrid@champion", "ndcg_at_k": 0.4},
+    ]
