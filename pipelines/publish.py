@@ -2,9 +2,10 @@
 
 A nightly run writes a whole new table version next to the live one, checks it, then moves one
 pointer: `begin_batch` -> `publish_writer` (each writer task stages every n-th user shard with
-`publish_shard`) -> `verify_batch` -> `activate_version`. Readers follow the pointer, so they see the old table or the
-new one, never a mix, and the old one stays readable (with a TTL) for `rollback`. The hourly job
-rewrites active users' keys inside the live version with `refresh_users`.
+`publish_shard`) -> `verify_batch` -> `activate_version`. Readers follow the pointer, so they see
+the old table or the new one, never a mix, and the old one stays readable (with a TTL) for
+`rollback`. The hourly job rewrites active users' keys inside the live version with
+`refresh_users`.
 
 Staged keys carry a TTL from the moment they are written and are made permanent only by
 `activate`, so a run that dies anywhere before activation cleans up after itself. Control keys
@@ -826,12 +827,11 @@ def activate_version(version: str, settings: Settings | None = None) -> str | No
 
 
 def publish_batch(interval_end: datetime, settings: Settings | None = None) -> str:
-    """`begin_batch` and `publish_shard` for every shard file of the batch, in this process."""
+    """`begin_batch` and one writer for every shard file of the batch, in this process."""
     settings = settings or get_settings()
     shards = _batch_shards(Lake(settings.lake), batch_key(interval_end))
     version = begin_batch(interval_end, shards, settings)
-    for shard in range(shards):
-        publish_shard(interval_end, version, shard, shards, settings)
+    publish_writer(interval_end, version, 0, 1, shards, settings)
     return version
 
 
@@ -1116,20 +1116,18 @@ def _stage(
     round trip) on a cluster, where a script's keys would have to share a slot. Either way each
     key is written by one atomic SET.
     """
-    if isinstance(client, RedisCluster):
-        pipelined = zip(
-            _chunks(names, PIPELINE_BATCH), _chunks(values, PIPELINE_BATCH), strict=True
-        )
-        for name_chunk, value_chunk in pipelined:
+    cluster = isinstance(client, RedisCluster)
+    size = PIPELINE_BATCH if cluster else batch_size
+    chunks = zip(_chunks(names, size), _chunks(values, size), strict=True)
+    if cluster:
+        for name_chunk, value_chunk in chunks:
             with client.pipeline(transaction=False) as pipe:
                 for name, value in zip(name_chunk, value_chunk, strict=True):
                     pipe.set(name, value, ex=ttl)
                 pipe.execute()
         return
     script = client.register_script(_STAGE_SCRIPT)
-    for name_chunk, value_chunk in zip(
-        _chunks(names, batch_size), _chunks(values, batch_size), strict=True
-    ):
+    for name_chunk, value_chunk in chunks:
         script(keys=list(name_chunk), args=[ttl, *value_chunk])
 
 
