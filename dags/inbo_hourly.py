@@ -5,7 +5,7 @@ Keeps the live recommendations fresh between nightly retrains, on `INBO_HOURLY_S
 default; any cron works, nothing assumes an hour).
 
 `ingest` (app rows since the shared watermark, exactly once) -> `validate` (the nightly's Great
-Expectations suites, quarantine, threshold) -> `update_features` (item and user activity over
+Expectations suites, quarantine, threshold) -> `build_activity` (item and user activity over
 1 h / 24 h / 7 d, the reranker's item features at the interval end) and `embed_new_items` (MiniLM
 vectors of new issues only) -> `score_active_users` (users with events since the live table's last
 refresh: champion ALS fold-in, candidates incl. the new issues, champion reranker) ->
@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from inbo.orchestration import REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
+from common import REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
 from inbo.settings import get_settings
 
 REPAIR_CONFIRMATION = "repair"
@@ -73,7 +73,7 @@ def inbo_hourly() -> None:
         return {"passed": report.passed, "quarantined": report.quarantined}
 
     @task
-    def update_features(_: dict, data_interval_end: datetime | None = None) -> int:
+    def build_activity(_: dict, data_interval_end: datetime | None = None) -> int:
         from features.activity import build_activity
 
         return build_activity(data_interval_end).items
@@ -119,7 +119,7 @@ def inbo_hourly() -> None:
         }
 
     validated = validate(ingest())
-    scored = score_active_users(update_features(validated), embed_new_items(validated))
+    scored = score_active_users(build_activity(validated), embed_new_items(validated))
     publish_active_users(scored)
     reconcile_counters(validated)
 

@@ -7,13 +7,13 @@ Retrains the models and rebuilds every user's recommendation table from the app 
 Expectations suites, quarantine, threshold) -> `build_interactions` (weighted user-item table,
 continue reading) -> `build_embeddings` (MiniLM vectors of new or changed issues) -> `fit_baselines`
 (popularity, continue reading, content + "more like this") and `train_als` -> `train_reranker`
-(LightGBM LambdaRank on the last days' impressions) -> `evaluate` (every configuration, challenger and
+(LightGBM LambdaRank on the last days' impressions) -> `evaluate_holdout` (every configuration, challenger and
 champion, on the same held-out window) -> `register_and_gate` (MLflow registry: `challenger`, and
 `champion` unless worse by the margin) -> `prepare_scoring` (user list, fallback list, item features,
 champion versions pinned) -> `score_shard` x `INBO_SCORE_SHARDS` (champion models, top-N, a reason on
 every item; one mapped task per user shard) -> `begin_publish` (reserve a Redis table version) ->
 `publish_shards` x `INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) ->
-`verify` -> `activate` (atomic pointer switch, only once every shard succeeded; the previous
+`verify_version` -> `activate_version` (atomic pointer switch, only once every shard succeeded; the previous
 version stays for `inbo rollback`).
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
@@ -21,6 +21,7 @@ executor. A retried shard or writer task rewrites its own lake file and Redis ke
 
 Each task calls one library function with the run's data interval; big data moves through the
 lake, XCom carries only small summaries and MLflow run ids. Re-running a date gives the same tables.
+Each task's function has the task's name, in the module the task imports it from.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from inbo.orchestration import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
+from common import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
 from inbo.settings import get_settings
 
 WRITERS = get_settings().publish_parallel
@@ -97,21 +98,21 @@ def inbo_nightly() -> None:
 
     @task
     def train_als(_: int, data_interval_end: datetime | None = None) -> str:
-        from pipelines.train import fit_als
+        from pipelines.train import train_als
 
-        return fit_als(data_interval_end).run_id
+        return train_als(data_interval_end).run_id
 
     @task
     def train_reranker(_: str, __: str, data_interval_end: datetime | None = None) -> str:
-        from pipelines.train import fit_reranker
+        from pipelines.train import train_reranker
 
-        return fit_reranker(data_interval_end).run_id
+        return train_reranker(data_interval_end).run_id
 
     @task
-    def evaluate(_: str, data_interval_end: datetime | None = None) -> dict[str, float]:
-        from pipelines.promotion import evaluate_batch
+    def evaluate_holdout(_: str, data_interval_end: datetime | None = None) -> dict[str, float]:
+        from pipelines.promotion import evaluate_holdout
 
-        return evaluate_batch(data_interval_end)
+        return evaluate_holdout(data_interval_end).scores
 
     @task
     def register_and_gate(
@@ -123,14 +124,14 @@ def inbo_nightly() -> None:
         from pipelines.promotion import register_and_gate
 
         decisions = register_and_gate(data_interval_end, als_run, reranker_run, scores)
-        return {kind: decision["promoted"] for kind, decision in decisions.items()}
+        return {kind: decision.promoted for kind, decision in decisions.items()}
 
     @task
     def prepare_scoring(
         _: dict[str, object], data_interval_end: datetime | None = None
     ) -> list[int]:
         """The shards to map over: 0 .. INBO_SCORE_SHARDS - 1, fixed in the batch's plan."""
-        from pipelines.recommend import prepare_scoring
+        from pipelines.score import prepare_scoring
 
         return list(range(prepare_scoring(data_interval_end).shards))
 
@@ -138,7 +139,7 @@ def inbo_nightly() -> None:
     def score_shard(
         shard: int, all_shards: list[int], data_interval_end: datetime | None = None
     ) -> int:
-        from pipelines.recommend import score_shard
+        from pipelines.score import score_shard
 
         return score_shard(data_interval_end, shard, len(all_shards)).users
 
@@ -146,9 +147,9 @@ def inbo_nightly() -> None:
     def begin_publish(
         _: list[int], all_shards: list[int], data_interval_end: datetime | None = None
     ) -> str:
-        from pipelines.publish import begin_batch
+        from pipelines.publish.steps import begin_publish
 
-        return begin_batch(data_interval_end, len(all_shards))
+        return begin_publish(data_interval_end, len(all_shards))
 
     @task
     def publish_shards(
@@ -158,20 +159,22 @@ def inbo_nightly() -> None:
         all_shards: list[int],
         data_interval_end: datetime | None = None,
     ) -> int:
-        from pipelines.publish import publish_writer
+        from pipelines.publish.steps import publish_shards
 
-        reports = publish_writer(data_interval_end, version, writer, writers, len(all_shards))
+        reports = publish_shards(data_interval_end, version, writer, writers, len(all_shards))
         return sum(report.users for report in reports)
 
     @task
-    def verify(version: str, _: list[int], data_interval_end: datetime | None = None) -> str:
-        from pipelines.publish import verify_batch
+    def verify_version(
+        version: str, _: list[int], data_interval_end: datetime | None = None
+    ) -> str:
+        from pipelines.publish.steps import verify_version
 
-        return verify_batch(data_interval_end, version)
+        return verify_version(data_interval_end, version)
 
     @task(outlets=[REDIS_TABLE])
-    def activate(version: str) -> str:
-        from pipelines.publish import activate_version
+    def activate_version(version: str) -> str:
+        from pipelines.publish.steps import activate_version
 
         activate_version(version)
         return version
@@ -181,14 +184,14 @@ def inbo_nightly() -> None:
     baselines = fit_baselines(vectors)
     als_run = train_als(pairs)
     reranker_run = train_reranker(baselines, als_run)
-    decisions = register_and_gate(evaluate(reranker_run), als_run, reranker_run)
+    decisions = register_and_gate(evaluate_holdout(reranker_run), als_run, reranker_run)
     shards = prepare_scoring(decisions)
     scored = score_shard.partial(all_shards=shards).expand(shard=shards)
     version = begin_publish(scored, shards)
     published = publish_shards.partial(version=version, all_shards=shards, writers=WRITERS).expand(
         writer=list(range(WRITERS))
     )
-    activate(verify(version, published))
+    activate_version(verify_version(version, published))
 
 
 inbo_nightly()

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 import pandas as pd
 
 from features.interactions import MODEL_EVENT_COLUMNS, load_events
-from features.ranking import HISTORY_DAYS, RANKING_ITEM_TABLE, catalogue_item_features
-from inbo import schemas
+from features.ranking import HISTORY_DAYS, catalogue_item_features
+from inbo import tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 
@@ -42,8 +42,6 @@ ITEM_COUNTERS: dict[str, str] = {
 }
 """Event type -> item counter. A read is a reading-progress state, so one user may add several."""
 
-ITEM_TABLE = "features/item_activity"
-USER_TABLE = "features/user_activity"
 
 
 @dataclass(frozen=True)
@@ -98,16 +96,15 @@ def build_activity(interval_end: datetime, settings: Settings | None = None) -> 
     settings = settings or get_settings()
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
-    part = {"batch": batch}
     span = max(max(WINDOWS.values()), timedelta(days=HISTORY_DAYS))
     events, _ = load_events(lake, interval_end - span, interval_end, columns=MODEL_EVENT_COLUMNS)
     items = item_activity(events, interval_end)
     users = user_activity(events, interval_end)
-    lake.write(items, ITEM_TABLE, "part", part)
-    lake.write(users, USER_TABLE, "part", part)
-    catalogue = lake.read("items", part, "part", schemas.ITEMS)
+    lake.write_batch(items, tables.ITEM_ACTIVITY, batch)
+    lake.write_batch(users, tables.USER_ACTIVITY, batch)
+    catalogue = lake.read_batch(tables.ITEMS, batch)
     ranking = catalogue_item_features(events, catalogue, interval_end)
-    lake.write(ranking.reset_index(), RANKING_ITEM_TABLE, "part", part)
+    lake.write_batch(ranking.reset_index(), tables.ITEM_RANKING, batch)
     stats = ActivityStats(batch, len(events), len(items), len(users))
     log.info("activity for %s: %s", batch, stats)
     return stats

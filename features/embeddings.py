@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from inbo import schemas
+from inbo import tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 
@@ -37,16 +36,6 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 """Stored with every vector and hashed with every text: a new model invalidates the whole cache."""
 EMBEDDING_DIM = 384
 ENCODE_BATCH_SIZE = 64
-TABLE = "features/embeddings"
-
-EMBEDDINGS = pa.schema(
-    [
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("content_hash", pa.string(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,7 @@ def encode_texts(texts: list[str], encoder: SentenceTransformer | None = None) -
 def encode_items(
     items: pd.DataFrame, cache: pd.DataFrame | None, encoder: SentenceTransformer | None = None
 ) -> EncodedItems:
-    """Embeddings of `items` (columns `EMBEDDINGS`), encoding only texts whose hash is not in `cache`."""
+    """Embeddings of `items` (columns of `inbo.schemas.EMBEDDINGS`), encoding only texts whose hash is not in `cache`."""
     texts = [item_text(t, d) for t, d in zip(items["title"], items["description"], strict=True)]
     hashes = [content_hash(MODEL_NAME, text) for text in texts]
     known = _cached_vectors(cache)
@@ -150,14 +139,14 @@ def _cached_vectors(cache: pd.DataFrame | None) -> dict[str, np.ndarray]:
 
 def previous_batch(lake: Lake, batch: str) -> str | None:
     """The latest batch before `batch` with an embeddings table: the cache of this batch."""
-    found = lake.fs.glob(f"{lake.path(TABLE)}/batch=*/part.parquet")
+    found = lake.files(tables.EMBEDDINGS.path, "batch=*/part.parquet")
     earlier = [path.rsplit("/", 2)[-2].removeprefix("batch=") for path in found]
     return max((key for key in earlier if key < batch), default=None)
 
 
 def latest_table_batch(lake: Lake, batch: str) -> str | None:
     """The batch whose embeddings table is current at `batch`: its own, else the latest before."""
-    return batch if lake.exists(TABLE, {"batch": batch}, "part") else previous_batch(lake, batch)
+    return batch if lake.has_batch(tables.EMBEDDINGS, batch) else previous_batch(lake, batch)
 
 
 def embed_new_items(interval_end: datetime, settings: Settings | None = None) -> EmbeddingStats:
@@ -178,13 +167,13 @@ def build_embeddings(
     settings = settings or get_settings()
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
-    items = lake.read("items", {"batch": batch}, "part", schemas.ITEMS)
+    items = lake.read_batch(tables.ITEMS, batch)
     cache_batch = previous_batch(lake, batch)
-    cache = lake.read(TABLE, {"batch": cache_batch}, "part", EMBEDDINGS) if cache_batch else None
+    cache = lake.read_batch(tables.EMBEDDINGS, cache_batch) if cache_batch else None
     started = time.perf_counter()
     result = encode_items(items, cache)
     if unchanged or result.encoded or cache is None:
-        lake.write(result.frame, TABLE, "part", {"batch": batch}, EMBEDDINGS)
+        lake.write_batch(result.frame, tables.EMBEDDINGS, batch)
     stats = EmbeddingStats(
         batch=batch,
         model=MODEL_NAME,

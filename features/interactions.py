@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from inbo import schemas
+from inbo import schemas, tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 
@@ -113,10 +113,7 @@ def load_events(
     paths = [
         path
         for day in days
-        for path in lake.fs.glob(
-            f"{lake.path('user_events', {'date': f'{day:%Y-%m-%d}'})}/*.parquet"
-        )
-        if "/.tmp-" not in path
+        for path in lake.files(tables.USER_EVENTS.path, f"date={day:%Y-%m-%d}/*.parquet")
     ]
     if columns is not None:
         columns = list(dict.fromkeys(["event_id", "ts", *columns]))  # to deduplicate and cut
@@ -180,10 +177,8 @@ def build_interactions(
     start = interval_end - timedelta(days=settings.history_days)
     events, duplicates = load_events(lake, start, interval_end, columns=MODEL_EVENT_COLUMNS)
     pairs, started = Recipe.from_settings(settings).tables(events, interval_end)
-    lake.write(pairs, "features/interactions", "part", {"batch": batch}, schemas.INTERACTIONS)
-    lake.write(
-        started, "features/continue_reading", "part", {"batch": batch}, schemas.CONTINUE_READING
-    )
+    lake.write_batch(pairs, tables.INTERACTIONS, batch)
+    lake.write_batch(started, tables.CONTINUE_READING, batch)
     stats = InteractionStats(
         batch=batch,
         events=len(events),

@@ -27,7 +27,6 @@ WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30)
 HISTORY_DAYS = 30
 """How far back activity, affinities, read-through and past impressions look."""
 
-RANKING_ITEM_TABLE = "features/item_ranking"
 """Lake table of every item's `ITEM_FEATURES` at a batch end, computed once per batch."""
 
 CTR_PRIOR_IMPRESSIONS = 20.0

@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import fsspec
 import pandas as pd
@@ -19,6 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inbo.errors import DataNotFound
+
+if TYPE_CHECKING:
+    from inbo.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,26 @@ class Lake:
             empty = schema.empty_table()
             return (empty.select(selected) if selected is not None else empty).to_pandas()
         return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+    def read_batch(
+        self,
+        table: Table,
+        batch: str,
+        filters: pc.Expression | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """A batch table's file for `batch`, read with the table's schema."""
+        path = self.path(table.path, {"batch": batch}, "part")
+        if not self.fs.exists(path):
+            raise DataNotFound(f"{path} does not exist")
+        return self.read_files([path], table.schema, filters, columns)
+
+    def write_batch(self, frame: pd.DataFrame, table: Table, batch: str) -> str:
+        """Write a batch table's file for `batch` (atomically), cast to the table's schema."""
+        return self.write(frame, table.path, "part", {"batch": batch}, table.schema)
+
+    def has_batch(self, table: Table, batch: str) -> bool:
+        return self.exists(table.path, {"batch": batch}, "part")
 
     def remove(self, table: str, partition: Mapping[str, str] | None = None) -> None:
         """Delete a table's partition and everything under it (nothing if it does not exist)."""

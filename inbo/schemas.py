@@ -23,18 +23,6 @@ EVENT_TYPES: tuple[str, ...] = (
     "unsubscribe",
 )
 
-APP_INTERACTION_KINDS: tuple[str, ...] = (
-    "impression",
-    "email_open",
-    "click",
-    "bookmark",
-    "share",
-    "hide",
-    "subscribe",
-    "unsubscribe",
-)
-"""Values of the app's raw `experience_interactions.kind` (reads live in `reading_progress`)."""
-
 TS = pa.timestamp("us", tz="UTC")
 
 USERS = pa.schema(
@@ -119,17 +107,35 @@ RECOMMENDATIONS = pa.schema(
         pa.field("score", pa.float64(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("reason_code", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
         pa.field("reason_ref", pa.int64()),
     ]
 )
-"""`reason_ref` is what the reason refers to: the id of the issue the user read (because_you_read,
-similar_to_read), the percent read (continue_reading); null for reasons without one. With the
-catalogue it renders `reason` from the code's template (docs/redis-contract.md)."""
+"""`reason_code` is one of `inbo.reasons.REASONS`; `reason_ref` is what it refers to: the id of the
+issue the user read (because_you_read, similar_to_read), the percent read (continue_reading);
+null for reasons without one. The sentence is rendered from the code's template where it is shown
+(`inbo.reasons.render`, docs/redis-contract.md)."""
 
-QUARANTINE_COLUMNS: tuple[str, ...] = ("_table", "_check", "_reason", "_batch")
-"""Columns added to a quarantined row: source table, failed check, human reason, batch key."""
+RECS_USERS = pa.schema(
+    [pa.field("user_id", pa.int64(), nullable=False), pa.field("shard", pa.int64(), False)]
+)
 
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+"""One MiniLM vector per item; `content_hash` covers the model and the text it encoded."""
+
+BY_NAME: dict[str, pa.Schema] = {
+    "users": USERS,
+    "items": ITEMS,
+    "subscriptions": SUBSCRIPTIONS,
+    "user_events": USER_EVENTS,
+}
+"""The canonical tables ingest stages and validation promotes, by table name."""
 
 def conform(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     """Return `frame` with exactly the schema's columns, cast to its types."""

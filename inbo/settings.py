@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         return self.var_dir / "reports"
 
+    def model_dir(self, batch: str) -> Path:
+        """Where a batch's fitted models are saved (and logged to MLflow from)."""
+        return self.var_dir / "models" / batch
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -35,7 +35,7 @@ from models.matrix import (
 
 log = logging.getLogger(__name__)
 
-REASON_CODE = "because_you_read"
+REASON_CODE = "because_you_read"  # inbo.reasons: its ref is the read that explains the item
 MIN_USERS = 2
 MIN_ITEMS = 2
 EXPLAIN_BUDGET = 1 << 12
@@ -68,7 +68,6 @@ class ALSModel:
         self.num_threads = num_threads
         self.users = IdMap(np.array([], dtype=np.int64))
         self.items = IdMap(np.array([], dtype=np.int64))
-        self.titles = np.array([], dtype=object)
         self.weights = sp.csr_matrix((0, 0), dtype=np.float32)
         self.seen = sp.csr_matrix((0, 0), dtype=np.float32)
         self.confidence = sp.csr_matrix((0, 0), dtype=np.float32)
@@ -119,7 +118,6 @@ class ALSModel:
         catalogue = data.items[data.items["published_at"] < pd.Timestamp(data.as_of)]
         catalogue = catalogue.sort_values("item_id")
         self.items = IdMap(catalogue["item_id"].to_numpy())
-        self.titles = catalogue["title"].to_numpy(dtype=object)
         interactions = self._on_catalogue(data.interactions)
         self.users = IdMap(np.unique(interactions["user_id"].to_numpy()))
         self.weights = self._pairs(interactions, interactions["weight"].to_numpy())
@@ -163,7 +161,6 @@ class ALSModel:
             )
         keep = scores > FILTERED
         users = np.broadcast_to(rows[:, None], ids.shape)[keep]
-        titles = pd.Series(self.titles[because[keep]], dtype=object)
         return pd.DataFrame(
             {
                 "user_id": self.users.ids[users],
@@ -171,7 +168,6 @@ class ALSModel:
                 "score": scores[keep].astype(np.float64),
                 "source": self.name,
                 "reason_code": REASON_CODE,
-                "reason": ("Because you read “" + titles + "”").to_numpy(),
                 "reason_ref": self.items.ids[because[keep]],
             }
         )
@@ -270,15 +266,12 @@ class ALSModel:
         np.save(directory / "item_factors.npy", self.als.item_factors, allow_pickle=False)
         save_matrix(directory / "weights.npz", self.weights)
         save_matrix(directory / "seen.npz", self.seen)
-        titles = pd.DataFrame({"item_id": self.items.ids, "title": self.titles})
-        titles.to_parquet(directory / "titles.parquet", index=False)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         model = cls(**json.loads((directory / "params.json").read_text()))
         model.users = IdMap.load(directory / "user_ids.npy")
         model.items = IdMap.load(directory / "item_ids.npy")
-        model.titles = pd.read_parquet(directory / "titles.parquet")["title"].to_numpy(dtype=object)
         model.weights = load_matrix(directory / "weights.npz")
         model.seen = load_matrix(directory / "seen.npz")
         model.confidence = confidence(model.weights, model.alpha, model.weighting)

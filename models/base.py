@@ -21,7 +21,7 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "score",
     "source",
     "reason_code",
-    "reason",
+    "reason_ref",
 )
 
 
@@ -65,5 +65,5 @@ class Recommender(Scorer, Protocol):
 
 def no_candidates() -> pd.DataFrame:
     return pd.DataFrame({column: [] for column in CANDIDATE_COLUMNS}).astype(
-        {"user_id": "int64", "item_id": "int64", "score": "float64"}
+        {"user_id": "int64", "item_id": "int64", "score": "float64", "reason_ref": "Int64"}
     )

@@ -17,6 +17,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+from inbo.reasons import PRIORITY
 from models.als import ALSModel
 from models.base import TrainingData
 from models.content import ContentModel
@@ -24,17 +25,6 @@ from models.continue_reading import ContinueReadingModel
 from models.popularity import PopularityModel
 
 log = logging.getLogger(__name__)
-
-REASON_PRIORITY: tuple[str, ...] = (
-    "continue_reading",
-    "because_you_read",
-    "similar_to_read",
-    "subscribed_publisher",
-    "popular_in_category",
-    "new_this_week",
-    "trending",
-)
-"""Which reason a candidate shows when several sources proposed it: the first in this order."""
 
 SCORE_COLUMNS = {
     "als": "als_score",
@@ -44,9 +34,9 @@ SCORE_COLUMNS = {
 }
 
 FRESH_DAYS = 7
-PROPOSAL_COLUMNS = ["user_id", "item_id", "score", "reason_code", "reason", "reason_ref", "column"]
+PROPOSAL_COLUMNS = ["user_id", "item_id", "score", "reason_code", "reason_ref", "column"]
 """A source's proposals as `_combine` takes them; `reason_ref` is null for sources without one."""
-FRESH_COLUMNS = ["item_id", "score", "reason_code", "reason"]
+FRESH_COLUMNS = ["item_id", "score", "reason_code"]
 """What each fresh issue brings to its (user, issue) rows, built once per issue."""
 
 
@@ -116,10 +106,7 @@ def fresh_candidates(
         followed = active[active["user_id"].isin(users)][
             ["user_id", "publisher_id"]
         ].drop_duplicates()
-        by_publisher = fresh.assign(
-            reason_code="subscribed_publisher",
-            reason="New from " + fresh["publisher"] + ", which you subscribe to",
-        )
+        by_publisher = fresh.assign(reason_code="subscribed_publisher")
         by_publisher = _freshest(by_publisher, "publisher_id", n)
         parts.append(
             followed.merge(by_publisher[[*FRESH_COLUMNS, "publisher_id"]], on="publisher_id")
@@ -127,9 +114,7 @@ def fresh_candidates(
     liked = affinity[affinity["user_id"].isin(users)]
     categories = pd.Index(fresh["category"].unique())
     by_category = fresh.assign(
-        reason_code="new_this_week",
-        reason="New this week in " + fresh["category"].str.title(),
-        _category=categories.get_indexer(fresh["category"]),
+        reason_code="new_this_week", _category=categories.get_indexer(fresh["category"])
     )
     by_category = _freshest(by_category, "_category", n)
     liked = liked[["user_id"]].assign(_category=categories.get_indexer(liked["category"]))
@@ -140,11 +125,11 @@ def fresh_candidates(
     )
     found = pd.concat(parts, ignore_index=True)
     if found.empty:
-        return found.reindex(columns=["user_id", "item_id", "reason_code", "reason"])
+        return found.reindex(columns=["user_id", "item_id", "score", "reason_code"])
     found = found.sort_values(["user_id", "score"], ascending=[True, False])
     found = found.drop_duplicates(["user_id", "item_id"])
     return found[found.groupby("user_id").cumcount() < n][
-        ["user_id", "item_id", "score", "reason_code", "reason"]
+        ["user_id", "item_id", "score", "reason_code"]
     ]
 
 
@@ -197,13 +182,11 @@ def _combine(long: pd.DataFrame, popularity: PopularityModel, data: TrainingData
     codes, names = pd.factorize(long["reason_code"], sort=True)
     if len(names) > 62 or (codes < 0).any():
         raise ValueError(f"cannot tell {len(names)} reason codes (or a missing one) apart")
-    priority = names.map({code: i for i, code in enumerate(REASON_PRIORITY)}).fillna(
-        len(REASON_PRIORITY)
-    )
+    priority = names.map(PRIORITY).fillna(len(PRIORITY))
     users, items = long["user_id"].to_numpy(), long["item_id"].to_numpy()
     order = np.lexsort((priority.to_numpy()[codes], items, users))
     first = np.r_[True, (np.diff(users[order]) != 0) | (np.diff(items[order]) != 0)]
-    best = long[[*keys, "reason_code", "reason", "reason_ref"]].take(order[first])
+    best = long[[*keys, "reason_code", "reason_ref"]].take(order[first])
     frame = best.set_index(keys).join(scores)
     frame["sources"] = pd.array(joined_codes(codes[order], first, names), dtype="str")
     frame = frame.reset_index()

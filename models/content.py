@@ -27,7 +27,7 @@ from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 """Layout of a saved model; bump it when `save` changes so an old artifact fails loudly on load."""
 REASON_CODE = "similar_to_read"
 USER_BATCH = 512
@@ -59,7 +59,6 @@ class ContentModel:
         self.hnsw_ef_search = hnsw_ef_search
         self.encoder = ""
         self.item_ids = np.empty(0, dtype=np.int64)
-        self.titles = np.empty(0, dtype=object)
         self.vectors = np.empty((0, 0), dtype=np.float32)
         self.index: faiss.Index | None = None
         self.profiles = pd.DataFrame(columns=["user_id", "position", "weight"])
@@ -82,7 +81,6 @@ class ContentModel:
         embeddings, self.encoder = checked_embeddings(given)
         catalogue = published_vectors(data, embeddings)
         self.item_ids = catalogue["item_id"].to_numpy(dtype=np.int64)
-        self.titles = catalogue["title"].to_numpy(dtype=object)
         self.vectors = np.stack(catalogue["embedding"].to_numpy()).astype(np.float32)
         self.index = build_index(
             self.vectors, self.hnsw_threshold, self.hnsw_m, self.hnsw_ef_construction
@@ -124,7 +122,6 @@ class ContentModel:
         similarity[np.broadcast_to(~filled[:, None, :], similarity.shape)] = -np.inf
         because = np.take_along_axis(profile_pos, similarity.argmax(axis=2), axis=1)
         rows, cols = np.nonzero(keep)
-        titles = pd.Series(self.titles[because[rows, cols]], dtype=object)
         return pd.DataFrame(
             {
                 "user_id": users[rows],
@@ -132,10 +129,9 @@ class ContentModel:
                 "score": scores[rows, cols].astype(np.float64),
                 "source": self.name,
                 "reason_code": REASON_CODE,
-                "reason": ("Because you read “" + titles + "”").to_numpy(),
                 "reason_ref": self.item_ids[because[rows, cols]],
             },
-            columns=[*CANDIDATE_COLUMNS, "reason_ref"],
+            columns=list(CANDIDATE_COLUMNS),
         )
 
     def _unseen_nearest(
@@ -179,7 +175,6 @@ class ContentModel:
         vectors = np.stack(new["embedding"].to_numpy()).astype(np.float32)
         self._index().add(vectors)
         self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
-        self.titles = np.concatenate([self.titles, new["title"].to_numpy(dtype=object)])
         self.vectors = np.vstack([self.vectors, vectors])
         log.info("content index: added %d items (%d in all)", len(new), len(self.item_ids))
         return new["item_id"].to_numpy(dtype=np.int64)
@@ -225,7 +220,7 @@ class ContentModel:
         """FAISS index, position -> item mapping, profiles and seen items, versioned params."""
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index(), str(directory / "index.faiss"))
-        pd.DataFrame({"item_id": self.item_ids, "title": self.titles}).to_parquet(
+        pd.DataFrame({"item_id": self.item_ids}).to_parquet(
             directory / "items.parquet", index=False
         )
         self.profiles.to_parquet(directory / "profiles.parquet", index=False)
@@ -256,7 +251,6 @@ class ContentModel:
                 f"{directory}: index has {model.index.ntotal} vectors, {len(items)} ids"
             )
         model.item_ids = items["item_id"].to_numpy(dtype=np.int64)
-        model.titles = items["title"].to_numpy(dtype=object)
         model.vectors = model.index.reconstruct_n(0, model.index.ntotal)
         model.profiles = pd.read_parquet(directory / "profiles.parquet")
         model.seen = pd.read_parquet(directory / "seen.parquet")

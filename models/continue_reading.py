@@ -38,9 +38,6 @@ class ContinueReadingModel:
                 "score": 1.0 / (1.0 + order[order < min(n, self.max_items)].to_numpy()),
                 "source": self.name,
                 "reason_code": "continue_reading",
-                "reason": (
-                    "Continue reading: you are " + percent.astype(str) + "% through"
-                ).to_numpy(),
                 "reason_ref": percent.to_numpy(),
             }
         )

@@ -2,8 +2,9 @@
 
 `fit` fits the candidate sources on everything before `as_of`, and trains the reranker on what
 users were shown in the last `label_days` before `as_of`, featurised with sources fitted on the
-data before that window, so no label leaks into a feature. Evaluation and the nightly scoring use
-the same `rank` function, so the offline figures describe what gets published.
+data before that window, so no label leaks into a feature. Evaluation, the nightly scoring, the
+hourly refresh and `inbo explain` use the same `propose` and `rank`, so the offline figures
+describe what gets published.
 """
 
 from __future__ import annotations
@@ -24,23 +25,14 @@ from features.ranking import (
     training_examples,
     training_users,
 )
+from inbo import schemas
 from inbo.errors import NoPositiveExamples
-from models.base import TrainingData
-from models.candidates import CandidateModels, generate, restrict
+from inbo.reasons import PRIORITY, SOURCE_OF
+from models.base import CANDIDATE_COLUMNS, TrainingData
+from models.candidates import SCORE_COLUMNS, CandidateModels, generate, restrict
 from models.reranker import Reranker
 
 log = logging.getLogger(__name__)
-
-SOURCE_OF_REASON = {
-    "continue_reading": "continue_reading",
-    "because_you_read": "als",
-    "similar_to_read": "content",
-    "subscribed_publisher": "fresh",
-    "new_this_week": "fresh",
-    "popular_in_category": "popularity",
-    "trending": "popularity",
-}
-
 
 def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingData:
     """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events.
@@ -62,27 +54,84 @@ def seen_pairs(interactions: pd.DataFrame) -> pd.DataFrame:
     return interactions.loc[mask, ["user_id", "item_id"]]
 
 
-def rank(
-    models: CandidateModels,
-    reranker: Reranker,
-    data: TrainingData,
-    users: np.ndarray,
-    n: int,
-    per_source: int = 100,
+def propose(
+    models: CandidateModels, data: TrainingData, users: np.ndarray, per_source: int
 ) -> pd.DataFrame:
-    """Each user's top `n`: candidates, features at `as_of`, reranked, read/dismissed removed."""
-    candidates = generate(models, users, data, per_source)
+    """`users`' candidates from every source, read and dismissed issues removed."""
     seen = seen_pairs(data.interactions).assign(_seen=True)
+    candidates = generate(models, users, data, per_source)
     candidates = candidates.merge(seen, on=["user_id", "item_id"], how="left")
-    candidates = candidates[candidates["_seen"].isna()].drop(columns="_seen")
-    if candidates.empty:
-        return candidates.assign(score=[], rank=[], source=[])
-    features = ranking_features(candidates, data.events, data.items, data.subscriptions, data.as_of)
-    ranked = reranker.rerank(features, n)
-    return ranked.assign(source=ranked["reason_code"].map(SOURCE_OF_REASON).fillna("hybrid"))
+    return candidates[candidates["_seen"].isna()].drop(columns="_seen")
 
 
-def train_reranker(
+def rank(
+    candidates: pd.DataFrame,
+    reranker: Reranker | None,
+    data: TrainingData,
+    n: int,
+    trending: pd.DataFrame | None = None,
+    item_table: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The candidates' users' top `n` as `RECOMMENDATIONS` rows: the one ranking function.
+
+    Nightly scoring, the hourly refresh, `inbo explain` and offline evaluation all rank here.
+    With a reranker its order, else the baseline blend (continue reading first, then the personal
+    candidates by score); lists short of `n` are topped up from `trending` when it is given.
+    `item_table` holds the reranker's item features when they were computed once for all shards.
+    """
+    seen = seen_pairs(data.interactions)
+    if reranker is None:
+        ranked = blend(candidates, seen, n)
+    elif candidates.empty:
+        ranked = schemas.empty(schemas.RECOMMENDATIONS)
+    else:
+        features = ranking_features(
+            candidates, data.events, data.items, data.subscriptions, data.as_of, item_table
+        )
+        ranked = reranker.rerank(features, n)
+        ranked = schemas.conform(
+            ranked.assign(source=ranked["reason_code"].map(SOURCE_OF)), schemas.RECOMMENDATIONS
+        )
+    return ranked if trending is None else fill(ranked, trending, seen, n)
+
+
+def blend(candidates: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Each user's top `n` distinct items by (reason priority, score), `seen` pairs removed.
+
+    The ranking without a reranker (a first night that could not train one): a candidate's score
+    is its best source score.
+    """
+    scored = candidates.assign(
+        score=candidates.reindex(columns=list(SCORE_COLUMNS.values())).max(axis=1).fillna(0.0),
+        source=candidates["reason_code"].map(SOURCE_OF),
+    )
+    kept = scored.merge(seen.assign(_seen=True), on=["user_id", "item_id"], how="left")
+    kept = kept[kept["_seen"].isna()].drop(columns="_seen")
+    kept = kept.assign(_priority=kept["reason_code"].map(PRIORITY).fillna(len(PRIORITY)))
+    kept = kept.sort_values(
+        ["user_id", "_priority", "score", "item_id"], ascending=[True, True, False, True]
+    ).drop_duplicates(["user_id", "item_id"])
+    kept = kept[kept.groupby("user_id").cumcount() < n]
+    ranked = kept.assign(rank=kept.groupby("user_id").cumcount() + 1)
+    return schemas.conform(ranked.drop(columns="_priority"), schemas.RECOMMENDATIONS)
+
+
+def fill(ranked: pd.DataFrame, trending: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
+    """`ranked` lists topped up to `n` with trending issues the user has not seen or been given."""
+    users = ranked["user_id"].unique() if len(ranked) else np.array([], dtype=np.int64)
+    filler = trending.merge(pd.DataFrame({"user_id": users}), how="cross")
+    filler = filler.assign(rank=filler["rank"] + n)
+    pool = pd.concat([ranked, filler], ignore_index=True)
+    pool = pool.merge(seen.assign(_seen=True), on=["user_id", "item_id"], how="left")
+    pool = pool[pool["_seen"].isna()].drop(columns="_seen")
+    pool = pool.sort_values(["user_id", "rank", "item_id"]).drop_duplicates(["user_id", "item_id"])
+    pool = pool[pool.groupby("user_id").cumcount() < n]
+    return schemas.conform(
+        pool.assign(rank=pool.groupby("user_id").cumcount() + 1), schemas.RECOMMENDATIONS
+    )
+
+
+def learn_reranker(
     data: TrainingData,
     label_days: float,
     als_params: dict[str, Any],
@@ -112,7 +161,7 @@ def train_reranker(
 
     def candidates_at(moment: datetime) -> pd.DataFrame:
         return generate(sources, users, earlier, per_source).drop(
-            columns=["reason_code", "reason", "reason_ref", "sources"]
+            columns=["reason_code", "reason_ref", "sources"]
         )
 
     examples = training_examples(
@@ -131,7 +180,8 @@ class HybridRecommender:
     """ALS + content + popularity + continue reading + fresh candidates, reranked by LightGBM.
 
     The offline-evaluation face of the pipeline (fit/recommend only): in production its parts
-    are registered separately and reassembled by `pipelines.recommend.score_users`.
+    are registered separately and reassembled by `pipelines.score.score_shard`, which ranks with
+    the same `propose` and `rank`.
     """
 
     name = "hybrid"
@@ -154,7 +204,7 @@ class HybridRecommender:
 
     def fit(self, data: TrainingData) -> Self:
         self.sources = CandidateModels.fit(data, self.als_params)
-        self.reranker, self.examples = train_reranker(
+        self.reranker, self.examples = learn_reranker(
             data,
             self.label_days,
             self.als_params,
@@ -167,9 +217,5 @@ class HybridRecommender:
         return self
 
     def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
-        ranked = rank(
-            self.sources, self.reranker, self.data, np.asarray(user_ids), n, self.per_source
-        )
-        return ranked[
-            ["user_id", "item_id", "score", "source", "reason_code", "reason", "reason_ref"]
-        ]
+        candidates = propose(self.sources, self.data, np.asarray(user_ids), self.per_source)
+        return rank(candidates, self.reranker, self.data, n)[list(CANDIDATE_COLUMNS)]

@@ -17,7 +17,7 @@ MovieLens table:
 One deliberate difference: every metric is averaged over **all users in the truth**, a user
 without any prediction scoring 0. Microsoft averages nDCG the same way but precision, recall and
 MAP only over users present in both frames. The two agree whenever every truth user gets a list,
-as in their benchmark and in `pipelines.evaluate`, which also reports the share of users served.
+as in their benchmark and in `models.evaluation`, which also reports the share of users served.
 
 Beyond-accuracy metrics (coverage, novelty, intra-list diversity) take the lists and what they
 need to know about the catalogue. `METRICS` maps a config name to its function.

@@ -15,11 +15,10 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from models.base import TrainingData, no_candidates
+from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates
 
 log = logging.getLogger(__name__)
 
-TRENDING_TEXT = "Trending on INBO this week"
 
 
 class PopularityModel:
@@ -69,7 +68,7 @@ class PopularityModel:
                 "score": _normalise(top["score"].to_numpy()),
                 "source": self.name,
                 "reason_code": "trending",
-                "reason": TRENDING_TEXT,
+                "reason_ref": pd.array([pd.NA] * len(top), dtype="Int64"),
             }
         )
 
@@ -90,9 +89,9 @@ class PopularityModel:
             score=candidates["share"] * candidates["category_score"],
             source=self.name,
             reason_code="popular_in_category",
-            reason="Popular in " + candidates["category"].str.title() + ", a topic you read",
+            reason_ref=pd.array([pd.NA] * len(candidates), dtype="Int64"),
         )
-        return candidates[["user_id", "item_id", "score", "source", "reason_code", "reason"]]
+        return candidates[list(CANDIDATE_COLUMNS)]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@
 # The nightly evaluate step in miniature: hold out the last two days of the latest validated batch,
 # fit every model on what came before exactly as the batch would, and score each one's top 10 on
 # what users clicked or read in the held-out days. Every cell calls the same library functions as
-# the DAG (`pipelines.evaluate.time_split`, `evaluate`, the models' own `fit`/`recommend`), so the
+# the DAG (`models.evaluation.time_split`, `evaluate`, the models' own `fit`/`recommend`), so the
 # figures here are the ones the pipeline logs. Run `make demo` first; the test suite executes this
 # notebook on its own small world, where the scores are noisy and the hybrid may have too few
 # labelled impressions to train its reranker.
@@ -41,9 +41,9 @@ from inbo.lake import Lake, batch_end
 from inbo.settings import get_settings
 from models.als import ALSModel
 from models.content import ContentModel
+from models.evaluation import evaluate, time_split, top_k_lists
 from models.hybrid import HybridRecommender
 from models.popularity import PopularityModel
-from pipelines.evaluate import evaluate, time_split, top_k_lists
 from pipelines.validate import latest_validated_batch
 
 settings = get_settings()

@@ -19,19 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from features.embeddings import EMBEDDINGS, latest_table_batch
-from features.embeddings import TABLE as EMBEDDINGS_TABLE
-from features.interactions import MODEL_EVENT_COLUMNS, Recipe, load_events
-from features.ranking import RANKING_ITEM_TABLE
-from inbo import schemas
+from features.activity import build_activity
+from features.embeddings import embed_new_items
+from inbo import schemas, tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_end, batch_key
 from inbo.locks import PUBLISH, platform_lock
@@ -40,17 +38,18 @@ from inbo.settings import Settings, get_settings
 from models.base import TrainingData
 from models.candidates import CandidateModels
 from models.content import published_vectors
+from models.hybrid import propose, rank
 from pipelines import tracking
-from pipelines.publish import PIPELINE_BATCH, live_meta, refresh_users
-from pipelines.recommend import event_window, pinned_parts, propose, read_plan, top_n
-from pipelines.train import model_dir
+from pipelines.ingest import ingest_exclusive
+from pipelines.publish.contract import PIPELINE_BATCH
+from pipelines.publish.versions import live_meta, refresh_users
+from pipelines.score import pinned_parts, read_plan
+from pipelines.training_data import Embeddings, load_training_data
+from pipelines.validate import validate_exclusive
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-RECS_TABLE = "recs_hourly"
-SIMILAR_TABLE = "features/more_like_this_hourly"
-SCORE_REPORTS = "_reports/hourly_score"
-REPORTS = "_reports/hourly"
 EXPERIMENT = "inbo-hourly"
 SIMILAR_K = 10
 """Length of a new issue's "more like this" list, as the nightly's."""
@@ -107,6 +106,40 @@ PUBLISHED, NOTHING_LIVE, NO_ACTIVE_USERS, ALREADY_APPLIED, SUPERSEDED = (
 )
 
 
+@dataclass(frozen=True)
+class RefreshRun:
+    """One hourly refresh run in a single process: what scoring and publishing did, and the
+    wall time of every step by name."""
+
+    score: HourlyScore
+    publish: HourlyPublish
+    step_seconds: dict[str, float]
+
+
+def refresh(interval_end: datetime, settings: Settings | None = None) -> RefreshRun:
+    """The `inbo_hourly` DAG's refresh steps in order, in this process (`inbo refresh`, the
+    hourly benchmark): ingest, validate, build_activity, embed_new_items, score, publish."""
+    settings = settings or get_settings()
+    seconds: dict[str, float] = {}
+    for step in (ingest_exclusive, validate_exclusive, build_activity, embed_new_items):
+        _timed(seconds, step, interval_end, settings)
+    score = _timed(seconds, score_active_users, interval_end, settings)
+    published = _timed(seconds, publish_active_users, interval_end, settings)
+    return RefreshRun(score, published, seconds)
+
+
+def _timed(
+    seconds: dict[str, float],
+    step: Callable[[datetime, Settings], T],
+    interval_end: datetime,
+    settings: Settings,
+) -> T:
+    started = time.perf_counter()
+    result = step(interval_end, settings)
+    seconds[step.__name__] = time.perf_counter() - started
+    return result
+
+
 def live_table(settings: Settings) -> LiveTable | None:
     """The live version and its refresh mark, from its meta record (None before any publish)."""
     with redis_connection(settings) as client:
@@ -124,7 +157,7 @@ def batch_events(lake: Lake, after: str, through: str) -> pd.DataFrame:
     """
     paths = [
         path
-        for path in lake.files("user_events", "date=*/*.parquet")
+        for path in lake.files(tables.USER_EVENTS.path, "date=*/*.parquet")
         if after < path.rsplit("/", 1)[-1].removesuffix(".parquet") <= through
     ]
     events = lake.read_files(paths, schemas.USER_EVENTS)
@@ -161,13 +194,19 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
         return _record_score(lake, summary)
     plan = read_plan(batch_end(live.batch), settings)
     als, reranker = pinned_parts(settings, plan.versions)
-    sources = CandidateModels.load(model_dir(settings, live.batch), als=als)
-    data = active_data(lake, settings, interval_end, active)
+    sources = CandidateModels.load(settings.model_dir(live.batch), als=als)
+    data = load_training_data(
+        settings, interval_end, users=active, rebuild=True, embeddings=Embeddings.LATEST
+    )
     new_items, similar = fold_in(sources, data)
-    trending = lake.read("recs_fallback", {"batch": live.batch}, "part")
-    item_table = _ranking_items(lake, batch) if reranker is not None else None
-    candidates = propose(sources, data, active, settings)
-    recs = top_n(candidates, reranker, data, settings, trending, item_table)
+    trending = lake.read_batch(tables.RECS_FALLBACK, live.batch)
+    item_table = (
+        lake.read_batch(tables.ITEM_RANKING, batch).set_index("item_id")
+        if reranker is not None
+        else None
+    )
+    candidates = propose(sources, data, active, settings.candidates_per_source)
+    recs = rank(candidates, reranker, data, settings.top_n, trending, item_table)
     _write_recs(lake, batch, recs, similar)
     summary = replace(
         summary,
@@ -200,38 +239,6 @@ def fold_in(sources: CandidateModels, data: TrainingData) -> tuple[np.ndarray, p
     return new_items, similar
 
 
-def active_data(
-    lake: Lake, settings: Settings, interval_end: datetime, users: np.ndarray
-) -> TrainingData:
-    """The active users' tables rebuilt at `interval_end` from their events; catalogue whole.
-
-    Built by the nightly's `Recipe`, so a refreshed row is what the nightly would compute if it
-    ran now, apart from the models.
-    """
-    batch = batch_key(interval_end)
-    part = {"batch": batch}
-    mine = _users(users)
-    events, _ = load_events(
-        lake, *event_window(settings, interval_end), mine, columns=MODEL_EVENT_COLUMNS
-    )
-    interactions, started = Recipe.from_settings(settings).tables(events, interval_end)
-    vectors = latest_table_batch(lake, batch)
-    embeddings = (
-        None
-        if vectors is None
-        else lake.read(EMBEDDINGS_TABLE, {"batch": vectors}, "part", EMBEDDINGS)
-    )
-    return TrainingData(
-        interactions=interactions,
-        items=lake.read("items", part, "part", schemas.ITEMS),
-        continue_reading=started,
-        as_of=interval_end,
-        events=events,
-        subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS, mine),
-        embeddings=embeddings,
-    )
-
-
 def publish_active_users(interval_end: datetime, settings: Settings | None = None) -> HourlyPublish:
     """Write the batch's refreshed rows into the live version, if it is still the one scored for."""
     started = time.perf_counter()
@@ -241,10 +248,10 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
     scored = read_score(lake, batch)
     if scored.version is None:
         return _record_publish(settings, HourlyPublish(batch, NOTHING_LIVE, None))
-    recs = lake.read(RECS_TABLE, {"batch": batch}, "part", schemas.RECOMMENDATIONS)
+    recs = lake.read_batch(tables.RECS_HOURLY, batch)
     similar = (
-        lake.read(SIMILAR_TABLE, {"batch": batch}, "part")
-        if lake.exists(SIMILAR_TABLE, {"batch": batch}, "part")
+        lake.read_batch(tables.MORE_LIKE_THIS_HOURLY, batch)
+        if lake.has_batch(tables.MORE_LIKE_THIS_HOURLY, batch)
         else None
     )
     with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
@@ -284,16 +291,16 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
 
 def read_score(lake: Lake, batch: str) -> HourlyScore:
     """The batch's score report; `DataNotFound` before `score_active_users` ran for it."""
-    return HourlyScore(**json.loads(lake.read_json(SCORE_REPORTS, batch)))
+    return HourlyScore(**json.loads(lake.read_json(tables.HOURLY_SCORE_REPORTS, batch)))
 
 
 def latest_refresh(settings: Settings | None = None) -> HourlyPublish | None:
     """The newest hourly publish report, for `inbo status` (None before the first run)."""
     lake = Lake((settings or get_settings()).lake)
-    reports = lake.names(REPORTS)
+    reports = lake.names(tables.HOURLY_REPORTS)
     if not reports:
         return None
-    return HourlyPublish(**json.loads(lake.read_json(REPORTS, reports[-1])))
+    return HourlyPublish(**json.loads(lake.read_json(tables.HOURLY_REPORTS, reports[-1])))
 
 
 def _since(lake: Lake, batch: str, live: LiveTable) -> str:
@@ -321,30 +328,22 @@ def _publish_status(
     return PUBLISHED if len(recs) else NO_ACTIVE_USERS
 
 
-def _users(users: np.ndarray) -> pc.Expression:
-    return pc.field("user_id").isin(pa.array(users, pa.int64()))
-
-
 def _published(data: TrainingData) -> pd.DataFrame:
     return data.items[data.items["published_at"] < pd.Timestamp(data.as_of)]
 
 
-def _ranking_items(lake: Lake, batch: str) -> pd.DataFrame:
-    """The reranker's item features at the batch end (written by `features.activity`)."""
-    return lake.read(RANKING_ITEM_TABLE, {"batch": batch}, "part").set_index("item_id")
-
-
 def _write_recs(lake: Lake, batch: str, recs: pd.DataFrame, similar: pd.DataFrame | None) -> None:
-    part = {"batch": batch}
-    lake.write(recs, RECS_TABLE, "part", part, schemas.RECOMMENDATIONS)
+    lake.write_batch(recs, tables.RECS_HOURLY, batch)
     if similar is not None and len(similar):
-        lake.write(similar, SIMILAR_TABLE, "part", part)
-    elif lake.exists(SIMILAR_TABLE, part, "part"):
-        lake.fs.rm(lake.path(SIMILAR_TABLE, part, "part"))
+        lake.write_batch(similar, tables.MORE_LIKE_THIS_HOURLY, batch)
+    elif lake.has_batch(tables.MORE_LIKE_THIS_HOURLY, batch):
+        lake.remove(tables.MORE_LIKE_THIS_HOURLY.path, {"batch": batch})
 
 
 def _record_score(lake: Lake, summary: HourlyScore) -> HourlyScore:
-    lake.write_json(json.dumps(asdict(summary), indent=2), SCORE_REPORTS, summary.batch)
+    lake.write_json(
+        json.dumps(asdict(summary), indent=2), tables.HOURLY_SCORE_REPORTS, summary.batch
+    )
     log.info("hourly score %s", summary)
     return summary
 
@@ -359,12 +358,14 @@ def _record_publish(settings: Settings, summary: HourlyPublish) -> HourlyPublish
     lake = Lake(settings.lake)
     if summary.status == ALREADY_APPLIED:
         try:
-            applied = HourlyPublish(**json.loads(lake.read_json(REPORTS, summary.batch)))
+            applied = HourlyPublish(
+                **json.loads(lake.read_json(tables.HOURLY_REPORTS, summary.batch))
+            )
         except DataNotFound:
             applied = summary
         if applied.status == PUBLISHED:
             summary = applied
-    lake.write_json(json.dumps(asdict(summary), indent=2), REPORTS, summary.batch)
+    lake.write_json(json.dumps(asdict(summary), indent=2), tables.HOURLY_REPORTS, summary.batch)
     if summary.status == PUBLISHED:
         _log_metrics(settings, summary)
     log.info("hourly publish %s", summary)

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from inbo import schemas
+from inbo import schemas, tables
+from inbo.app_schema import KIND_TO_EVENT_TYPE
 from inbo.errors import SourceError
 from inbo.lake import Lake, batch_key
 from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
-from pipelines.sources import (
+from pipelines.app.sources import (
     INCREMENTAL_TABLES,
     SNAPSHOT_TABLES,
     IncrementalTable,
@@ -37,22 +38,8 @@ from pipelines.sources import (
 
 log = logging.getLogger(__name__)
 
-KIND_TO_EVENT_TYPE: dict[str, str] = {
-    "impression": "impression",
-    "email_open": "open",
-    "click": "click",
-    "bookmark": "save",
-    "share": "share",
-    "hide": "dismiss",
-    "subscribe": "subscribe",
-    "unsubscribe": "unsubscribe",
-}
-"""The app's interaction kinds, as the canonical event types they stand for."""
-
-STATE = "_state/watermarks"
 HEAD = "_head"
 """Name of the manifest holding the highest watermark per table reached by any batch."""
-REPORTS = "_reports/ingest"
 
 
 @dataclass
@@ -83,6 +70,13 @@ class IngestReport:
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "conversion_rate": self.conversion_rate}, indent=2)
+
+
+def read_report(lake: Lake, batch: str) -> IngestReport:
+    """The report ingest wrote for `batch`; `DataNotFound` before it ran."""
+    raw = json.loads(lake.read_json(tables.INGEST_REPORTS, batch))
+    raw.pop("conversion_rate", None)
+    return IngestReport(**raw)
 
 
 # --- parsing helpers: each returns the parsed column and the mask of values that failed to parse ---
@@ -431,9 +425,9 @@ def plan_watermarks(
     previous batch key's: batches planned out of order (a nightly after a later hourly, a manual
     run over an older interval) then read nothing twice, and their range may be empty.
     """
-    folder = f"{STATE}/{source.name}"
+    folder = f"{tables.WATERMARKS}/{source.name}"
     head = _watermark_head(lake, folder)
-    if lake.fs.exists(f"{lake.path(folder)}/{batch}.json"):
+    if batch in lake.names(folder):
         plan: dict[str, dict[str, Watermark | None]] = json.loads(lake.read_json(folder, batch))
     else:
         plan = {}
@@ -465,12 +459,13 @@ def _advance_head(
 
 def _watermark_head(lake: Lake, folder: str) -> dict[str, Watermark]:
     """The highest watermark per table over every batch planned so far."""
-    if lake.fs.exists(f"{lake.path(folder)}/{HEAD}.json"):
+    planned = lake.names(folder)
+    if HEAD in planned:
         head: dict[str, Watermark] = json.loads(lake.read_json(folder, HEAD))
         return head
     found: dict[str, Watermark] = {}
-    for path in lake.fs.glob(f"{lake.path(folder)}/*.json"):
-        plan = json.loads(lake.read_json(folder, path.rsplit("/", 1)[-1].removesuffix(".json")))
+    for name in planned:
+        plan = json.loads(lake.read_json(folder, name))
         for name, marks in plan.items():
             high = marks.get("high")
             if high is not None and (name not in found or _after(high, found[name])):
@@ -499,7 +494,7 @@ def extract_raw(
     raw = {t.name: _extract(source, t, plan[t.name]) for t in INCREMENTAL_TABLES}
     raw.update({name: source.read_snapshot(name, interval_end) for name in SNAPSHOT_TABLES})
     for name, frame in raw.items():
-        lake.write(frame, f"raw/{name}", "part", {"batch": batch})
+        lake.write_batch(frame, tables.raw(name), batch)
     return raw
 
 
@@ -509,10 +504,10 @@ def landed_raw(lake: Lake, batch: str) -> dict[str, pd.DataFrame] | None:
     A re-run converts these instead of asking the source again, so it is identical even after
     mutable rows (reading progress, unsubscriptions) have changed in the app since.
     """
-    if not all(lake.exists(f"raw/{name}", {"batch": batch}, "part") for name in RAW_TABLES):
+    if not all(lake.has_batch(tables.raw(name), batch) for name in RAW_TABLES):
         return None
     log.info("batch %s was extracted before: converting its landed raw tables again", batch)
-    return {name: lake.read(f"raw/{name}", {"batch": batch}, "part") for name in RAW_TABLES}
+    return {name: lake.read_batch(tables.raw(name), batch) for name in RAW_TABLES}
 
 
 def _extract(
@@ -556,10 +551,8 @@ def ingest(
         "subscriptions": results["subscriptions"].good,
     }
     for name, frame in staged.items():
-        schema = getattr(schemas, name.upper())
-        lake.write(
-            schemas.conform(frame, schema), f"staging/{name}", "part", {"batch": batch}, schema
-        )
+        staging = tables.staging(name)
+        lake.write_batch(schemas.conform(frame, staging.schema), staging, batch)
 
     bad_frames = [raw_bad, *(result.bad for result in results.values())]
     bad = (
@@ -571,7 +564,7 @@ def ingest(
     if not bad.empty:
         report.quarantined = {str(k): int(v) for k, v in Counter(bad["_table"]).items()}
         report.checks = check_counts(bad)
-    lake.write_json(report.to_json(), REPORTS, batch)
+    lake.write_json(report.to_json(), tables.INGEST_REPORTS, batch)
     log.info(
         "ingested batch %s from %s: %s extracted, conversion rate %.2f%%, %d quarantined",
         batch,
@@ -602,11 +595,13 @@ def check_counts(bad: pd.DataFrame) -> dict[str, int]:
 def write_quarantine(lake: Lake, bad: pd.DataFrame, batch: str, stage: str) -> str | None:
     """Write a stage's quarantined rows for a batch, one file per source table (or clear stale ones)."""
     written = None
-    for path in lake.fs.glob(f"{lake.path('quarantine')}/*/batch={batch}/{stage}.parquet"):
+    for path in lake.files(tables.QUARANTINE_ROOT, f"*/batch={batch}/{stage}.parquet"):
         lake.fs.rm(path)
     if bad.empty:
         return None
     bad = bad.assign(_batch=batch)
     for table, rows in bad.groupby("_table", sort=True):
-        written = lake.write(rows.astype("string"), f"quarantine/{table}", stage, {"batch": batch})
+        written = lake.write(
+            rows.astype("string"), tables.quarantine(str(table)).path, stage, {"batch": batch}
+        )
     return written

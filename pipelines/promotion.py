@@ -1,9 +1,11 @@
 """Evaluate and gate: challenger and champion compared on the same held-out window, then promoted.
 
-The last `holdout_days` of the batch are held out; every model configuration is fitted on the
-data before them and scored on what users clicked or read in them. The challenger is tonight's
-configuration, the champion is the configuration (parameters) of the registered `champion`, both
-refitted on the same split, so the comparison is fair whatever data each version first saw.
+The nightly DAG's `evaluate_holdout` and `register_and_gate` tasks. The last `holdout_days` of the
+batch are held out; every model configuration is fitted on the data before them and scored on
+what users clicked or read in them. The challenger is tonight's configuration, the champion is
+the configuration (parameters) of the registered `champion`, both refitted on the same split, so
+the comparison is fair whatever data each version first saw. `decide` is the gate's rule, a pure
+function; `gate` applies it to the registry.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -19,24 +22,106 @@ from typing import Any
 import pandas as pd
 
 from features.interactions import Recipe
+from inbo import tables
 from inbo.errors import InboError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from models.als import ALSModel
 from models.content import ContentModel
+from models.evaluation import evaluate_model, time_split
 from models.hybrid import HybridRecommender
 from models.popularity import PopularityModel
 from pipelines import registry
-from pipelines.evaluate import evaluate_model, time_split
-from pipelines.tracking import connect, log_step_run
-from pipelines.train import load_training_data, model_dir
+from pipelines.tracking import connect, log_step_run, step_run_id
+from pipelines.training_data import load_training_data
 
 log = logging.getLogger(__name__)
 
-REPORTS = "_reports/evaluate"
-GATE_REPORTS = "_reports/gate"
 GATE_METRIC = "ndcg_at_k"
 ALS_PARAMS = ("factors", "regularization", "alpha", "iterations", "weighting")
+GATED = (("als", "als"), ("reranker", "hybrid"))
+"""Each registered model kind and the held-out configuration whose score gates it."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promoted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's decision for one model kind, as the lake's gate report records it."""
+
+    model: str
+    challenger: int
+    champion: int | None
+    challenger_score: float | None
+    champion_score: float | None
+    margin: float
+    promoted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class HeldOutScores:
+    """nDCG@10 of every configuration on the batch's held-out window, by configuration name
+    (`als`, `hybrid`, `als@champion`, ...); a configuration that could not be scored is absent."""
+
+    batch: str
+    scores: dict[str, float]
+
+
+def decide(
+    challenger_score: float | None,
+    champion_score: float | None,
+    has_champion: bool,
+    margin: float,
+) -> Verdict:
+    """Promote the challenger unless it is worse than the champion by more than `margin`.
+
+    Without a held-out score (too little data to evaluate) a challenger is promoted only when
+    there is no champion at all: something must serve, and nothing says it is worse.
+    """
+    if not has_champion:
+        return Verdict(True, "no champion yet: the first model is promoted")
+    if challenger_score is None:
+        return Verdict(False, "no held-out score for the challenger: the champion stays")
+    if champion_score is None:
+        return Verdict(True, "the champion configuration could not be scored on this window")
+    if challenger_score >= champion_score - margin:
+        return Verdict(
+            True, f"challenger {challenger_score:.4f} >= champion {champion_score:.4f} - {margin}"
+        )
+    return Verdict(
+        False, f"challenger {challenger_score:.4f} < champion {champion_score:.4f} - {margin}"
+    )
+
+
+def gate(
+    settings: Settings,
+    kind: str,
+    challenger: int,
+    challenger_score: float | None,
+    champion_score: float | None,
+    margin: float,
+) -> Decision:
+    """`decide` for a registered challenger version; moves `champion` to it when promoted."""
+    champion = registry.alias_version(settings, kind, registry.CHAMPION)
+    verdict = decide(challenger_score, champion_score, champion is not None, margin)
+    if verdict.promoted:
+        registry.promote(settings, kind, challenger)
+    log.info("gate for %s: %s", registry.registered_name(kind), verdict.reason)
+    return Decision(
+        registry.registered_name(kind),
+        challenger,
+        champion,
+        challenger_score,
+        champion_score,
+        margin,
+        verdict.promoted,
+        verdict.reason,
+    )
 
 
 def champion_als_params(settings: Settings) -> dict[str, Any] | None:
@@ -97,7 +182,7 @@ def champion_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate_batch(interval_end: datetime, settings: Settings | None = None) -> dict[str, float]:
+def evaluate_holdout(interval_end: datetime, settings: Settings | None = None) -> HeldOutScores:
     """nDCG@10 of every configuration on the held-out window; the table goes to the lake and MLflow."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
@@ -124,7 +209,7 @@ def evaluate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         rows += champion_rows(rows)
     table = pd.DataFrame(rows).set_index("model")
     Lake(settings.lake).write_json(
-        table.reset_index().to_json(orient="records", indent=2), REPORTS, batch
+        table.reset_index().to_json(orient="records", indent=2), tables.EVALUATE_REPORTS, batch
     )
     metrics = {
         f"{column}.{name.replace('@', '_')}": float(value)
@@ -139,45 +224,59 @@ def evaluate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     )  # fmt: skip
     scores = table[GATE_METRIC].dropna() if GATE_METRIC in table else pd.Series(dtype=float)
     log.info("held-out %s on %s: %s", GATE_METRIC, split.name, scores.round(4).to_dict())
-    return {str(name): float(value) for name, value in scores.items()}
+    return HeldOutScores(batch, {str(name): float(value) for name, value in scores.items()})
 
 
 def register_and_gate(
     interval_end: datetime,
     als_run: str,
     reranker_run: str,
-    scores: dict[str, float],
+    scores: Mapping[str, float],
     settings: Settings | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Decision]:
     """Register tonight's ALS and reranker as challengers; promote each unless it is worse."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
-    directory = model_dir(settings, batch)
+    directory = settings.model_dir(batch)
+    runs = {"als": als_run, "reranker": reranker_run}
     decisions = {}
-    for kind, run_id, config in (("als", als_run, "als"), ("reranker", reranker_run, "hybrid")):
-        if not run_id:
+    for kind, config in GATED:
+        if not runs[kind]:
             log.warning("no %s was trained for batch %s: nothing to register", kind, batch)
             continue
-        version = registry.register(settings, kind, run_id, directory / kind, batch)
-        decision = registry.gate(
+        version = registry.register(settings, kind, runs[kind], directory / kind, batch)
+        decisions[kind] = gate(
             settings, kind, version, scores.get(config), scores.get(f"{config}@champion"),
             settings.promotion_margin,
         )  # fmt: skip
-        decisions[kind] = asdict(decision)
-    Lake(settings.lake).write_json(json.dumps(decisions, indent=2), GATE_REPORTS, batch)
+    records = {kind: asdict(decision) for kind, decision in decisions.items()}
+    Lake(settings.lake).write_json(json.dumps(records, indent=2), tables.GATE_REPORTS, batch)
     log_step_run(
         settings, "gate", batch,
         {"margin": settings.promotion_margin, "metric": GATE_METRIC},
-        {f"promoted.{kind}": float(d["promoted"]) for kind, d in decisions.items()}
+        {f"promoted.{kind}": float(d.promoted) for kind, d in decisions.items()}
         | {
-            f"challenger.{kind}": d["challenger_score"]
+            f"challenger.{kind}": d.challenger_score
             for kind, d in decisions.items()
-            if d["challenger_score"] is not None
+            if d.challenger_score is not None
         }
         | {
-            f"champion.{kind}": d["champion_score"]
+            f"champion.{kind}": d.champion_score
             for kind, d in decisions.items()
-            if d["champion_score"] is not None
+            if d.champion_score is not None
         },
     )  # fmt: skip
     return decisions
+
+
+def gate_batch(interval_end: datetime, settings: Settings | None = None) -> dict[str, Decision]:
+    """`evaluate_holdout` then `register_and_gate` for the runs `inbo train` logged for the batch."""
+    settings = settings or get_settings()
+    batch = batch_key(interval_end)
+    runs = {kind: step_run_id(settings, kind, batch) for kind in ("als", "reranker")}
+    if runs["als"] is None:
+        raise InboError(f"no als run for batch {batch}: run `inbo train --date` first")
+    scores = evaluate_holdout(interval_end, settings)
+    return register_and_gate(
+        interval_end, runs["als"], runs["reranker"] or "", scores.scores, settings
+    )

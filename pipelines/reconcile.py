@@ -1,6 +1,6 @@
 """Reconcile the app's per-item counters in Redis with the warehouse; repair and restore them.
 
-The counters (`pipelines.app_counters`) are cumulative and live: they hold everything the app has
+The counters (`pipelines.app.counters`) are cumulative and live: they hold everything the app has
 recorded up to the moment they are read, bad rows included. So the warehouse side is not a window
 of events but the same "everything so far", counted with the app's rules:
 
@@ -44,10 +44,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from inbo import app_schema, tables
+from inbo.app_schema import KIND_TO_EVENT_TYPE
 from inbo.errors import DataNotFound, ServiceUnavailable
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
-from pipelines.app_counters import (
+from pipelines.app.counters import (
     FIELDS,
     KIND_FIELDS,
     READS,
@@ -55,9 +57,7 @@ from pipelines.app_counters import (
     counts_table,
     open_counters,
 )
-from pipelines.ingest import KIND_TO_EVENT_TYPE, STATE
-from pipelines.sources import Watermark
-from pipelines.validate import REPORTS as VALIDATE_REPORTS
+from pipelines.app.sources import Watermark
 
 if TYPE_CHECKING:
     import redis
@@ -65,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORTS = "_reports/reconcile"
-BACKUPS = "_backups/item_counters"
 WORST_N = 10
 WATCH_RETRIES = 5
 EVENT_FIELDS: dict[str, str] = {KIND_TO_EVENT_TYPE[k]: f for k, f in KIND_FIELDS.items()} | {
@@ -126,8 +124,8 @@ def reconcile_counters(
         if repair and len(drifted):
             _repair(store, lake, report, current.reindex(drifted), warehouse.loc[drifted])
     report.seconds = round(time.monotonic() - started, 3)
-    report.path = f"{lake.path(REPORTS)}/{batch}.json"
-    lake.write_json(report.to_json(), REPORTS, batch)
+    report.path = f"{lake.path(tables.RECONCILE_REPORTS)}/{batch}.json"
+    lake.write_json(report.to_json(), tables.RECONCILE_REPORTS, batch)
     _log(report)
     return report
 
@@ -135,7 +133,7 @@ def reconcile_counters(
 def restore_counters(backup: str, settings: Settings | None = None) -> int:
     """Write the counters a repair backed up back exactly; returns how many items were restored."""
     settings = settings or get_settings()
-    saved = Lake(settings.lake).read(BACKUPS, name=backup).set_index("item_id")
+    saved = Lake(settings.lake).read(tables.COUNTER_BACKUPS.path, name=backup).set_index("item_id")
     with open_counters(settings) as store:
         for start in range(0, len(saved), store.batch_size):
             with store.client.pipeline(transaction=True) as pipe:
@@ -152,7 +150,7 @@ def restore_counters(backup: str, settings: Settings | None = None) -> int:
 def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]:
     """Validated app-database batches, and per app table the watermark ranges the lake lacks."""
     plans = _manifests(lake)
-    validated = set(lake.names(VALIDATE_REPORTS))
+    validated = set(lake.names(tables.VALIDATE_REPORTS))
     if batch not in plans or batch not in validated:
         raise DataNotFound(
             f"batch {batch} was not ingested from the app database and validated: run "
@@ -173,7 +171,7 @@ def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]
 
 def _manifests(lake: Lake) -> dict[str, dict[str, dict[str, Watermark | None]]]:
     """Each app-database batch's watermark plan, by batch key."""
-    folder = f"{STATE}/appdb"
+    folder = f"{tables.WATERMARKS}/appdb"
     return {
         name: json.loads(lake.read_json(folder, name))
         for name in lake.names(folder)
@@ -194,9 +192,11 @@ def _counted_units(
     lake: Lake, validated: set[str], pending: dict[str, list[Range]], app_db: str
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per (item, field, unit) the app counted: event ids, or readers for `reads`."""
-    events = _lake_frames(lake, validated, "user_events", "date=*/*.parquet", EVENT_COLUMNS)
+    events = _lake_frames(
+        lake, validated, tables.USER_EVENTS.path, "date=*/*.parquet", EVENT_COLUMNS
+    )
     quarantined = {
-        table: _lake_frames(lake, validated, "quarantine", f"{table}/batch=*/*.parquet")
+        table: _lake_frames(lake, validated, tables.QUARANTINE_ROOT, f"{table}/batch=*/*.parquet")
         for table in ("experience_interactions", "reading_progress", "user_events")
     }
     interactions, progress = _pending_rows(app_db, pending)
@@ -246,7 +246,7 @@ def _pending_rows(app_db: str, pending: dict[str, list[Range]]) -> tuple[pd.Data
     from sqlalchemy import and_, or_, select, true
     from sqlalchemy.exc import OperationalError
 
-    from pipelines import appdb
+    from pipelines.app.database import app_engine
 
     def within(column: Any, ranges: list[Range], bound: Any) -> Any:
         return or_(
@@ -262,7 +262,7 @@ def _pending_rows(app_db: str, pending: dict[str, list[Range]]) -> tuple[pd.Data
     def stamp(mark: Watermark) -> datetime:
         return pd.Timestamp(mark).to_pydatetime()
 
-    rows, reads = appdb.experience_interactions, appdb.reading_progress
+    rows, reads = app_schema.experience_interactions, app_schema.reading_progress
     queries = (
         select(rows.c.id, rows.c.user_id, rows.c.issue_id, rows.c.kind).where(
             within(rows.c.id, pending.get(rows.name, [(None, None)]), int)
@@ -271,7 +271,7 @@ def _pending_rows(app_db: str, pending: dict[str, list[Range]]) -> tuple[pd.Data
             within(reads.c.updated_at, pending.get(reads.name, [(None, None)]), stamp)
         ),
     )
-    engine = appdb.app_engine(app_db)
+    engine = app_engine(app_db)
     try:
         with engine.connect() as conn:
             return tuple(pd.read_sql(query, conn).astype("string") for query in queries)
@@ -376,11 +376,11 @@ def _repair(
     """Back up the drifted items' counters, then rewrite those that did not change meanwhile."""
     backup = f"{report.batch}-{uuid.uuid4().hex[:6]}"
     saved = before.rename_axis("item_id").reset_index()
-    lake.write(saved, BACKUPS, backup)
+    lake.write(saved, tables.COUNTER_BACKUPS.path, backup)
     target = warehouse.astype("Int64").where(warehouse != 0)  # the app never writes a 0
     changed = _compare_and_set(store, before, target)
     if changed:
-        lake.write(saved[~saved["item_id"].isin(changed)], BACKUPS, backup)
+        lake.write(saved[~saved["item_id"].isin(changed)], tables.COUNTER_BACKUPS.path, backup)
     report.backup = backup
     report.repaired = len(before) - len(changed)
     report.changed_during_repair = len(changed)

@@ -1,15 +1,15 @@
 """The MLflow model registry: register versions, move the `champion` / `challenger` aliases, load.
 
 Aliases, not stages: nightly training registers a new version and points `challenger` at it; the
-promotion gate moves `champion` only when the challenger is not worse than the champion by more
-than a margin. Publishing always loads `@champion`. A registered version carries its run id, so
+promotion gate (`pipelines.promotion`) moves `champion` only when the challenger is not worse than
+the champion by more than a margin. Publishing always loads `@champion`. A registered version carries its run id, so
 it can be traced to the data window, parameters and git commit that made it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,15 @@ class RecommenderPyfunc(PythonModel):
 
 
 @dataclass(frozen=True)
-class Decision:
+class ModelVersion:
+    """One registered version of one of our models, as `inbo models` lists it."""
+
     model: str
-    challenger: int
-    champion: int | None
-    challenger_score: float | None
-    champion_score: float | None
-    margin: float
-    promoted: bool
-    reason: str
+    kind: str
+    version: int
+    aliases: tuple[str, ...]
+    run_id: str
+    batch: str
 
 
 def register(settings: Settings, kind: str, run_id: str, model_dir: Path, batch: str) -> int:
@@ -132,52 +132,6 @@ def download(settings: Settings, kind: str, alias_or_version: str) -> tuple[Path
     return root / saved, int(version)
 
 
-def gate(
-    settings: Settings,
-    kind: str,
-    challenger: int,
-    challenger_score: float | None,
-    champion_score: float | None,
-    margin: float,
-) -> Decision:
-    """Promote the challenger unless it is worse than the champion by more than `margin`.
-
-    Without a held-out score (too little data to evaluate) a challenger is promoted only when
-    there is no champion at all: something must serve, and nothing says it is worse.
-    """
-    champion = alias_version(settings, kind, CHAMPION)
-    if champion is None:
-        promoted, reason = True, "no champion yet: the first model is promoted"
-    elif challenger_score is None:
-        promoted, reason = False, "no held-out score for the challenger: the champion stays"
-    elif champion_score is None:
-        promoted, reason = True, "the champion configuration could not be scored on this window"
-    elif challenger_score >= champion_score - margin:
-        promoted, reason = (
-            True,
-            f"challenger {challenger_score:.4f} >= champion {champion_score:.4f} - {margin}",
-        )
-    else:
-        promoted, reason = (
-            False,
-            f"challenger {challenger_score:.4f} < champion {champion_score:.4f} - {margin}",
-        )
-    decision = Decision(
-        registered_name(kind),
-        challenger,
-        champion,
-        challenger_score,
-        champion_score,
-        margin,
-        promoted,
-        reason,
-    )
-    if promoted:
-        promote(settings, kind, challenger)
-    log.info("gate for %s: %s", decision.model, reason)
-    return decision
-
-
 def promote(settings: Settings, kind: str, version: int) -> None:
     """Point `champion` at `version` (what `inbo promote` and the gate do)."""
     client = connect(settings)
@@ -187,7 +141,7 @@ def promote(settings: Settings, kind: str, version: int) -> None:
     log.info("%s version %d is now %s", name, version, CHAMPION)
 
 
-def list_models(settings: Settings) -> list[dict[str, Any]]:
+def list_models(settings: Settings) -> list[ModelVersion]:
     """Every registered version of our models with its aliases, run and batch."""
     client = connect(settings)
     rows = []
@@ -195,17 +149,13 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
         for found in client.search_model_versions(f"name = '{name}'"):
             version = client.get_model_version(name, found.version)
             rows.append(
-                {
-                    "model": name,
-                    "kind": kind,
-                    "version": int(version.version),
-                    "aliases": ",".join(sorted(version.aliases)),
-                    "run_id": version.run_id,
-                    "batch": version.tags.get("batch", ""),
-                }
+                ModelVersion(
+                    model=name,
+                    kind=kind,
+                    version=int(version.version),
+                    aliases=tuple(sorted(version.aliases)),
+                    run_id=version.run_id,
+                    batch=version.tags.get("batch", ""),
+                )
             )
-    return sorted(rows, key=lambda row: (row["model"], -row["version"]))
-
-
-def decision_record(decision: Decision) -> dict[str, Any]:
-    return asdict(decision)
+    return sorted(rows, key=lambda row: (row.model, -row.version))

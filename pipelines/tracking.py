@@ -81,3 +81,17 @@ def log_step_run(
             mlflow.log_artifacts(str(artifacts), artifact_path=step)
     log.info("MLflow run %s for %s/%s", run.info.run_id, step, batch)
     return str(run.info.run_id)
+
+
+def step_run_id(settings: Settings, step: str, batch: str) -> str | None:
+    """The run a step logged for `batch` (what `log_step_run` resumes), or None."""
+    client = connect(settings)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.step = '{step}' and tags.batch = '{batch}'",
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None

@@ -1,7 +1,8 @@
 """Train: fit the batch's models on its feature tables, save them, log them to MLflow.
 
-Each step saves under `var/models/<batch>/<model>` and logs one MLflow run per (step, batch), so a
-re-run of a night resumes its run and returns the same run id.
+The nightly DAG's `fit_baselines`, `train_als` and `train_reranker` tasks. Each step saves under
+`var/models/<batch>/<model>` and logs one MLflow run per (step, batch), so a re-run of a night
+resumes its run and returns the same run id.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from features.embeddings import EMBEDDINGS
-from features.interactions import MODEL_EVENT_COLUMNS, Recipe, load_events
-from inbo import schemas
+from features.interactions import Recipe
+from inbo import tables
 from inbo.errors import ModelCannotFit, NoPositiveExamples
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from models.als import ALSModel
-from models.base import TrainingData
 from models.content import ContentModel
 from models.continue_reading import ContinueReadingModel
-from models.hybrid import train_reranker
+from models.hybrid import learn_reranker
 from models.popularity import PopularityModel
 from pipelines.tracking import log_step_run
+from pipelines.training_data import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -37,40 +37,6 @@ class TrainedModels:
     batch: str
     directory: str
     run_id: str
-
-
-def model_dir(settings: Settings, batch: str) -> Path:
-    """Where a batch's fitted models are saved (and logged from)."""
-    return settings.var_dir / "models" / batch
-
-
-def load_training_data(settings: Settings, as_of: datetime, events: bool = True) -> TrainingData:
-    """Everything the batch ending at `as_of` may learn from, read from the lake.
-
-    `events=False` skips the raw events: only the reranker and the evaluation read them, and at
-    a million users they are gigabytes the candidate sources never touch.
-    """
-    lake = Lake(settings.lake)
-    batch = batch_key(as_of)
-    part = {"batch": batch}
-    start = as_of - timedelta(days=2 * settings.history_days)
-    raw = load_events(lake, start, as_of, columns=MODEL_EVENT_COLUMNS)[0] if events else None
-    embeddings = (
-        lake.read("features/embeddings", part, "part", EMBEDDINGS)
-        if lake.exists("features/embeddings", part, "part")
-        else None
-    )
-    return TrainingData(
-        interactions=lake.read("features/interactions", part, "part", schemas.INTERACTIONS),
-        items=lake.read("items", part, "part", schemas.ITEMS),
-        continue_reading=lake.read(
-            "features/continue_reading", part, "part", schemas.CONTINUE_READING
-        ),
-        as_of=as_of,
-        events=raw,
-        subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS),
-        embeddings=embeddings,
-    )
 
 
 def window_params(settings: Settings, as_of: datetime) -> dict[str, object]:
@@ -87,16 +53,14 @@ def fit_baselines(interval_end: datetime, settings: Settings | None = None) -> T
     settings = settings or get_settings()
     batch = batch_key(interval_end)
     data = load_training_data(settings, interval_end, events=False)
-    directory = model_dir(settings, batch)
+    directory = settings.model_dir(batch)
     PopularityModel().fit(data).save(directory / "popularity")
     ContinueReadingModel().fit(data).save(directory / "continue_reading")
     fitted = ["popularity", "continue_reading"]
     if data.embeddings is not None:
         content = ContentModel().fit(data)
         content.save(directory / "content")
-        Lake(settings.lake).write(
-            content.more_like_this(10), "features/more_like_this", "part", {"batch": batch}
-        )
+        Lake(settings.lake).write_batch(content.more_like_this(10), tables.MORE_LIKE_THIS, batch)
         fitted.append("content")
     run_id = log_step_run(
         settings,
@@ -114,12 +78,12 @@ def fit_baselines(interval_end: datetime, settings: Settings | None = None) -> T
     return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
 
 
-def fit_als(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
+def train_als(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
     """ALS on the batch's interaction table; saved with its id mappings and logged to MLflow."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
     data = load_training_data(settings, interval_end, events=False)
-    directory = model_dir(settings, batch) / "als"
+    directory = settings.model_dir(batch) / "als"
     started = time.perf_counter()
     model = ALSModel(**settings.als_params).fit(data)
     seconds = time.perf_counter() - started
@@ -140,15 +104,15 @@ def fit_als(interval_end: datetime, settings: Settings | None = None) -> Trained
     return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
 
 
-def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
+def train_reranker(interval_end: datetime, settings: Settings | None = None) -> TrainedModels:
     """LightGBM LambdaRank on the impressions of the last label days before the batch end."""
     settings = settings or get_settings()
     batch = batch_key(interval_end)
     data = load_training_data(settings, interval_end)
-    directory = model_dir(settings, batch) / "reranker"
+    directory = settings.model_dir(batch) / "reranker"
     started = time.perf_counter()
     try:
-        reranker, examples = train_reranker(
+        reranker, examples = learn_reranker(
             data,
             settings.reranker_label_days,
             settings.als_params,
@@ -183,3 +147,9 @@ def fit_reranker(interval_end: datetime, settings: Settings | None = None) -> Tr
             artifacts=report,
         )
     return TrainedModels(batch=batch, directory=str(directory), run_id=run_id)
+
+
+def train_all(interval_end: datetime, settings: Settings | None = None) -> list[TrainedModels]:
+    """Every training step of the night in order, in this process (`inbo train`, notebooks)."""
+    settings = settings or get_settings()
+    return [step(interval_end, settings) for step in (fit_baselines, train_als, train_reranker)]

@@ -14,17 +14,15 @@ from datetime import datetime
 
 import pandas as pd
 
-from inbo import schemas
+from inbo import schemas, tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
-from pipelines.ingest import REPORTS as INGEST_REPORTS
 from pipelines.ingest import check_counts, quarantine_rows, write_quarantine
+from pipelines.ingest import read_report as read_ingest_report
 
 log = logging.getLogger(__name__)
-
-REPORTS = "_reports/validate"
 
 SOURCES: dict[str, tuple[str, ...]] = {
     "users": ("users",),
@@ -52,27 +50,34 @@ class ValidationReport:
         return json.dumps(asdict(self), indent=2)
 
 
+def read_report(lake: Lake, batch: str) -> ValidationReport:
+    """The report validation wrote for `batch`; `DataNotFound` before it ran."""
+    return ValidationReport(**json.loads(lake.read_json(tables.VALIDATE_REPORTS, batch)))
+
+
 def _ingest_counts(lake: Lake, batch: str) -> tuple[dict[str, int], dict[str, int]]:
     """What ingest extracted and quarantined for this batch, per source table."""
-    report = json.loads(lake.read_json(INGEST_REPORTS, batch))
-    return report["extracted"], report["quarantined"]
+    report = read_ingest_report(lake, batch)
+    return report.extracted, report.quarantined
 
 
 def _write_events(lake: Lake, events: pd.DataFrame, batch: str) -> None:
     """Replace this batch's event files, one per event date."""
-    for stale in lake.fs.glob(f"{lake.path('user_events')}/date=*/{batch}.parquet"):
+    for stale in lake.files(tables.USER_EVENTS.path, f"date=*/{batch}.parquet"):
         lake.fs.rm(stale)
     if not events.empty:
-        lake.write_partitioned(events, "user_events", batch, by="ts", schema=schemas.USER_EVENTS)
+        lake.write_partitioned(
+            events, tables.USER_EVENTS.path, batch, by="ts", schema=schemas.USER_EVENTS
+        )
 
 
 def promote_subscriptions(lake: Lake, batch: str, users: set[int]) -> None:
     """Subscriptions of users that passed validation, for the features that need them."""
-    staged = lake.read("staging/subscriptions", {"batch": batch}, "part", schemas.SUBSCRIPTIONS)
+    staged = lake.read_batch(tables.staging("subscriptions"), batch)
     kept = staged[staged["user_id"].isin(users)]
     if len(kept) < len(staged):
         log.warning("%d subscriptions of unknown users left out", len(staged) - len(kept))
-    lake.write(kept, "subscriptions", "part", {"batch": batch}, schemas.SUBSCRIPTIONS)
+    lake.write_batch(kept, tables.SUBSCRIPTIONS, batch)
 
 
 def validate_batch(interval_end: datetime, settings: Settings | None = None) -> ValidationReport:
@@ -90,14 +95,14 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     bad_rows: dict[str, int] = {}
     extracted_rows: dict[str, int] = {}
     for table, sources in SOURCES.items():
-        schema = getattr(schemas, table.upper())
-        staged = lake.read(f"staging/{table}", {"batch": batch}, "part", schema)
+        schema = schemas.BY_NAME[table]
+        staged = lake.read_batch(tables.staging(table), batch)
         result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)
         good = schemas.conform(result.good, schema)
         if table == "user_events":
             _write_events(lake, good, batch)
         else:
-            lake.write(good, table, "part", {"batch": batch}, schema)
+            lake.write(good, table, "part", {"batch": batch}, schema)  # items or users
             id_column, argument = KNOWN_IDS[table]
             known[argument] = set(good[id_column].tolist())
         if not result.bad.empty:
@@ -122,7 +127,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     write_quarantine(lake, bad, batch, "validate")
     if not bad.empty:
         report.checks = check_counts(bad)
-    lake.write_json(report.to_json(), REPORTS, batch)
+    lake.write_json(report.to_json(), tables.VALIDATE_REPORTS, batch)
     log.info(
         "validated batch %s: %s passed, %s quarantined", batch, report.passed, report.quarantined
     )
@@ -134,7 +139,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
             bad_rows[table],
             extracted_rows[table],
             settings.quarantine_threshold,
-            quarantine=lake.path("quarantine"),
+            quarantine=lake.path(tables.QUARANTINE_ROOT),
         )
     return report
 
@@ -154,7 +159,7 @@ def validate_exclusive(
 
 def latest_validated_batch(lake: Lake) -> str:
     """The newest batch with a validation report in the lake."""
-    batches = lake.names(REPORTS)
+    batches = lake.names(tables.VALIDATE_REPORTS)
     if not batches:
         raise DataNotFound(
             f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"

@@ -54,7 +54,7 @@ def redis_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def world_template() -> Path:
     """A small simulated app database, generated once and copied by each test that needs it."""
-    from pipelines.simulate import simulate
+    from pipelines.demo.simulate import simulate
 
     folder = SESSION_DIR / "world"
     simulate(

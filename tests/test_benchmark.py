@@ -23,8 +23,10 @@ from inbo.errors import ConfigError, DataNotFound
 from inbo.lake import Lake
 from inbo.settings import Settings, get_settings
 from models.als import ALSModel
+from models.evaluation import evaluate, movielens_split
 from models.reranker import DEFAULT_PARAMS
-from pipelines.benchmark import (
+from pipelines.offline.datasets import MOVIELENS_DIR, load_movielens
+from pipelines.offline.evaluate import (
     EXPERIMENT,
     format_table,
     holdout_split,
@@ -32,8 +34,6 @@ from pipelines.benchmark import (
     run_benchmark,
     tune_als,
 )
-from pipelines.datasets import MOVIELENS_DIR, load_movielens
-from pipelines.evaluate import evaluate, movielens_split
 from pipelines.validate import latest_validated_batch
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")

@@ -45,7 +45,7 @@ def test_help_lists_every_command() -> None:
 
 def test_start_up_imports_no_heavy_library() -> None:
     probe = (
-        "import sys, inbo.cli; heavy = {'pandas', 'pyarrow', 'great_expectations', 'mlflow', 'torch', "
+        "import sys, cli.app; heavy = {'pandas', 'pyarrow', 'great_expectations', 'mlflow', 'torch', "
         "'airflow', 'redis', 'sqlalchemy'}; print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -94,7 +94,7 @@ def published(world: Settings, live_redis: Settings, world_end) -> Settings:
 
 
 def test_recs_for_known_unknown_and_rollback(published: Settings) -> None:
-    from pipelines.publish import sample_users
+    from pipelines.publish.steps import sample_users
 
     user = sample_users(1, published)[0]
     shown = run("recs", str(user))

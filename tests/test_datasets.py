@@ -11,7 +11,7 @@ import pytest
 
 from inbo import schemas
 from inbo.errors import SourceError
-from pipelines.datasets import MOVIELENS_DIR, MovieLens, int_ids, load_mind, load_movielens
+from pipelines.offline.datasets import MOVIELENS_DIR, MovieLens, int_ids, load_mind, load_movielens
 
 needs_movielens = pytest.mark.skipif(
     not (MOVIELENS_DIR / "u.data").is_file(),
@@ -149,7 +149,7 @@ def test_articles_missing_from_news_are_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     behaviors = [("1", "U10", "11/15/2019 8:55:22 AM", "", "N9-1")]
-    with caplog.at_level(logging.WARNING, logger="pipelines.datasets"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.offline.datasets"):
         mind = load_mind(write_mind(tmp_path / "mind", NEWS, behaviors))
     assert "not in news.tsv" in caplog.text
     assert 9 in set(mind.events["item_id"])

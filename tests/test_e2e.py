@@ -21,7 +21,7 @@ import pytest
 from inbo import schemas
 from inbo.lake import Lake, batch_key
 from inbo.settings import REPO_ROOT, Settings
-from pipelines.recommend import read_recs_table
+from pipelines.score import read_recs_table
 
 pytestmark = pytest.mark.e2e
 
@@ -66,8 +66,11 @@ def nightly(
 
 
 def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datetime) -> None:
+    from inbo.reasons import catalogue_of
     from inbo.services import redis_client
-    from pipelines.publish import USER_RECS_SCHEMA, Keys, catalogue_of, live_meta, read_recs
+    from pipelines.publish.contract import USER_RECS_SCHEMA, Keys
+    from pipelines.publish.steps import read_recs
+    from pipelines.publish.versions import live_meta
 
     live_redis = nightly
 
@@ -122,7 +125,7 @@ def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
     nightly: Settings, world_end: datetime
 ) -> None:
     from inbo.services import redis_client
-    from pipelines.publish import Keys
+    from pipelines.publish.contract import Keys
 
     live_redis = nightly
     first = read_recs_table(world_end, live_redis)

@@ -14,9 +14,7 @@ import pytest
 from inbo import schemas
 from inbo.settings import Settings
 from models.base import TrainingData, no_candidates
-from models.popularity import PopularityModel
-from pipelines.datasets import MOVIELENS_DIR, MovieLens, load_mind, load_movielens
-from pipelines.evaluate import (
+from models.evaluation import (
     Split,
     evaluate,
     movielens_split,
@@ -24,6 +22,8 @@ from pipelines.evaluate import (
     time_split,
     top_k_lists,
 )
+from models.popularity import PopularityModel
+from pipelines.offline.datasets import MOVIELENS_DIR, MovieLens, load_mind, load_movielens
 
 AS_OF = datetime(2026, 11, 20, tzinfo=UTC)
 

@@ -106,7 +106,7 @@ def add_rows(settings: Settings, table: str, rows: list[dict[str, Any]]) -> None
     one, as the app does (a sampled user may already have started the issue)."""
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from pipelines import appdb
+    from pipelines.app import database as appdb
 
     statement = sqlite_insert(getattr(appdb, table))
     if table == "reading_progress":
@@ -153,7 +153,7 @@ def read_to_the_end(user: int, item: int, at: datetime) -> dict[str, Any]:
 
 
 def live_items(settings: Settings, user: int) -> list[int]:
-    from pipelines.publish import read_recs
+    from pipelines.publish.steps import read_recs
 
     answer = read_recs(user, settings)
     assert answer["personal"]
@@ -190,7 +190,8 @@ def test_read_and_dismissed_issues_are_gone_after_the_hourly_run(
 ) -> None:
     import jsonschema
 
-    from pipelines.publish import USER_RECS_SCHEMA, read_recs, sample_users
+    from pipelines.publish.contract import USER_RECS_SCHEMA
+    from pipelines.publish.steps import read_recs, sample_users
 
     user = sample_users(1, hourly)[0]
     before = live_items(hourly, user)
@@ -220,7 +221,7 @@ def test_freshness_is_recorded_from_the_newest_event_to_the_live_row(
     hourly: Settings, world_end: datetime
 ) -> None:
     from pipelines.hourly import latest_refresh
-    from pipelines.publish import sample_users
+    from pipelines.publish.steps import sample_users
 
     user = sample_users(1, hourly)[0]
     newest = world_end + timedelta(minutes=42)
@@ -239,7 +240,7 @@ def test_freshness_is_recorded_from_the_newest_event_to_the_live_row(
 def test_running_the_same_interval_twice_leaves_lake_and_redis_identical(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from pipelines.publish import sample_users
+    from pipelines.publish.steps import sample_users
 
     users = sample_users(3, hourly)
     at = world_end + timedelta(minutes=20)
@@ -259,7 +260,7 @@ def test_running_the_same_interval_twice_leaves_lake_and_redis_identical(
 def test_overlapping_intervals_and_a_late_row_ingest_every_event_exactly_once(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from pipelines.publish import sample_users
+    from pipelines.publish.steps import sample_users
 
     user = sample_users(1, hourly)[0]
     add_rows(
@@ -289,8 +290,8 @@ def test_overlapping_intervals_and_a_late_row_ingest_every_event_exactly_once(
 def test_a_new_issue_from_a_followed_publisher_can_appear_the_same_hour(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from pipelines import appdb
-    from pipelines.publish import read_similar
+    from pipelines.app import database as appdb
+    from pipelines.publish.steps import read_similar
 
     lake = Lake(hourly.lake)
     subs = lake.read("subscriptions", {"batch": batch_key(world_end)}, "part")
@@ -341,7 +342,12 @@ def test_a_new_nightly_version_is_caught_up_by_the_next_run(
     from features.activity import build_activity
     from pipelines.hourly import publish_active_users, score_active_users
     from pipelines.ingest import ingest_exclusive
-    from pipelines.publish import activate_version, publish_batch, sample_users, verify_batch
+    from pipelines.publish.steps import (
+        activate_version,
+        publish_batch,
+        sample_users,
+        verify_version,
+    )
     from pipelines.validate import validate_exclusive
 
     first, second = sample_users(2, hourly)
@@ -355,7 +361,7 @@ def test_a_new_nightly_version_is_caught_up_by_the_next_run(
     validate_exclusive(hour)
     build_activity(hour)
     scored = score_active_users(hour)
-    version = verify_batch(world_end, publish_batch(world_end, hourly), hourly)
+    version = verify_version(world_end, publish_batch(world_end, hourly), hourly)
     activate_version(version, hourly)  # a new nightly version goes live meanwhile
     skipped = publish_active_users(hour)
     add_rows(
@@ -378,7 +384,7 @@ def test_the_hourly_dag_runs_end_to_end_through_airflow_after_the_nightly(
     from airflow.dag_processing.dagbag import DagBag
 
     from pipelines.hourly import latest_refresh
-    from pipelines.publish import sample_users
+    from pipelines.publish.steps import sample_users
 
     users = sample_users(5, hourly)
     at = world_end + timedelta(minutes=25)

@@ -25,8 +25,8 @@ from inbo import schemas
 from inbo.errors import ValidationFailed
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
+from pipelines.app.sources import INCREMENTAL_TABLES, SNAPSHOT_TABLES, FileDropSource, Source
 from pipelines.ingest import IngestReport, ingest
-from pipelines.sources import INCREMENTAL_TABLES, SNAPSHOT_TABLES, FileDropSource, Source
 from pipelines.validate import ValidationReport, validate_batch
 
 B1 = datetime(2026, 11, 20, tzinfo=UTC)

@@ -21,10 +21,10 @@ from inbo.settings import Settings, get_settings
 from models.als import ALSModel
 from models.base import TrainingData
 from models.content import ContentModel
+from models.evaluation import evaluate_model, time_split
 from models.hybrid import HybridRecommender
 from models.popularity import PopularityModel
 from pipelines import registry
-from pipelines.evaluate import evaluate_model, time_split
 from pipelines.tracking import log_step_run
 from pipelines.train import load_training_data
 
@@ -39,8 +39,8 @@ def big_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     from features.embeddings import build_embeddings
     from features.interactions import build_interactions
+    from pipelines.demo.simulate import simulate
     from pipelines.ingest import ingest
-    from pipelines.simulate import simulate
     from pipelines.validate import validate_batch
 
     var_dir = tmp_path_factory.mktemp("big") / "var"

@@ -10,11 +10,12 @@ import pytest
 
 from inbo import schemas
 from models.base import TrainingData
-from models.candidates import FRESH_DAYS, REASON_PRIORITY, SCORE_COLUMNS, _combine
+from inbo.reasons import PRIORITY, catalogue_of, render_frame
+from models.candidates import FRESH_DAYS, SCORE_COLUMNS, _combine
 from models.continue_reading import ContinueReadingModel
 from models.factory import create
 from models.popularity import PopularityModel
-from pipelines.recommend import blend
+from models.hybrid import blend
 
 AS_OF = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -79,7 +80,8 @@ def test_a_user_who_only_reads_sport_gets_sport() -> None:
     model = PopularityModel().fit(data)
     recs = model.recommend(np.array([1]), n=10)
     assert set(recs["item_id"]) == {10, 11, 12}
-    assert recs["reason"].str.contains("Sport").all()
+    reasons = render_frame(recs, catalogue_of(items_frame()))
+    assert (reasons == "Popular in Sport, a topic you read").all()
 
 
 def test_category_shares_split_a_mixed_reader() -> None:
@@ -104,7 +106,7 @@ def test_continue_reading_newest_first_with_progress_in_reason() -> None:
     model = ContinueReadingModel().fit(training([], started))
     recs = model.recommend(np.array([1, 2]), n=10)
     assert recs["item_id"].tolist() == [11, 10]
-    assert recs["reason"].tolist() == [
+    assert render_frame(recs, catalogue_of(items_frame())).tolist() == [
         "Continue reading: you are 25% through",
         "Continue reading: you are 40% through",
     ]
@@ -130,7 +132,6 @@ def candidates(rows: list[tuple[int, int, float, str]]) -> pd.DataFrame:
                 "score": s,
                 "source": code,
                 "reason_code": code,
-                "reason": code,
                 "reason_ref": None,
             }
             for u, i, s, code in rows
@@ -169,13 +170,13 @@ def combine_reference(long: pd.DataFrame, popularity: PopularityModel, data: Tra
     scores = scores.reindex(columns=[*SCORE_COLUMNS.values(), "fresh_score"])
     order = (
         long["reason_code"]
-        .map({code: i for i, code in enumerate(REASON_PRIORITY)})
-        .fillna(len(REASON_PRIORITY))
+        .map(PRIORITY)
+        .fillna(len(PRIORITY))
     )
     best = long.assign(_order=order).sort_values([*keys, "_order"]).drop_duplicates(keys)
     sources = long.groupby(keys)["reason_code"].agg(lambda codes: ",".join(sorted(set(codes))))
     frame = (
-        best.set_index(keys)[["reason_code", "reason", "reason_ref"]]
+        best.set_index(keys)[["reason_code", "reason_ref"]]
         .join(scores)
         .join(sources.rename("sources"))
     ).reset_index()
@@ -211,7 +212,6 @@ def test_combine_matches_the_per_pair_join_exactly() -> None:
                     "item_id": items_frame()["item_id"].to_numpy()[pairs[:, 1]],
                     "score": rng.random(len(pairs)).round(1),  # ties across sources
                     "reason_code": code,
-                    "reason": [f"{c} #{n}" for c, n in zip(code, range(len(code)), strict=True)],
                     "reason_ref": pd.Series(pairs[:, 1], dtype="Int64").mask(
                         rng.random(len(pairs)) < 0.5
                     ),

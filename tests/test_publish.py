@@ -28,44 +28,40 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-import pipelines.publish as publish_module
+import pipelines.publish.versions as publish_module
 from inbo.errors import DataNotFound, LockBusy, PublishConflict, PublishError
 from inbo.lake import Lake
 from inbo.locks import PUBLISH, held
+from inbo.reasons import REASONS, catalogue_of, render_reason
 from inbo.schemas import RECOMMENDATIONS
 from inbo.services import redis_binary, redis_client
 from inbo.settings import REPO_ROOT, Settings
 from inbo.shards import shard_key, user_shard
 from models.base import TrainingData
-from pipelines.publish import (
-    LIVE,
-    REASONS,
-    RETIRED,
-    ROLLED_BACK,
-    Keys,
-    activate,
+from pipelines.publish.contract import LIVE, RETIRED, ROLLED_BACK, Keys
+from pipelines.publish.reader import read_similar_items, read_user_recs
+from pipelines.publish.steps import (
     activate_version,
-    begin_batch,
-    begin_table,
-    catalogue_of,
-    delete_version,
-    list_versions,
-    live_meta,
+    begin_publish,
     publish_batch,
     publish_shard,
     read_recs,
     read_similar,
-    read_similar_items,
-    read_user_recs,
     redis_cli_example,
-    refresh_users,
-    render_reason,
-    rollback,
     rollback_table,
     sample_users,
-    stage_shard,
     table_versions,
-    verify_batch,
+    verify_version,
+)
+from pipelines.publish.versions import (
+    activate,
+    begin_table,
+    delete_version,
+    list_versions,
+    live_meta,
+    refresh_users,
+    rollback,
+    stage_shard,
     verify_table,
 )
 
@@ -468,13 +464,13 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
         generated_at=GENERATED_AT,
     )
     stage_shard(client, prefix, version, frames[0], shard=0, shards=2, batch_size=8)
-    stage = publish_module._stage
+    stage = publish_module.stage
 
     def dies_midway(client, names, values, batch_size, ttl) -> None:
         stage(client, names[:5], values[:5], batch_size, ttl)
         raise redis.ConnectionError("worker lost")
 
-    monkeypatch.setattr(publish_module, "_stage", dies_midway)
+    monkeypatch.setattr(publish_module, "stage", dies_midway)
     with pytest.raises(redis.ConnectionError):
         stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
     with pytest.raises(PublishError, match=r"1 of 2 shards were not staged \(first: 1\)"):
@@ -985,11 +981,11 @@ def test_batch_entry_points_publish_the_lake_shards(
     report = {"batch": BATCH, "shards": 3, "users": 15, "models": SCORE_MODELS}
     lake.write_json(json.dumps(report), "_reports/score", BATCH)
 
-    version = begin_batch(END, 3, settings=settings)
+    version = begin_publish(END, 3, settings=settings)
     reports = [publish_shard(END, version, s, 3, settings=settings) for s in range(3)]
     assert [report.users for report in reports] == [5, 5, 5]
     assert all(0 < report.write_seconds < report.seconds for report in reports)
-    assert verify_batch(END, version, settings=settings) == version
+    assert verify_version(END, version, settings=settings) == version
     assert activate_version(version, settings=settings) is None
 
     items = pd.DataFrame(
@@ -1031,7 +1027,7 @@ def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
     client: redis.Redis, prefix: str, lake_settings: Settings
 ) -> None:
     version = publish_batch(END, settings=lake_settings)
-    verify_batch(END, version, settings=lake_settings)
+    verify_version(END, version, settings=lake_settings)
 
     meta = meta_of(client, prefix, version)
     origin = "models of batch 20261126T0000Z"
@@ -1043,7 +1039,7 @@ def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
         make_similar(items=3, per_item=2), "features/more_like_this", "part", {"batch": BATCH}
     )
     with pytest.raises(PublishError, match="staged 0 similar-items lists, expected 3"):
-        verify_batch(END, version, settings=lake_settings)
+        verify_version(END, version, settings=lake_settings)
 
 
 def test_publish_batch_needs_every_shard_file(lake_settings: Settings) -> None:
@@ -1065,7 +1061,7 @@ def test_publish_batch_refuses_a_corrupt_score_report(lake_settings: Settings) -
 
 def test_activate_waits_for_the_publish_lock(client: redis.Redis, lake_settings: Settings) -> None:
     version = publish_batch(END, settings=lake_settings)
-    verify_batch(END, version, settings=lake_settings)
+    verify_version(END, version, settings=lake_settings)
 
     lock = held(client, lake_settings.redis_prefix, PUBLISH, timeout_seconds=30, wait_seconds=0)
     with lock, pytest.raises(LockBusy):

@@ -27,11 +27,11 @@ from inbo import cli
 from inbo.errors import DataNotFound
 from inbo.lake import Lake
 from inbo.settings import Settings
-from pipelines import app_counters
-from pipelines.app_counters import FIELDS, CounterStore, open_counters
+from pipelines.app import counters as app_counters
+from pipelines.app.counters import FIELDS, CounterStore, open_counters
+from pipelines.demo.simulate import simulate
 from pipelines.ingest import ingest
 from pipelines.reconcile import BACKUPS, _compare_and_set, reconcile_counters, restore_counters
-from pipelines.simulate import simulate
 from pipelines.validate import validate_batch
 
 END = datetime(2026, 11, 20, tzinfo=UTC)

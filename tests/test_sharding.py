@@ -18,8 +18,8 @@ import pytest
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
-from pipelines import recommend
-from pipelines.recommend import (
+from pipelines import score as recommend
+from pipelines.score import (
     prepare_scoring,
     read_recs_table,
     score_shard,
@@ -36,7 +36,7 @@ def trained(
     from features.interactions import build_interactions
     from pipelines import registry
     from pipelines.ingest import ingest
-    from pipelines.train import fit_als, fit_baselines, fit_reranker
+    from pipelines.train import fit_baselines, train_als, train_reranker
     from pipelines.validate import validate_batch
 
     var_dir = tmp_path_factory.mktemp("sharding") / "var"
@@ -53,8 +53,8 @@ def trained(
         fit_baselines(world_end)
         batch = batch_key(world_end)
         for kind, trained_model in (
-            ("als", fit_als(world_end)),
-            ("reranker", fit_reranker(world_end)),
+            ("als", train_als(world_end)),
+            ("reranker", train_reranker(world_end)),
         ):
             assert trained_model.run_id, f"the small world trains no {kind}"
             version = registry.register(
@@ -80,7 +80,7 @@ def unsharded_reference(settings: Settings, end: datetime) -> pd.DataFrame:
     """The table as scoring computed it before sharding: every user at once on the full data."""
     from models.candidates import CandidateModels
     from models.hybrid import rank, seen_pairs
-    from pipelines.recommend import champion_parts, fill
+    from pipelines.score import champion_parts, fill
     from pipelines.train import load_training_data, model_dir
 
     data = load_training_data(settings, end)
@@ -176,7 +176,9 @@ def test_a_shard_that_dies_midway_blocks_the_switch_until_its_retry(
     its retry leaves exactly one key per user, the same table as the lake's."""
     from inbo.errors import PublishError
     from inbo.services import redis_client
-    from pipelines import publish
+    from pipelines.publish import steps as publish
+    from pipelines.publish import versions
+    from pipelines.publish.contract import Keys
 
     monkeypatch.setenv("INBO_REDIS_URL", redis_server)
     monkeypatch.setenv("INBO_PUBLISH_BATCH_SIZE", "25")
@@ -184,14 +186,14 @@ def test_a_shard_that_dies_midway_blocks_the_switch_until_its_retry(
     settings = get_settings()
     recs = scored_with(settings, world_end, 3)
     client = redis_client(settings)
-    keys = publish.Keys(settings.redis_prefix)
+    keys = Keys(settings.redis_prefix)
     previous = publish.publish_batch(world_end, settings)  # a live table readers are on
-    publish.verify_batch(world_end, previous, settings)
+    publish.verify_version(world_end, previous, settings)
     publish.activate_version(previous, settings)
 
-    version = publish.begin_batch(world_end, 3, settings)
+    version = publish.begin_publish(world_end, 3, settings)
     publish.publish_shard(world_end, version, 0, 3, settings)
-    real_stage = publish._stage
+    real_stage = versions.stage
 
     def dies_midway(client: object, names: list[str], values: list[str], *args: object) -> None:
         half = len(names) // 2
@@ -199,16 +201,16 @@ def test_a_shard_that_dies_midway_blocks_the_switch_until_its_retry(
         raise ConnectionError("the worker lost Redis")
 
     with monkeypatch.context() as patch:
-        patch.setattr(publish, "_stage", dies_midway)
+        patch.setattr(versions, "stage", dies_midway)
         with pytest.raises(ConnectionError):
             publish.publish_shard(world_end, version, 1, 3, settings)
     publish.publish_shard(world_end, version, 2, 3, settings)
     with pytest.raises(PublishError):
-        publish.verify_batch(world_end, version, settings)
+        publish.verify_version(world_end, version, settings)
     assert client.get(keys.current) == previous
 
     assert publish.publish_shard(world_end, version, 1, 3, settings).users > 0  # the retry
-    publish.verify_batch(world_end, version, settings)
+    publish.verify_version(world_end, version, settings)
     publish.activate_version(version, settings)
     assert client.get(keys.current) == version
     staged = [k for k in client.scan_iter(keys.version_pattern(version, "u:*"), count=1000)]
@@ -223,7 +225,7 @@ def test_the_simulators_activity_scales_the_interactions(
     tmp_path: Path, world_end: datetime
 ) -> None:
     """`activity` makes the big, mostly idle audiences of the scale benchmark; 1.0 is the demo."""
-    from pipelines.simulate import simulate
+    from pipelines.demo.simulate import simulate
 
     def interactions(activity: float) -> int:
         db = f"sqlite:///{tmp_path / f'a{activity}.db'}"
@@ -243,7 +245,8 @@ def test_writers_split_the_shards_between_them_and_stage_each_once(
     the version verifies with every user once."""
     from inbo.services import redis_client
     from inbo.shards import writer_shards
-    from pipelines import publish
+    from pipelines.publish import steps as publish
+    from pipelines.publish.contract import Keys
 
     assert [writer_shards(w, 2, 5) for w in range(2)] == [[0, 2, 4], [1, 3]]
     assert writer_shards(3, 4, 2) == []  # more writers than shards: the extra one has nothing
@@ -254,14 +257,14 @@ def test_writers_split_the_shards_between_them_and_stage_each_once(
     get_settings.cache_clear()
     settings = get_settings()
     recs = scored_with(settings, world_end, 5)
-    version = publish.begin_batch(world_end, 5, settings)
-    reports = [publish.publish_writer(world_end, version, w, 2, 5, settings) for w in range(2)]
+    version = publish.begin_publish(world_end, 5, settings)
+    reports = [publish.publish_shards(world_end, version, w, 2, 5, settings) for w in range(2)]
     assert [[r.shard for r in mine] for mine in reports] == [[0, 2, 4], [1, 3]]
     staged = [sum(r.users for r in mine) for mine in reports]
     assert sum(staged) == recs["user_id"].nunique()
     assert staged[0] == recs.loc[recs["user_id"] % 5 % 2 == 0, "user_id"].nunique()
-    publish.verify_batch(world_end, version, settings)
-    keys = publish.Keys(settings.redis_prefix)
+    publish.verify_version(world_end, version, settings)
+    keys = Keys(settings.redis_prefix)
     recorded = redis_client(settings).hgetall(keys.shards(version))
     assert sorted(map(int, recorded)) == [0, 1, 2, 3, 4]
     snapshots: list[Settings] = []

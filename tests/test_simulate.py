@@ -13,8 +13,11 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from pipelines import appdb
-from pipelines.simulate import CATEGORIES, FILLER, SOURCES, VOCABULARY, simulate
+from inbo import app_schema
+from pipelines.app import database as appdb
+from pipelines.demo.catalogue import CATEGORIES, FILLER, VOCABULARY
+from pipelines.demo.play import SOURCES
+from pipelines.demo.simulate import simulate
 
 END = datetime(2026, 11, 26)
 USERS, ITEMS, DAYS, SEED = 500, 100, 6, 11
@@ -34,7 +37,7 @@ class World:
 def _read_all(url: str) -> dict[str, pd.DataFrame]:
     engine = appdb.app_engine(url)
     try:
-        return {name: _read(engine, table) for name, table in appdb.metadata.tables.items()}
+        return {name: _read(engine, table) for name, table in app_schema.metadata.tables.items()}
     finally:
         engine.dispose()
 
@@ -60,7 +63,9 @@ def events(world: World) -> pd.DataFrame:
 
 
 def test_tables_have_the_app_column_names() -> None:
-    columns = {name: list(table.columns.keys()) for name, table in appdb.metadata.tables.items()}
+    columns = {
+        name: list(table.columns.keys()) for name, table in app_schema.metadata.tables.items()
+    }
     assert columns == {
         "users": ["id", "created_at", "updated_at", "country", "language"],
         "publishers": ["id", "name", "category", "created_at"],
@@ -83,7 +88,7 @@ def test_tables_have_the_app_column_names() -> None:
 def test_schema_compiles_for_postgres() -> None:
     ddl = {
         name: str(CreateTable(table).compile(dialect=postgresql.dialect()))
-        for name, table in appdb.metadata.tables.items()
+        for name, table in app_schema.metadata.tables.items()
     }
     assert "id SERIAL" in ddl["experience_interactions"]
     assert "id INTEGER NOT NULL" in ddl["users"]
@@ -140,7 +145,7 @@ def test_rejects_an_empty_world(tmp_path: Path) -> None:
 
 def test_every_kind_is_recorded_and_plentiful(events: pd.DataFrame) -> None:
     counts = events["kind"].value_counts()
-    assert set(counts.index) == set(appdb.INTERACTION_KINDS)
+    assert set(counts.index) == set(app_schema.INTERACTION_KINDS)
     assert len(events) > 10 * USERS
     assert counts["impression"] > 10 * counts["click"] > 0
 

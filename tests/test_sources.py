@@ -21,8 +21,8 @@ from inbo import schemas
 from inbo.errors import ServiceUnavailable, SourceError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
+from pipelines.app.sources import INCREMENTAL_TABLES, AppDbSource, FileDropSource
 from pipelines.ingest import ingest
-from pipelines.sources import INCREMENTAL_TABLES, AppDbSource, FileDropSource
 from pipelines.validate import validate_batch
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -221,7 +221,7 @@ def test_app_db_source_reads_rows_as_strings(tmp_path: Path) -> None:
     """Integers, reals and SQLite datetimes all come back as text; the increment is (low, high]."""
     from sqlalchemy import create_engine, text
 
-    from pipelines.appdb import create_app_schema
+    from pipelines.app.database import create_app_schema
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_engine(url)
@@ -384,7 +384,7 @@ def test_dropped_user_with_unreadable_creation_time_is_quarantined_not_lost(
 
 def test_as_strings_keeps_list_cells_and_missing_values_apart() -> None:
     """Quarantined item rows carry their parsed tags (a list): they must not break the quarantine."""
-    from pipelines.sources import as_strings
+    from pipelines.app.sources import as_strings
 
     frame = pd.DataFrame(
         {

@@ -18,28 +18,14 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from inbo.schemas import APP_INTERACTION_KINDS, EVENT_TYPES, ITEMS, USER_EVENTS, USERS
+from inbo import app_schema
+from inbo.schemas import EVENT_TYPES, ITEMS, USER_EVENTS, USERS
 
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 """Timestamps before this are clock or parsing errors, not history."""
 
-RAW_KINDS = APP_INTERACTION_KINDS
-
-RAW_COLUMNS: tuple[str, ...] = (
-    "id",
-    "user_id",
-    "issue_id",
-    "kind",
-    "occurred_at",
-    "recorded_at",
-    "session_id",
-    "dwell_ms",
-    "position",
-    "surface",
-    "device",
-    "country",
-    "rec_context",
-)
+RAW_COLUMNS: tuple[str, ...] = tuple(app_schema.experience_interactions.columns.keys())
+"""The app's raw interaction columns (`inbo.app_schema`), each of which the raw suite expects."""
 
 # GE's regex expectation matches `str(value)`: an integer read as float by pandas prints as "42.0".
 INTEGER = r"^[+-]?\d+(?:\.0*)?$"
@@ -178,7 +164,7 @@ def experience_interactions() -> Suite:
         *(exists(name) for name in RAW_COLUMNS),
         *(not_null(name) for name in (*ids, "kind", "occurred_at")),
         *(matches(name, INTEGER, "an integer") for name in ids),
-        in_set("kind", RAW_KINDS),
+        in_set("kind", app_schema.INTERACTION_KINDS),
         flag(
             "occurred_at_is_timestamp",
             "occurred_at",

@@ -1,35 +1,28 @@
-"""The INBO app's own database: the raw tables the app writes and the ingest reads.
+"""The INBO app's own tables, as the app writes them: the outside system's schema, spelled once.
 
-These are the app's names, not the lake's (see `inbo.schemas`); the ingest maps one onto the
-other. Every timestamp is naive UTC. On SQLite, SQLAlchemy stores a `DateTime` as the text
+These are the app's names, not the lake's (`inbo.schemas`): ingest maps one onto the other, the
+raw suite checks these columns, the simulator writes them, reconciliation counts them. Every
+timestamp is naive UTC. On SQLite, SQLAlchemy stores a `DateTime` as the text
 `YYYY-MM-DD HH:MM:SS.ffffff`, so read through these `Table` objects to get datetimes back.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
+from sqlalchemy import Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    make_url,
-)
-
-from inbo.schemas import APP_INTERACTION_KINDS
-
-log = logging.getLogger(__name__)
+KIND_TO_EVENT_TYPE: dict[str, str] = {
+    "impression": "impression",
+    "email_open": "open",
+    "click": "click",
+    "bookmark": "save",
+    "share": "share",
+    "hide": "dismiss",
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+}
+"""The app's `experience_interactions.kind` values, as the canonical event types they stand for
+(reads live in `reading_progress`)."""
+INTERACTION_KINDS: tuple[str, ...] = tuple(KIND_TO_EVENT_TYPE)
 
 metadata = MetaData()
 
@@ -108,31 +101,3 @@ reading_progress = Table(
     Column("device", String),
     Index("ix_reading_progress_updated_at", "updated_at"),
 )
-
-INTERACTION_KINDS = APP_INTERACTION_KINDS
-
-
-def create_app_schema(engine: Engine) -> None:
-    """Create the app's tables and indexes that do not exist yet."""
-    metadata.create_all(engine)
-    log.debug("app schema ready on %s", engine.url.render_as_string(hide_password=True))
-
-
-def app_engine(url: str) -> Engine:
-    """Engine for the app database; a SQLite file gets its folder and WAL on every connection."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the ingest read while the app (or the simulator) writes.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

@@ -4,7 +4,7 @@
 embedded Redis, so it never touches the demo's state. Simulation is not timed, nor is what stands
 for the previous nights: ingesting and validating every day but the last, and encoding the items
 published before it (MiniLM encodes only new items nightly). Then every nightly step for the last
-day runs as `python -m pipelines.scale_bench step ...`, like an Airflow task process, so its peak
+day runs as `python -m pipelines.offline.bench step ...`, like an Airflow task process, so its peak
 RSS is its own; score shards run `parallel` at a time, as a worker with that many slots would, and
 publish shards `publish_parallel` at a time, as the DAG's `INBO_PUBLISH_PARALLEL` allows. While the
 shards publish, a separate process reads users' rows (pointer + GET) at a fixed rate.
@@ -136,7 +136,7 @@ def bench_env(home: Path, params: BenchParams) -> dict[str, str]:
 
 def simulated_world(home: Path, params: BenchParams) -> dict[str, Any]:
     """Simulate the world once per parameters (not timed as a stage); its summary."""
-    from pipelines.simulate import simulate
+    from pipelines.demo.simulate import simulate
 
     marker = home / "world.json"
     if marker.exists():
@@ -281,7 +281,7 @@ def publish_stages(
     stop.unlink(missing_ok=True)
     reader = subprocess.Popen(
         [
-            sys.executable, "-m", "pipelines.scale_bench", "read", "--users", str(params.users),
+            sys.executable, "-m", "pipelines.offline.bench", "read", "--users", str(params.users),
             "--rate", str(READER_RATE), "--stop-file", str(stop), "--out", str(readings),
         ],
         env=env, cwd=REPO_ROOT,
@@ -388,7 +388,7 @@ def phase_latencies(
 
 
 def step_command(*args: str, date: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.scale_bench", "step", *args, "--date", date]
+    return [sys.executable, "-m", "pipelines.offline.bench", "step", *args, "--date", date]
 
 
 def timed(name: str, commands: list[list[str]], env: dict[str, str], home: Path) -> Stage:
@@ -470,17 +470,17 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
         "interactions": lambda: _interactions(end),
         "embed": lambda: _embed(end),
         "baselines": lambda: _fit("fit_baselines", end),
-        "als": lambda: _fit("fit_als", end),
-        "reranker": lambda: _fit("fit_reranker", end),
+        "als": lambda: _fit("train_als", end),
+        "reranker": lambda: _fit("train_reranker", end),
         "gate": lambda: _gate(end, args.als_run, args.reranker_run),
         "register": lambda: _register(end, args.als_run, args.reranker_run),
         "prepare": lambda: _prepare(end),
         "score": lambda: _score(end, args.shard, args.shards),
-        "begin": lambda: {"version": _publish().begin_batch(end, args.shards)},
+        "begin": lambda: {"version": _publish().begin_publish(end, args.shards)},
         "publish": lambda: _publish_writer(
             end, args.version, args.writer, args.writers, args.shards
         ),
-        "verify": lambda: {"version": _publish().verify_batch(end, args.version)},
+        "verify": lambda: {"version": _publish().verify_version(end, args.version)},
         "activate": lambda: {"previous": _publish().activate_version(args.version)},
     }
     return dict(steps[args.step]())
@@ -503,7 +503,7 @@ def _validate_backfill(end: datetime) -> dict[str, Any]:
 
     The app database already holds issues scheduled for later days; validating a past night
     quarantines them as "published in the future", and quarantining a row with a list column
-    (`tags`) fails in `pipelines.sources.as_strings`. The nightly run itself never sees them.
+    (`tags`) fails in `pipelines.app.sources.as_strings`. The nightly run itself never sees them.
     """
     import pandas as pd
 
@@ -536,20 +536,19 @@ def _fit(name: str, end: datetime) -> dict[str, Any]:
 
 
 def _gate(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
-    from pipelines.promotion import evaluate_batch, register_and_gate
+    from pipelines.promotion import evaluate_holdout, register_and_gate
 
-    decisions = register_and_gate(end, als_run, reranker_run, evaluate_batch(end))
-    return {kind: decision["promoted"] for kind, decision in decisions.items()}
+    decisions = register_and_gate(end, als_run, reranker_run, evaluate_holdout(end).scores)
+    return {kind: decision.promoted for kind, decision in decisions.items()}
 
 
 def _register(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
     """Register tonight's models and make them champion without the held-out evaluation."""
     from inbo.lake import batch_key
     from pipelines import registry
-    from pipelines.train import model_dir
 
     settings = get_settings()
-    directory = model_dir(settings, batch_key(end))
+    directory = settings.model_dir(batch_key(end))
     versions = {}
     for kind, run_id in (("als", als_run), ("reranker", reranker_run)):
         if run_id:
@@ -561,13 +560,13 @@ def _register(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
 
 
 def _prepare(end: datetime) -> dict[str, Any]:
-    from pipelines.recommend import prepare_scoring
+    from pipelines.score import prepare_scoring
 
     return asdict(prepare_scoring(end))
 
 
 def _score(end: datetime, shard: int, shards: int) -> dict[str, Any]:
-    from pipelines.recommend import score_shard
+    from pipelines.score import score_shard
 
     return asdict(score_shard(end, shard, shards))
 
@@ -575,10 +574,10 @@ def _score(end: datetime, shard: int, shards: int) -> dict[str, Any]:
 def _publish_writer(
     end: datetime, version: str, writer: int, writers: int, shards: int
 ) -> dict[str, Any]:
-    """`publish_writer`, timed inside the task (the process start is not publishing)."""
+    """`publish_shards`, timed inside the task (the process start is not publishing)."""
     publish = _publish()
     started = time.perf_counter()
-    reports = publish.publish_writer(end, version, writer, writers, shards)
+    reports = publish.publish_shards(end, version, writer, writers, shards)
     return {
         "users": sum(report.users for report in reports),
         "seconds": time.perf_counter() - started,
@@ -587,7 +586,7 @@ def _publish_writer(
 
 
 def _publish() -> Any:
-    from pipelines import publish
+    from pipelines.publish import steps as publish
 
     return publish
 
@@ -602,7 +601,7 @@ def _client(env: dict[str, str]) -> Any:
 
 
 def live_version(env: dict[str, str]) -> str | None:
-    from pipelines.publish import Keys
+    from pipelines.publish.contract import Keys
 
     current = _client(env).get(Keys(get_settings().redis_prefix).current)
     return current.decode() if current else None
@@ -614,7 +613,7 @@ def redis_memory(env: dict[str, str]) -> float:
 
 def key_memory(env: dict[str, str], users: int) -> dict[str, float]:
     """Mean `MEMORY USAGE` of sampled users' keys in the live table, and their payload bytes."""
-    from pipelines.publish import Keys
+    from pipelines.publish.contract import Keys
 
     client = _client(env)
     keys = Keys(get_settings().redis_prefix)
@@ -638,7 +637,7 @@ def key_memory(env: dict[str, str], users: int) -> dict[str, float]:
 
 def read_loop(users: int, rate: float, stop_file: Path, out: Path, env: dict[str, str]) -> None:
     """Pointer + GET for random users at `rate` per second until `stop_file` exists."""
-    from pipelines.publish import Keys
+    from pipelines.publish.contract import Keys
 
     client = _client(env)
     keys = Keys(get_settings().redis_prefix)
@@ -804,7 +803,7 @@ def write_doc(report: BenchReport, doc: Path = DOC) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The step and reader processes the benchmark starts (not a user-facing command)."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.scale_bench")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.offline.bench")
     sub = parser.add_subparsers(dest="command", required=True)
     step = sub.add_parser("step")
     step.add_argument("step")

@@ -1,5 +1,7 @@
 """Score: every user's top-N from the champion models, with a reason on every item.
 
+The nightly DAG's `prepare_scoring` and `score_shard` tasks.
+
 Candidates come from the batch's sources with the `champion` ALS from the MLflow registry, and the
 `champion` reranker orders them; trending issues fill short lists. Read and dismissed issues never
 appear. Without a registered reranker (a first run that could not train one) the baseline blend
@@ -19,38 +21,28 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.interactions import MODEL_EVENT_COLUMNS, load_events
-from features.ranking import RANKING_ITEM_TABLE, catalogue_item_features, ranking_features
-from inbo import schemas
+from features.ranking import catalogue_item_features
+from inbo import tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from inbo.shards import shard_key, user_shard
 from models.als import ALSModel
-from models.base import TrainingData
-from models.candidates import REASON_PRIORITY, CandidateModels, generate
-from models.hybrid import SOURCE_OF_REASON, seen_pairs
+from models.candidates import CandidateModels
+from models.hybrid import propose, rank
 from models.popularity import PopularityModel
 from models.reranker import Reranker
 from pipelines import registry
-from pipelines.train import model_dir
+from pipelines.training_data import Embeddings, event_window, load_training_data
 
 log = logging.getLogger(__name__)
-
-REPORTS = "_reports/score"
-"""The batch's score plan (`ScorePlan`), also read by publishing for the models it names."""
-USERS_TABLE = "recs_users"
-"""Who gets a personal row, with their shard: (user_id, shard)."""
-USERS_SCHEMA = pa.schema(
-    [pa.field("user_id", pa.int64(), nullable=False), pa.field("shard", pa.int64(), False)]
-)
 
 
 @dataclass(frozen=True)
@@ -86,35 +78,6 @@ class ScoreSummary:
     rows: int
     fallback_items: int
     models: dict[str, str] = field(default_factory=dict)
-
-
-def blend(candidates: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Each user's top `n` distinct items by (reason priority, score), `seen` pairs removed."""
-    kept = candidates.merge(seen.assign(_seen=True), on=["user_id", "item_id"], how="left")
-    kept = kept[kept["_seen"].isna()].drop(columns="_seen")
-    priority = {code: i for i, code in enumerate(REASON_PRIORITY)}
-    kept = kept.assign(_priority=kept["reason_code"].map(priority).fillna(len(priority)))
-    kept = kept.sort_values(
-        ["user_id", "_priority", "score", "item_id"], ascending=[True, True, False, True]
-    ).drop_duplicates(["user_id", "item_id"])
-    kept = kept[kept.groupby("user_id").cumcount() < n]
-    ranked = kept.assign(rank=kept.groupby("user_id").cumcount() + 1)
-    return schemas.conform(ranked.drop(columns="_priority"), schemas.RECOMMENDATIONS)
-
-
-def fill(ranked: pd.DataFrame, trending: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
-    """`ranked` lists topped up to `n` with trending issues the user has not seen or been given."""
-    users = ranked["user_id"].unique() if len(ranked) else np.array([], dtype=np.int64)
-    filler = trending.merge(pd.DataFrame({"user_id": users}), how="cross")
-    filler = filler.assign(rank=filler["rank"] + n)
-    pool = pd.concat([ranked, filler], ignore_index=True)
-    pool = pool.merge(seen.assign(_seen=True), on=["user_id", "item_id"], how="left")
-    pool = pool[pool["_seen"].isna()].drop(columns="_seen")
-    pool = pool.sort_values(["user_id", "rank", "item_id"]).drop_duplicates(["user_id", "item_id"])
-    pool = pool[pool.groupby("user_id").cumcount() < n]
-    return schemas.conform(
-        pool.assign(rank=pool.groupby("user_id").cumcount() + 1), schemas.RECOMMENDATIONS
-    )
 
 
 def champion_parts(settings: Settings) -> tuple[ALSModel | None, Reranker | None, dict[str, str]]:
@@ -167,32 +130,32 @@ def prepare_scoring(
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
     part = {"batch": batch}
-    interactions = lake.read("features/interactions", part, "part", filters=pc.field("weight") > 0)
+    interactions = lake.read_batch(
+        tables.INTERACTIONS, batch, pc.field("weight") > 0, columns=["user_id"]
+    )
     users = np.sort(interactions["user_id"].unique())
     del interactions
-    lake.remove("recs", part)
-    lake.write(
+    lake.remove(tables.RECS.path, part)
+    lake.write_batch(
         pd.DataFrame({"user_id": users, "shard": user_shard(users, shards)}),
-        USERS_TABLE,
-        "part",
-        part,
-        USERS_SCHEMA,
+        tables.RECS_USERS,
+        batch,
     )
-    popularity = PopularityModel.load(model_dir(settings, batch) / "popularity")
+    popularity = PopularityModel.load(settings.model_dir(batch) / "popularity")
     trending = popularity.global_top(settings.fallback_n)
     trending = trending.assign(rank=np.arange(1, len(trending) + 1))
-    lake.write(trending, "recs_fallback", "part", part)
+    lake.write_batch(trending, tables.RECS_FALLBACK, batch)
     versions = champion_versions(settings)
     if "reranker" in versions:
         events, _ = load_events(
             lake, *event_window(settings, interval_end), columns=MODEL_EVENT_COLUMNS
         )
-        items = lake.read("items", part, "part", schemas.ITEMS)
+        items = lake.read_batch(tables.ITEMS, batch)
         table = catalogue_item_features(events, items, interval_end)
-        lake.write(table.reset_index(), RANKING_ITEM_TABLE, "part", part)
+        lake.write_batch(table.reset_index(), tables.ITEM_RANKING, batch)
     models = {**registry_names(versions), **batch_sources(settings, batch)}
     plan = ScorePlan(batch, shards, len(users), len(trending), versions, models)
-    lake.write_json(json.dumps(asdict(plan), indent=2), REPORTS, batch)
+    lake.write_json(json.dumps(asdict(plan), indent=2), tables.SCORE_PLANS, batch)
     log.info("score plan %s", plan)
     return plan
 
@@ -200,15 +163,12 @@ def prepare_scoring(
 def read_plan(interval_end: datetime, settings: Settings | None = None) -> ScorePlan:
     """The batch's `ScorePlan`; `DataNotFound` before `prepare_scoring` ran."""
     settings = settings or get_settings()
-    raw = json.loads(Lake(settings.lake).read_json(REPORTS, batch_key(interval_end)))
+    raw = json.loads(Lake(settings.lake).read_json(tables.SCORE_PLANS, batch_key(interval_end)))
     if "shards" not in raw:
-        raise DataNotFound(f"{REPORTS}/{batch_key(interval_end)}.json is not a score plan")
+        raise DataNotFound(
+            f"{tables.SCORE_PLANS}/{batch_key(interval_end)}.json is not a score plan"
+        )
     return ScorePlan(**raw)
-
-
-def event_window(settings: Settings, interval_end: datetime) -> tuple[datetime, datetime]:
-    """The events scoring reads, the same span as training (`load_training_data`)."""
-    return interval_end - timedelta(days=2 * settings.history_days), interval_end
 
 
 def score_shard(
@@ -223,24 +183,24 @@ def score_shard(
     if plan.shards != shards:
         raise ValueError(f"batch {batch} was planned with {plan.shards} shards, not {shards}")
     key = shard_key(shard, shards)
-    users = lake.read(
-        USERS_TABLE, {"batch": batch}, "part", USERS_SCHEMA, pc.field("shard") == shard
-    )["user_id"].to_numpy()
-    data = shard_data(settings, interval_end, users)
+    users = lake.read_batch(tables.RECS_USERS, batch, pc.field("shard") == shard)
+    users = users["user_id"].to_numpy()
+    data = load_training_data(settings, interval_end, users=users, embeddings=Embeddings.NONE)
     als, reranker = pinned_parts(settings, plan.versions)
-    sources = CandidateModels.load(model_dir(settings, batch), als=als)
-    trending = lake.read("recs_fallback", {"batch": batch}, "part")
+    sources = CandidateModels.load(settings.model_dir(batch), als=als)
+    trending = lake.read_batch(tables.RECS_FALLBACK, batch)
     item_table = (
-        lake.read(RANKING_ITEM_TABLE, {"batch": batch}, "part").set_index("item_id")
+        lake.read_batch(tables.ITEM_RANKING, batch).set_index("item_id")
         if reranker is not None
         else None
     )
     loaded = time.perf_counter()
-    candidates = propose(sources, data, users, settings)
+    candidates = propose(sources, data, users, settings.candidates_per_source)
     proposed = time.perf_counter()
-    recs = top_n(candidates, reranker, data, settings, trending, item_table)
+    recs = rank(candidates, reranker, data, settings.top_n, trending, item_table)
     del candidates
-    lake.write(recs, "recs", "part", {"batch": batch, "shard": key}, schemas.RECOMMENDATIONS)
+    partition = {"batch": batch, "shard": key}
+    lake.write(recs, tables.RECS.path, "part", partition, tables.RECS.schema)
     summary = ShardSummary(
         batch,
         shard,
@@ -255,67 +215,6 @@ def score_shard(
     )
     log.info("scored %s", summary)
     return summary
-
-
-def shard_data(settings: Settings, interval_end: datetime, users: np.ndarray) -> TrainingData:
-    """The batch's training data restricted to `users`' rows; the catalogue stays whole.
-
-    No embeddings: scoring uses the content model saved with the batch's models.
-    """
-    lake = Lake(settings.lake)
-    part = {"batch": batch_key(interval_end)}
-    mine = pc.field("user_id").isin(pa.array(users, pa.int64()))
-    events, _ = load_events(
-        lake, *event_window(settings, interval_end), filters=mine, columns=MODEL_EVENT_COLUMNS
-    )
-    return TrainingData(
-        interactions=lake.read("features/interactions", part, "part", schemas.INTERACTIONS, mine),
-        items=lake.read("items", part, "part", schemas.ITEMS),
-        continue_reading=lake.read(
-            "features/continue_reading", part, "part", schemas.CONTINUE_READING, mine
-        ),
-        as_of=interval_end,
-        events=events,
-        subscriptions=lake.read("subscriptions", part, "part", schemas.SUBSCRIPTIONS, mine),
-    )
-
-
-def propose(
-    sources: CandidateModels, data: TrainingData, users: np.ndarray, settings: Settings
-) -> pd.DataFrame:
-    """`users`' candidates from every source, read and dismissed issues removed."""
-    seen = seen_pairs(data.interactions).assign(_seen=True)
-    candidates = generate(sources, users, data, settings.candidates_per_source)
-    candidates = candidates.merge(seen, on=["user_id", "item_id"], how="left")
-    return candidates[candidates["_seen"].isna()].drop(columns="_seen")
-
-
-def top_n(
-    candidates: pd.DataFrame,
-    reranker: Reranker | None,
-    data: TrainingData,
-    settings: Settings,
-    trending: pd.DataFrame,
-    item_table: pd.DataFrame | None,
-) -> pd.DataFrame:
-    """The candidates' users' top-N: reranked (or the baseline blend), topped up with trending."""
-    seen = seen_pairs(data.interactions)
-    if reranker is None:
-        candidates = candidates.assign(
-            score=candidates[["continue_reading", "als_score", "content_score", "category_score"]]
-            .max(axis=1)
-            .fillna(0.0),
-            source=candidates["reason_code"].map(SOURCE_OF_REASON),
-        )
-        return fill(blend(candidates, seen, settings.top_n), trending, seen, settings.top_n)
-    if candidates.empty:
-        return schemas.empty(schemas.RECOMMENDATIONS)
-    features = ranking_features(
-        candidates, data.events, data.items, data.subscriptions, data.as_of, item_table
-    )
-    ranked = reranker.rerank(features, settings.top_n)
-    ranked = ranked.assign(source=ranked["reason_code"].map(SOURCE_OF_REASON).fillna("hybrid"))
-    return fill(ranked, trending, seen, settings.top_n)
 
 
 def score_users(interval_end: datetime, settings: Settings | None = None) -> ScoreSummary:
@@ -340,18 +239,18 @@ def read_recs_table(interval_end: datetime, settings: Settings | None = None) ->
     batch = batch_key(interval_end)
     shards = read_plan(interval_end, settings).shards
     paths = [
-        lake.path("recs", {"batch": batch, "shard": shard_key(s, shards)}, "part")
+        lake.path(tables.RECS.path, {"batch": batch, "shard": shard_key(s, shards)}, "part")
         for s in range(shards)
     ]
     missing = [path for path in paths if not lake.fs.exists(path)]
     if missing:
         raise DataNotFound(f"batch {batch} is not fully scored: {missing[0]} does not exist")
-    recs = lake.read_files(paths, schemas.RECOMMENDATIONS)
+    recs = lake.read_files(paths, tables.RECS.schema)
     return recs.sort_values(["user_id", "rank"], ignore_index=True)
 
 
 def batch_sources(settings: Settings, batch: str) -> dict[str, str]:
     """The candidate sources fitted on this batch itself, named for the table's metadata."""
-    content = (model_dir(settings, batch) / "content").exists()
+    content = (settings.model_dir(batch) / "content").exists()
     names = ["popularity", "continue_reading"] + (["content"] if content else [])
     return {name: f"{name} fitted on batch {batch}" for name in names}

@@ -1,7 +1,7 @@
 """Benchmarks: every model family on one dataset, as `inbo evaluate --dataset ...` runs them.
 
 `run_benchmark` builds a dataset's evaluation split, fits each model on its training side with the
-harness of `pipelines.evaluate`, and returns one row per model (metrics and wall times), logging
+harness of `models.evaluation`, and returns one row per model (metrics and wall times), logging
 each row as an MLflow run of the "inbo-evaluation" experiment.
 
 - `movielens-100k`: Microsoft Recommenders' protocol (`movielens_split`: stratified by item,
@@ -42,9 +42,7 @@ from inbo.settings import Settings, get_settings
 from models import metrics as m
 from models.als import ALSModel
 from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates
-from models.matrix import IdMap, pair_matrix
-from models.reranker import Reranker
-from pipelines.evaluate import (
+from models.evaluation import (
     PAIR,
     ModelFactory,
     Split,
@@ -53,6 +51,8 @@ from pipelines.evaluate import (
     stratified_split,
     time_split,
 )
+from models.matrix import IdMap, pair_matrix
+from models.reranker import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,9 @@ def run_benchmark(
 ) -> pd.DataFrame:
     """Evaluate every model of `dataset` and return one row per model (index `model`).
 
-    `path` is the dataset folder: MovieLens' (default `pipelines.datasets.MOVIELENS_DIR`), MIND's
+    `path` is the dataset folder: MovieLens' (default `pipelines.offline.datasets.MOVIELENS_DIR`), MIND's
     (required); the demo reads the lake of `settings`. Columns: the metrics of
-    `pipelines.evaluate.DEFAULT_METRICS`, `users`, `user_coverage`, `tune_seconds`,
+    `models.evaluation.DEFAULT_METRICS`, `users`, `user_coverage`, `tune_seconds`,
     `fit_seconds`, `recommend_seconds`. `frame.attrs` holds the dataset and split names.
     """
     settings = settings or get_settings()
@@ -208,7 +208,7 @@ def movielens_benchmark(path: Path | None, k: int, settings: Settings) -> Benchm
     """Microsoft's MovieLens-100k protocol with our four model families."""
     from models.content import ContentModel
     from models.popularity import PopularityModel
-    from pipelines.datasets import load_movielens
+    from pipelines.offline.datasets import load_movielens
 
     data = load_movielens(path)
     split = movielens_split(data.ratings, data.items, by="item", weight="binary")
@@ -250,8 +250,9 @@ def genre_vectors(items: pd.DataFrame) -> pd.DataFrame:
 
 def item_embeddings(items: pd.DataFrame, dataset: str, settings: Settings) -> pd.DataFrame:
     """all-MiniLM-L6-v2 vectors of the items, cached in var/benchmarks by content hash."""
-    from features.embeddings import EMBEDDINGS, encode_items
+    from features.embeddings import encode_items
     from inbo.lake import Lake
+    from inbo.schemas import EMBEDDINGS
 
     cache = Lake(str(settings.var_dir / "benchmarks"))
     name = dataset.replace("/", "_")
@@ -625,54 +626,31 @@ class RerankedALS:
 
 def demo_benchmark(settings: Settings) -> Benchmark:
     """The time split on the lake's latest validated batch: fit at end - holdout, score the rest."""
-    from features.embeddings import EMBEDDINGS
-    from features.interactions import load_events
-    from inbo import schemas
     from inbo.lake import Lake, batch_end
+    from pipelines.training_data import load_training_data
     from pipelines.validate import latest_validated_batch
 
-    lake = Lake(settings.lake)
-    batch = latest_validated_batch(lake)
-    end = batch_end(batch)
+    end = batch_end(latest_validated_batch(Lake(settings.lake)))
+    data = load_training_data(settings, end)
     holdout = timedelta(days=settings.holdout_days)
-    start = end - holdout - timedelta(days=2 * settings.history_days)
-    events, _ = load_events(lake, start, end)
-    part = {"batch": batch}
-    items = lake.read("items", part, "part", schemas.ITEMS)
-    subscriptions = read_subscriptions(lake, batch)
-    embeddings = (
-        lake.read("features/embeddings", part, "part", EMBEDDINGS)
-        if lake.exists("features/embeddings", part, "part")
-        else item_embeddings(items, "demo", settings)
-    )
     split = time_split(
-        events,
-        items,
+        data.events,
+        data.items,
         cutoff=end - holdout,
         window=holdout,
         settings=settings,
-        subscriptions=subscriptions,
-        embeddings=embeddings,
+        subscriptions=data.subscriptions,
+        embeddings=data.embeddings
+        if data.embeddings is not None
+        else item_embeddings(data.items, "demo", settings),
     )
     return _platform_benchmark("demo", split, settings, hybrid=True)
-
-
-def read_subscriptions(lake: Any, batch: str) -> pd.DataFrame:
-    """The batch's validated subscriptions, else its staged ones (older lakes lack the former)."""
-    from inbo import schemas
-
-    part = {"batch": batch}
-    for table in ("subscriptions", "staging/subscriptions"):
-        if lake.exists(table, part, "part"):
-            return lake.read(table, part, "part", schemas.SUBSCRIPTIONS)
-    log.warning("batch %s has no subscriptions table; the models see no subscriptions", batch)
-    return schemas.empty(schemas.SUBSCRIPTIONS)
 
 
 def mind_benchmark(path: Path, settings: Settings) -> Benchmark:
     """A MIND-format folder through the time split: the last `holdout_days` of its log scored."""
     from inbo import schemas
-    from pipelines.datasets import load_mind
+    from pipelines.offline.datasets import load_mind
 
     mind = load_mind(path)
     clicks = mind.events[mind.events["event_type"] != "read"]
@@ -787,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from inbo import logs
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipelines.offline.evaluate", description=main.__doc__)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--path", type=Path, help="dataset folder (MovieLens: default shared)")
     parser.add_argument("-k", type=int, default=m.DEFAULT_K, help="list length")

@@ -12,7 +12,7 @@ Protocols:
   [T, T + window).
 - `movielens_split`: Microsoft Recommenders' MovieLens-100k benchmark (see its docstring).
 
-Run `python -m pipelines.evaluate --help` for the command line.
+Run `python -m models.evaluation --help` for the command line.
 """
 
 from __future__ import annotations
@@ -312,9 +312,9 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> None:
     """Evaluate the popularity baseline with Microsoft's MovieLens-100k protocol and print it."""
     from models.popularity import PopularityModel
-    from pipelines.datasets import MOVIELENS_DIR, load_movielens
+    from pipelines.offline.datasets import MOVIELENS_DIR, load_movielens
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m models.evaluation", description=main.__doc__)
     parser.add_argument("--movielens", type=Path, default=MOVIELENS_DIR, help="u.data folder")
     parser.add_argument("--by", choices=["item", "user"], default="item", help="stratify by")
     parser.add_argument("--weight", choices=["binary", "rating"], default="binary")

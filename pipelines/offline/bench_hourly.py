@@ -23,7 +23,7 @@ from pathlib import Path
 from inbo.errors import InboError
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
-from pipelines.scale_bench import machine_info
+from pipelines.offline.bench import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def world_settings(base: Settings, users: int, items: int, days: int) -> Setting
 
 def prepare_world(settings: Settings, users: int, items: int, days: int, seed: int = 7) -> None:
     """Simulate the world and run the nightly pipeline at `NIGHTLY_END`, unless done before."""
-    from pipelines.simulate import simulate
+    from pipelines.demo.simulate import simulate
 
     marker = settings.var_dir / "nightly-done.json"
     if marker.exists():
@@ -92,11 +92,11 @@ def run_nightly(settings: Settings, end: datetime) -> str:
     """The nightly DAG's steps in this process (the held-out evaluation left out); the version."""
     from features.embeddings import build_embeddings
     from features.interactions import build_interactions
-    from pipelines import publish
     from pipelines.ingest import ingest_exclusive
     from pipelines.promotion import register_and_gate
-    from pipelines.recommend import score_users
-    from pipelines.train import fit_als, fit_baselines, fit_reranker
+    from pipelines.publish import steps as publish
+    from pipelines.score import score_users
+    from pipelines.train import fit_baselines, train_als, train_reranker
     from pipelines.validate import validate_exclusive
 
     ingest_exclusive(end, settings)
@@ -104,11 +104,11 @@ def run_nightly(settings: Settings, end: datetime) -> str:
     build_interactions(end, settings)
     build_embeddings(end, settings)
     fit_baselines(end, settings)
-    als = fit_als(end, settings)
-    reranker = fit_reranker(end, settings)
+    als = train_als(end, settings)
+    reranker = train_reranker(end, settings)
     register_and_gate(end, als.run_id, reranker.run_id, {}, settings)
     score_users(end, settings)
-    version = publish.verify_batch(end, publish.publish_batch(end, settings), settings)
+    version = publish.verify_version(end, publish.publish_batch(end, settings), settings)
     publish.activate_version(version, settings)
     return version
 
@@ -167,9 +167,9 @@ def run_hourly_bench(
 
 def _forget_refresh(settings: Settings, end: datetime) -> None:
     """Put a fresh copy of the nightly table live, so every bench run refreshes the same hour."""
-    from pipelines import publish
+    from pipelines.publish import steps as publish
 
-    version = publish.verify_batch(
+    version = publish.verify_version(
         NIGHTLY_END, publish.publish_batch(NIGHTLY_END, settings), settings
     )
     publish.activate_version(version, settings)

@@ -1,0 +1,21 @@
+"""Entry point of the `inbo` command: every command module registered, errors as one line."""
+
+from __future__ import annotations
+
+import sys
+
+from cli import demo, ml, operations, pipeline, serving  # noqa: F401  (they register commands)
+from cli.app import app
+from inbo.errors import InboError
+
+
+def main() -> None:
+    """Platform errors become one line on stderr and a non-zero exit code."""
+    try:
+        app()
+    except InboError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

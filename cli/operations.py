@@ -1,0 +1,173 @@
+"""`inbo` commands for operators: counter reconciliation and the scale benchmarks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cli.app import app, confirm, console, hour_end
+
+if TYPE_CHECKING:
+    from pipelines.reconcile import ReconcileReport
+
+
+PANEL = "Operations"
+
+
+@app.command(rich_help_panel=PANEL)
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option(help="Rewrite drifted counters from the warehouse, backed up first.")
+    ] = False,
+    restore: Annotated[
+        str | None, typer.Option(help="Put back the counters a repair backed up (its backup id).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair or --restore.")] = False,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="End of the validated batch to check at (UTC, 2026-11-26 or 2026-11-26T14:00). "
+            "Default: the newest validated batch.",
+        ),
+    ] = None,
+) -> None:
+    """Compare the app's per-item Redis counters with the warehouse; repair or restore them."""
+    from inbo.errors import InboError
+    from pipelines.reconcile import reconcile_counters, restore_counters
+
+    if repair and restore:
+        raise InboError("--repair and --restore undo each other: give one of them")
+    if repair or restore:
+        confirm("rewrite the app's counters in Redis", yes)
+    if restore:
+        restored = restore_counters(restore)
+        console.print(f"restored the counters of {restored:,} items from backup {restore}")
+        return
+    figures, worst = reconcile_tables(reconcile_counters(reconcile_end(at), repair=repair))
+    console.print(figures)
+    if worst.row_count:
+        console.print(worst)
+
+
+def reconcile_end(at: str | None) -> datetime:
+    """`--at`, else the end of the newest validated batch."""
+    if at is not None:
+        return hour_end(at)
+    from inbo.lake import Lake, batch_end
+    from inbo.settings import get_settings
+    from pipelines.validate import latest_validated_batch
+
+    return batch_end(latest_validated_batch(Lake(get_settings().lake)))
+
+
+def reconcile_tables(report: ReconcileReport) -> tuple[Table, Table]:
+    """The figures, and the worst items: counter / warehouse where they differ."""
+    from pipelines.app.counters import FIELDS
+
+    def per_field(counts: dict[str, int]) -> str:
+        return ", ".join(f"{name}={count:,}" for name, count in counts.items())
+
+    verdict = "within" if report.within_target else "[red]above[/red]"
+    figures = Table(title=f"app counters vs warehouse, batch {report.batch}", show_header=False)
+    figures.add_row("items checked", f"{report.items_checked:,} in {report.seconds:.1f} s")
+    figures.add_row(
+        "inconsistent",
+        f"{report.inconsistent_items:,} = {100 * report.inconsistency_rate:.2f}%, "
+        f"{verdict} the {100 * report.target:.2f}% target",
+    )
+    figures.add_row("counted from", per_field(report.counted))
+    figures.add_row("counters lack", per_field(report.missing))
+    figures.add_row("counters exceed", per_field(report.extra))
+    if report.backup:
+        figures.add_row(
+            "repaired",
+            f"{report.repaired:,} items ({report.changed_during_repair:,} changed meanwhile, "
+            f"left); undo: inbo reconcile --restore {report.backup}",
+        )
+    figures.add_row("report", report.path)
+    worst = Table("item", "difference", *FIELDS, title="worst items (counter / warehouse)")
+    for row in report.worst:
+        counter, warehouse = row["counter"], row["warehouse"]
+        worst.add_row(
+            str(row["item_id"]),
+            str(row["difference"]),
+            *(
+                f"{counter[f]:,} / {warehouse[f]:,}"
+                if counter[f] != warehouse[f]
+                else f"{counter[f]:,}"
+                for f in FIELDS
+            ),
+        )
+    return figures, worst
+
+
+@app.command("bench-hourly", rich_help_panel=PANEL)
+def bench_hourly(
+    users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 200_000,
+    items: Annotated[int, typer.Option(min=10, help="Newsletter issues.")] = 5_000,
+    days: Annotated[int, typer.Option(min=2, help="Days of traffic before the timed hour.")] = 3,
+) -> None:
+    """Time one hourly refresh over a busy hour after a nightly run (world built once, reused)."""
+    from inbo.settings import get_settings
+    from pipelines.offline.bench_hourly import as_json, format_result, run_hourly_bench
+
+    settings = get_settings()
+    result = run_hourly_bench(settings, users, items, days)
+    print(format_result(result))
+    out = settings.reports_dir / "bench-hourly.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(as_json(result))
+    console.print(f"written to {out}")
+
+
+@app.command(rich_help_panel=PANEL)
+def bench(
+    users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 100_000,
+    items: Annotated[int, typer.Option(min=100, help="Newsletter issues.")] = 50_000,
+    days: Annotated[int, typer.Option(min=2, help="Days of events.")] = 30,
+    shards: Annotated[int, typer.Option(min=1, max=999, help="User shards.")] = 8,
+    per_source: Annotated[
+        int, typer.Option(min=1, help="Candidates per source (INBO_CANDIDATES_PER_SOURCE).")
+    ] = 100,
+    activity: Annotated[
+        float, typer.Option(min=0.001, help="Sessions per user and day, relative to the demo.")
+    ] = 0.085,
+    parallel: Annotated[int, typer.Option(min=1, help="Score shard tasks at a time.")] = 2,
+    publish_parallel: Annotated[
+        int, typer.Option(min=1, help="Publish shard tasks at a time (INBO_PUBLISH_PARALLEL).")
+    ] = 1,
+    label_days: Annotated[
+        float, typer.Option(min=0.1, help="Days of impressions the reranker learns from.")
+    ] = 2.0,
+    evaluate: Annotated[
+        bool, typer.Option(help="Run the held-out evaluation and gate (else: promote directly).")
+    ] = True,
+    write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+) -> None:
+    """Time the nightly pipeline on a large world: stage wall times, peak RSS, publish, reads.
+
+    The world is simulated once under <var>/bench/ and reused; simulation and the previous
+    nights' warm-up are not timed. Each step runs in its own process.
+    """
+    from pipelines.offline.bench import BenchParams, format_report, run_bench, write_doc
+
+    params = BenchParams(
+        users=users,
+        items=items,
+        days=days,
+        shards=shards,
+        activity=activity,
+        per_source=per_source,
+        parallel=parallel,
+        publish_parallel=publish_parallel,
+        evaluate=evaluate,
+        label_days=label_days,
+    )
+    report = run_bench(params)
+    print(format_report(report))
+    if write:
+        write_doc(report)

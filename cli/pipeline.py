@@ -1,0 +1,172 @@
+"""`inbo` commands that run one step of the pipeline: the same functions the DAG tasks call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from cli.app import AtOption, DateOption, app, console, err, hour_end, interval_end
+
+PANEL = "Pipeline steps"
+
+
+@app.command(rich_help_panel=PANEL)
+def simulate(
+    users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 2000,
+    items: Annotated[int, typer.Option(min=5, help="Number of newsletter issues.")] = 500,
+    days: Annotated[int, typer.Option(min=1, help="Days of app activity.")] = 14,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same world.")] = 7,
+    dirty_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.5, help="Share of interactions broken on purpose, for the quarantine."
+        ),
+    ] = 0.001,
+    counter_drift: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="Share of the app's Redis counter increments lost or doubled, for `inbo reconcile`.",
+        ),
+    ] = 0.0002,
+    date: DateOption = None,
+    hours_after: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=23,
+            help="Keep the app running this many hours past --date (for hourly runs).",
+        ),
+    ] = 0,
+) -> None:
+    """Generate a demo world into the app database and the app's counters (replaces what is there)."""
+    from rich.progress import Progress
+
+    from inbo.settings import get_settings
+    from pipelines.app.counters import open_counters
+    from pipelines.demo.simulate import simulate as run_simulation
+
+    settings = get_settings()
+    end = interval_end(date)
+    with open_counters(settings) as counters, Progress(console=err, transient=True) as progress:
+        task = progress.add_task("simulating days", total=days)
+        summary = run_simulation(
+            settings.app_db,
+            users=users,
+            items=items,
+            days=days,
+            seed=seed,
+            end=(end + timedelta(hours=hours_after)).replace(tzinfo=None),
+            truth_dir=settings.var_dir / "simulation",
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            dirty_share=dirty_share,
+            counters=counters,
+            counter_drift=counter_drift,
+        )
+    console.print(
+        f"simulated {summary.users:,} users, {summary.newsletter_issues:,} issues, "
+        f"{summary.experience_interactions:,} interactions and {summary.reading_progress:,} "
+        f"reading-progress rows over {days} days into {settings.app_db}"
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def ingest(date: DateOption = None) -> None:
+    """Extract the batch from the app database and stage canonical tables."""
+    from pipelines.ingest import ingest_exclusive
+
+    console.print_json(ingest_exclusive(interval_end(date)).to_json())
+
+
+@app.command(rich_help_panel=PANEL)
+def validate(date: DateOption = None) -> None:
+    """Run the Great Expectations suites on the staged batch; quarantine what fails."""
+    from pipelines.validate import validate_exclusive
+
+    report = validate_exclusive(interval_end(date))
+    console.print_json(report.to_json())
+    for table, page in report.data_docs.items():
+        console.print(f"Data Docs ({table}): {page}")
+
+
+@app.command(rich_help_panel=PANEL)
+def features(date: DateOption = None) -> None:
+    """Build the batch's interaction and continue-reading tables."""
+    from features.interactions import build_interactions
+
+    console.print(build_interactions(interval_end(date)))
+
+
+@app.command(rich_help_panel=PANEL)
+def embed(date: DateOption = None) -> None:
+    """Encode new or changed issues with MiniLM (cached by content hash)."""
+    from features.embeddings import build_embeddings
+
+    console.print(build_embeddings(interval_end(date)))
+
+
+@app.command(rich_help_panel=PANEL)
+def train(date: DateOption = None) -> None:
+    """Fit the batch's models (baselines, content, ALS, reranker) and log them to MLflow."""
+    from pipelines.train import train_all
+
+    for trained in train_all(interval_end(date)):
+        console.print(trained)
+
+
+@app.command(rich_help_panel=PANEL)
+def gate(date: DateOption = None) -> None:
+    """Evaluate challenger and champion on the held-out window, register, promote if not worse."""
+    from pipelines.promotion import gate_batch
+
+    for kind, decision in gate_batch(interval_end(date)).items():
+        verdict = "promoted" if decision.promoted else "kept the champion"
+        console.print(f"{kind}: version {decision.challenger} {verdict} ({decision.reason})")
+
+
+@app.command(rich_help_panel=PANEL)
+def score(date: DateOption = None) -> None:
+    """Write every user's top-N and the fallback list to the lake."""
+    from pipelines.score import score_users
+
+    console.print(score_users(interval_end(date)))
+
+
+@app.command(rich_help_panel=PANEL)
+def publish(date: DateOption = None) -> None:
+    """Stage the batch's table in Redis, verify it, then switch readers to it."""
+    from pipelines.publish.steps import publish_table
+
+    published = publish_table(interval_end(date))
+    console.print(
+        f"live table version: {published.version} (previous: {published.previous or 'none'})"
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def refresh(
+    at: AtOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
+) -> None:
+    """Run the hourly refresh in this process: the steps of the inbo_hourly DAG, in order."""
+    from pipelines.hourly import refresh as run_refresh
+
+    run = run_refresh(hour_end(at))
+    if as_json:
+        console.print_json(json.dumps(asdict(run)))
+        return
+    for step, seconds in run.step_seconds.items():
+        console.print(f"step {step} {seconds:.2f} s")
+    scored, report = run.score, run.publish
+    console.print(
+        f"refresh {report.batch}: {report.status}; {scored.active_users:,} active users, "
+        f"{report.users:,} rows and {report.similar_items:,} new similar lists written, "
+        f"{scored.new_items:,} new issues indexed, in {sum(run.step_seconds.values()):.1f} s"
+    )
+    if report.freshness_seconds is not None:
+        console.print(f"newest event to live: {report.freshness_seconds:,.1f} s")

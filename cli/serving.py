@@ -1,0 +1,164 @@
+"""`inbo` commands on the serving side: the embedded services, the live table and what it says."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cli.app import app, console, flatten
+
+if TYPE_CHECKING:
+    from pipelines.publish.reader import UserRecs
+
+
+PANEL = "Serving"
+
+
+@app.command(rich_help_panel=PANEL)
+def services(
+    stop: Annotated[bool, typer.Option(help="Stop the embedded Redis server.")] = False,
+) -> None:
+    """Start (or reuse) the embedded services and print where everything is."""
+    from inbo.services import ensure_redis, service_status, stop_redis
+    from inbo.settings import REPO_ROOT, get_settings
+
+    settings = get_settings()
+    if stop:
+        stopped = stop_redis(settings)
+        console.print("embedded Redis stopped" if stopped else "no embedded Redis was running")
+        return
+    ensure_redis(settings)
+    table = Table(title="INBO services", show_header=False)
+    for key, value in flatten(service_status(settings)).items():
+        table.add_row(key, str(value))
+    table.add_row("lake", settings.lake)
+    table.add_row("airflow home", str(REPO_ROOT))
+    console.print(table)
+
+
+@app.command(rich_help_panel=PANEL)
+def recs(
+    user_id: Annotated[int, typer.Argument(help="The user to read recommendations for.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw payload.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show (the payload keeps all).")] = 10,
+) -> None:
+    """Read a user's recommendations from Redis, exactly as a frontend does."""
+    from inbo.errors import UnknownUser
+    from inbo.settings import get_settings
+    from pipelines.catalogue import catalogue, known_user
+    from pipelines.publish.steps import read_recs
+
+    settings = get_settings()
+    shown = catalogue(settings)
+    result = read_recs(user_id, settings, catalogue=shown)
+    if not result["personal"] and not known_user(settings, user_id):
+        raise UnknownUser(
+            f"unknown user {user_id}: not in the users table (apps would show the fallback list)"
+        )
+    if as_json:
+        console.print_json(json.dumps(result["payload"]))
+        return
+    console.print(recs_table(result, shown, limit))
+
+
+def recs_table(result: UserRecs, catalogue: dict[int, dict[str, str]], limit: int) -> Table:
+    kind = "personal" if result["personal"] else "fallback (no personal row)"
+    table = Table(title=f"user {result['user_id']}: {kind}, table {result['table_version']}")
+    for column in ("rank", "item", "source"):
+        table.add_column(column, no_wrap=True, justify="right" if column != "source" else "left")
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=32)
+    table.add_column("why")
+    for item in result["items"][:limit]:
+        title = catalogue.get(item["item_id"], {}).get("title", "")
+        table.add_row(
+            str(item["rank"]), str(item["item_id"]), item["source"], title, item["reason"] or ""
+        )
+    return table
+
+
+@app.command(rich_help_panel=PANEL)
+def similar(item_id: Annotated[int, typer.Argument()]) -> None:
+    """An issue's "more like this" list from the live Redis table."""
+    from inbo.errors import InboError
+    from inbo.settings import get_settings
+    from pipelines.catalogue import titles
+    from pipelines.publish.steps import read_similar
+
+    settings = get_settings()
+    found = read_similar(item_id, settings)
+    if not found:
+        raise InboError(f"item {item_id} has no 'more like this' row in the live table")
+    named = titles(settings)
+    table = Table(
+        "rank", "item", "score", "title", title=f"more like {item_id}: {named.get(item_id, '')}"
+    )
+    for entry in found["items"]:
+        table.add_row(
+            str(entry["rank"]),
+            str(entry["item_id"]),
+            f"{entry['score']:.3f}",
+            named.get(entry["item_id"], ""),
+        )
+    console.print(table)
+
+
+@app.command(rich_help_panel=PANEL)
+def rollback(
+    to: Annotated[
+        str | None, typer.Option(help="Version to switch to. Default: the previous one.")
+    ] = None,
+    list_versions: Annotated[
+        bool, typer.Option("--list", help="List the versions kept in Redis.")
+    ] = False,
+) -> None:
+    """Switch readers back to an earlier table version."""
+    from pipelines.publish.steps import rollback_table, table_versions
+
+    if list_versions:
+        table = Table("version", "created at", "status", "users", "live")
+        for row in table_versions():
+            table.add_row(
+                row.version,
+                str(row.created_at),
+                row.status,
+                str(row.users),
+                "yes" if row.live else "",
+            )
+        console.print(table)
+        return
+    before, after = rollback_table(to)
+    console.print(f"rolled back: {before} -> {after}")
+
+
+@app.command(rich_help_panel=PANEL)
+def status() -> None:
+    """The live table, how fresh it is, and the last hourly refresh."""
+    from inbo.settings import get_settings
+    from pipelines.hourly import latest_refresh
+    from pipelines.publish.steps import table_versions
+
+    settings = get_settings()
+    live = next((row for row in table_versions(settings) if row.live), None)
+    table = Table(title="INBO recommendations", show_header=False)
+    if live is None:
+        table.add_row("live table", "none yet: run `inbo demo` or the inbo_nightly DAG")
+    else:
+        table.add_row("live table", f"{live.version} ({live.users or 0:,} users)")
+        table.add_row("published", str(live.created_at))
+    last = latest_refresh(settings)
+    if last is None:
+        table.add_row("last hourly refresh", "none yet")
+    else:
+        table.add_row("last hourly refresh", f"batch {last.batch}: {last.status}")
+        if last.published_at:
+            table.add_row("  rows written", f"{last.users:,} users at {last.published_at}")
+        if last.freshness_seconds is not None:
+            table.add_row(
+                "  freshness",
+                f"{last.freshness_seconds:,.1f} s from the newest event "
+                f"({last.newest_event_at}) to live",
+            )
+    console.print(table)

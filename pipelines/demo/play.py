@@ -1,0 +1,448 @@
+"""Playing the demo app one day at a time: sessions, what they show and what users do with it.
+
+Each day's sessions start on the feed, an email or search; each shows 5-20 issues from a mix of
+candidate sources, and users open, click, read, bookmark, share or hide them as their taste, the
+issue's quality and its position make likely. Rows reach the database in `recorded_at` order, a
+few mobile sessions hours late, and a `Flaws` share of them broken the ways real app data breaks.
+Reads are kept per (user, issue) and written once, as the app's `reading_progress` holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection
+
+from inbo import app_schema
+from inbo.lake import batch_key
+from pipelines.app import counters as app_counters
+from pipelines.demo.arrays import sample_rows, seconds
+from pipelines.demo.audience import DEVICE_SHARE, DEVICES, MOBILE, VARIANTS
+from pipelines.demo.bulk_load import insert
+from pipelines.demo.world import Following, World
+
+log = logging.getLogger(__name__)
+
+Columns = dict[str, np.ndarray]
+
+SURFACES: tuple[str, ...] = ("feed", "email", "search")
+FEED, EMAIL, SEARCH = range(3)
+SOURCES: tuple[str, ...] = ("recent", "popularity", "subscriptions", "explore", "search")
+RECENT, POPULAR, SUBSCRIBED, EXPLORE, SEARCHED = range(5)
+FEED_SOURCE_MIX = (0.35, 0.25, 0.25, 0.15, 0.0)
+
+HOURLY = np.array(
+    [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1.5, 3, 3.5, 2.5, 2, 2, 2.5, 2, 1.8, 1.8, 2, 2.5, 3, 3.5, 3.5, 3,
+     2.2, 1.5]
+)  # fmt: skip
+HOURLY = HOURLY / HOURLY.sum()
+"""When in the day sessions start: a morning and an evening peak."""
+
+EMAIL_SHARE, SEARCH_SHARE = 0.25, 0.1  # of sessions (email only for users who subscribe)
+PRIMARY_DEVICE_SHARE = 0.85  # of sessions on the user's own device
+POPULARITY_HALF_LIFE_DAYS = 3.0
+CLICK_MEMORY = 0.6  # share of yesterday's click counts that still drives today's popularity
+PUBLISH_HOUR = np.timedelta64(2, "h")  # the nightly table version goes live at 02:00 UTC
+CLICK_BASE = np.array([0.30, 0.45, 0.50])  # by surface; on email, given the email was opened
+POSITION_DECAY = 0.8
+LATE_SESSION_SHARE = 0.016  # of mobile sessions uploaded 1-30 h late: about 1% of rows
+HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+DAY = np.timedelta64(1, "D")
+
+
+def play(
+    conn: Connection,
+    rng: np.random.Generator,
+    world: World,
+    start: datetime,
+    days: int,
+    progress: Callable[[int, int], None] | None,
+    flaws: Flaws,
+    app: app_counters.SimulatedApp | None,
+) -> tuple[int, int]:
+    """Simulate and insert day by day; returns (interactions, reading_progress) rows written."""
+    start64 = np.datetime64(start, "us")
+    end64 = start64 + days * DAY
+    pending = _subscription_events(rng, world, start64, end64)
+    clicks = np.zeros(len(world.published))
+    reads: list[Columns] = []
+    written = 0
+    for day in range(days):
+        day_start = start64 + day * DAY
+        following = Following.at(world, day_start)
+        popularity = _popularity(world, day_start, clicks)
+        events, day_reads = _one_day(rng, world, following, day_start, popularity)
+        clicked = events["issue_id"][events["kind"] == "click"] - 1
+        clicks = CLICK_MEMORY * clicks + np.bincount(clicked, minlength=len(clicks))
+        log.debug(
+            "day %d/%d (%s): %d interactions, %d reads",
+            day + 1, days, str(day_start)[:10], len(events["kind"]), len(day_reads["progress"]),
+        )  # fmt: skip
+        due, pending = _split_due(_concat([pending, events]), day_start + DAY)
+        del events  # a day of rows is the biggest thing held: keep one copy of it, not two
+        rows = flaws.apply(due)
+        written += insert(conn, app_schema.experience_interactions, rows)
+        conn.commit()
+        if app is not None:
+            app.record(app_counters.interaction_counts(rows["issue_id"], rows["kind"]))
+        reads.append(day_reads)
+        if progress is not None:
+            progress(day + 1, days)
+    log.debug("%d interactions recorded after the window are not written", len(pending["kind"]))
+    latest = _latest_progress(reads, end64)
+    insert(conn, app_schema.reading_progress, latest)
+    conn.commit()
+    if app is not None:
+        app.record(app_counters.read_counts(latest["issue_id"].to_numpy()))
+    return written, len(latest)
+
+
+@dataclass(frozen=True)
+class Flaws:
+    """Breaks a share of interaction rows, one flaw per row, cycling through `KINDS`."""
+
+    rng: np.random.Generator
+    share: float
+    KINDS = ("unknown kind", "negative dwell", "unknown issue", "future clock")
+
+    def apply(self, rows: Columns) -> Columns:
+        count = self.rng.binomial(len(rows["kind"]), self.share) if self.share else 0
+        if count == 0:
+            return rows
+        picked = self.rng.choice(len(rows["kind"]), size=count, replace=False)
+        flaw = np.arange(count) % len(self.KINDS)
+        out = {name: np.array(values, copy=True) for name, values in rows.items()}
+        out["kind"][picked[flaw == 0]] = "swipe"
+        out["dwell_ms"] = out["dwell_ms"].astype(float)
+        out["dwell_ms"][picked[flaw == 1]] = -1500.0
+        out["issue_id"][picked[flaw == 2]] = 9_000_000
+        out["occurred_at"][picked[flaw == 3]] = np.datetime64("2099-01-01T00:00:00", "us")
+        return out
+
+
+def _popularity(world: World, day_start: np.datetime64, clicks: np.ndarray) -> np.ndarray:
+    """Editorial pull of each issue today: quality, freshness and yesterday's clicks."""
+    age: np.ndarray = day_start - world.published
+    age_days = np.maximum(age / DAY, 0.0)
+    return world.quality * 0.5 ** (age_days / POPULARITY_HALF_LIFE_DAYS) * (1 + clicks)
+
+
+def _one_day(
+    rng: np.random.Generator,
+    world: World,
+    following: Following,
+    day_start: np.datetime64,
+    popularity: np.ndarray,
+) -> tuple[Columns, Columns]:
+    """Every session of one day: (interaction rows, reads)."""
+    sessions = _sessions(rng, world, following, day_start)
+    shown = _impressions(rng, world, following, sessions, popularity)
+    return _responses(rng, world, following, sessions, shown)
+
+
+def _sessions(
+    rng: np.random.Generator, world: World, following: Following, day_start: np.datetime64
+) -> Columns:
+    """Poisson(sessions_per_day) sessions per signed-up, not yet churned user."""
+    active = (world.signup < day_start + DAY) & (world.churn > day_start)
+    counts = rng.poisson(np.where(active, world.sessions_per_day, 0.0))
+    user = np.repeat(np.arange(len(counts)), counts)
+    hour = rng.choice(24, len(user), p=HOURLY)
+    time = day_start + seconds((hour + rng.random(len(user))) * 3600)
+    keep = (time >= world.signup[user]) & (time < world.churn[user])
+    user, time = user[keep], time[keep]
+    n = len(user)
+    device = np.where(
+        rng.random(n) < PRIMARY_DEVICE_SHARE, world.device[user], rng.choice(3, n, p=DEVICE_SHARE)
+    )
+    draw = rng.random(n)
+    surface = np.where(draw < SEARCH_SHARE, SEARCH, FEED)
+    surface[
+        (draw >= SEARCH_SHARE) & (draw < SEARCH_SHARE + EMAIL_SHARE) & (following.count[user] > 0)
+    ] = EMAIL
+    return {
+        "user": user,
+        "time": time,
+        "device": device,
+        "surface": surface,
+        "lag": _upload_lag(rng, device),
+        "session_id": _hex_ids(rng, n),
+    }
+
+
+def _upload_lag(rng: np.random.Generator, device: np.ndarray) -> np.ndarray:
+    """Seconds by which a session reaches the server late: 1-30 h for a few offline phones."""
+    late = MOBILE[device] & (rng.random(len(device)) < LATE_SESSION_SHARE)
+    return np.where(late, rng.uniform(3600, 30 * 3600, len(device)), 0.0)
+
+
+def _impressions(
+    rng: np.random.Generator,
+    world: World,
+    following: Following,
+    sessions: Columns,
+    popularity: np.ndarray,
+) -> Columns:
+    """5-20 issues shown per session from a candidate mix, deduplicated, positions 0..k."""
+    sizes = rng.integers(5, 21, len(sessions["user"]))
+    session = np.repeat(np.arange(len(sizes)), sizes)
+    user, time = sessions["user"][session], sessions["time"][session]
+    source = _sources(rng, sessions["surface"][session], following.count[user] > 0)
+    issue = np.full(len(session), -1)
+    picks: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+        RECENT: lambda rows: world.pick_recent(rng, time[rows]),
+        POPULAR: lambda rows: world.pick_popular(rng, time[rows], popularity),
+        SUBSCRIBED: lambda rows: world.pick_from_publishers(
+            rng, following.sample(rng, user[rows]), time[rows]
+        ),
+        SEARCHED: lambda rows: world.pick_in_categories(
+            rng, sample_rows(rng, world.cumulative_taste[user[rows]]), time[rows]
+        ),
+    }
+    for code, pick in picks.items():
+        rows = source == code
+        issue[rows] = pick(rows)
+    missing = issue < 0
+    source[missing] = EXPLORE
+    issue[missing] = world.pick_any(rng, time[missing])
+    keep = _first_in_session(session, issue, len(world.published)) & (issue >= 0)
+    session, issue, source = session[keep], issue[keep], source[keep]
+    position = np.arange(len(session)) - np.searchsorted(session, session)
+    jitter = position * 1.2 + rng.random(len(session))
+    return {
+        "session": session,
+        "user": sessions["user"][session],
+        "issue": issue,
+        "source": source,
+        "position": position,
+        "time": sessions["time"][session] + seconds(jitter),
+        "surface": sessions["surface"][session],
+    }
+
+
+def _sources(rng: np.random.Generator, surface: np.ndarray, follows: np.ndarray) -> np.ndarray:
+    """Where each slot's candidate comes from: a mix on the feed, followed publishers by email."""
+    source = rng.choice(len(SOURCES), len(surface), p=FEED_SOURCE_MIX)
+    source[(source == SUBSCRIBED) & ~follows] = RECENT
+    source[surface == EMAIL] = SUBSCRIBED
+    source[surface == SEARCH] = SEARCHED
+    return source
+
+
+def _first_in_session(session: np.ndarray, issue: np.ndarray, n_issues: int) -> np.ndarray:
+    """Mask keeping the first slot of each (session, issue): an issue is shown once a session."""
+    _, first = np.unique(session * (n_issues + 1) + issue + 1, return_index=True)
+    keep = np.zeros(len(session), dtype=bool)
+    keep[first] = True
+    return keep
+
+
+def _responses(
+    rng: np.random.Generator,
+    world: World,
+    following: Following,
+    sessions: Columns,
+    shown: Columns,
+) -> tuple[Columns, Columns]:
+    """What users do with what they were shown: the day's interaction rows and reads."""
+    user, issue, surface = shown["user"], shown["issue"], shown["surface"]
+    n = len(issue)
+    taste = world.relative_taste[user, world.category[issue]]
+    readable = (world.language[issue] == 0) | (world.language[issue] == world.user_language[user])
+    appeal = (
+        (0.03 + 0.97 * taste**1.5)
+        * (0.6 + 0.8 * world.quality[issue])
+        * np.where(following.follows(user, world.publisher[issue]), 1.5, 1.0)
+        * np.where(readable, 1.0, 0.2)
+    )
+    email = surface == EMAIL
+    opened = email & (rng.random(n) < np.minimum(0.15 + 0.6 * appeal, 0.95))
+    bias = (1.0 + shown["position"]) ** -POSITION_DECAY
+    p_click = np.minimum(CLICK_BASE[surface] * appeal * bias, 0.9)
+    clicked = (rng.random(n) < p_click) & (opened | ~email)
+    read = clicked & (rng.random(n) < 0.55 + 0.4 * taste)
+    fraction, spent = _reading(rng, taste, world.read_seconds[issue])
+    dwell = np.where(read, spent, 1.0 + rng.exponential(8.0, n))
+    time = shown["time"]
+    open_time = time + seconds(1 + 30 * rng.random(n))
+    click_time = np.where(email, open_time, time) + seconds(0.5 + rng.exponential(6.0, n))
+    saved = clicked & (rng.random(n) < 0.03 + 0.12 * taste)
+    shared = clicked & (rng.random(n) < (0.01 + 0.04 * taste) * (0.5 + world.quality[issue]))
+    hidden = ~clicked & (surface == FEED) & (rng.random(n) < 0.02 * (1.0 - taste) ** 3)
+    context = _rec_context(time, shown["source"], world.variant[user], surface == FEED)
+    parts = [
+        _rows("impression", None, time, shown, context=context, position=True),
+        _rows("email_open", opened, open_time, shown, position=True),
+        _rows("click", clicked, click_time, shown, context=context, position=True, dwell=dwell),
+        _rows("bookmark", saved, click_time + seconds(dwell * rng.random(n)), shown),
+        _rows("share", shared, click_time + seconds(dwell), shown),
+        _rows("hide", hidden, time + seconds(0.5 + 5 * rng.random(n)), shown, position=True),
+    ]
+    events = _session_fields(rng, world, sessions, _concat(parts))
+    started = click_time + seconds(0.5)
+    # The server stamps updated_at when the progress arrives: late for offline sessions too.
+    lag = sessions["lag"][shown["session"]]
+    stored = started + seconds(spent * rng.uniform(1.0, 1.3, n) + lag)
+    reads = {
+        "user_id": user[read] + 1,
+        "issue_id": issue[read] + 1,
+        "progress": fraction[read],
+        "seconds_read": spent[read],
+        "started_at": started[read],
+        "updated_at": stored[read],
+        "session_id": sessions["session_id"][shown["session"][read]],
+        "device": np.array(DEVICES, dtype=object)[sessions["device"][shown["session"][read]]],
+    }
+    return events, reads
+
+
+def _reading(
+    rng: np.random.Generator, taste: np.ndarray, full_seconds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of the issue read and seconds spent: some full reads, many partial, taste helps."""
+    n = len(taste)
+    partial = rng.beta(1.0 + 1.5 * taste, 2.0)
+    fraction = np.clip(np.where(rng.random(n) < 0.05 + 0.35 * taste, 1.0, partial), 0.01, 1.0)
+    return fraction, fraction * full_seconds * rng.lognormal(0.0, 0.25, n)
+
+
+def _rows(
+    kind: str,
+    mask: np.ndarray | None,
+    when: np.ndarray,
+    shown: Columns,
+    *,
+    context: np.ndarray | None = None,
+    position: bool = False,
+    dwell: np.ndarray | None = None,
+) -> Columns:
+    """Interaction rows of one kind for the shown slots in `mask` (all when None)."""
+    rows = np.arange(len(when)) if mask is None else np.flatnonzero(mask)
+    nothing = np.full(len(rows), np.nan)
+    return {
+        "session": shown["session"][rows],
+        "user_id": shown["user"][rows] + 1,
+        "issue_id": shown["issue"][rows] + 1,
+        "kind": np.full(len(rows), kind, dtype=object),
+        "occurred_at": when[rows],
+        "dwell_ms": nothing if dwell is None else np.round(dwell[rows] * 1000),
+        "position": shown["position"][rows].astype(float) if position else nothing,
+        "rec_context": np.full(len(rows), None, dtype=object) if context is None else context[rows],
+    }
+
+
+def _session_fields(
+    rng: np.random.Generator, world: World, sessions: Columns, events: Columns
+) -> Columns:
+    """Complete rows with what their session knows: id, surface, device, country, upload lag."""
+    session = events.pop("session")
+    delay = sessions["lag"][session] + 0.05 + rng.exponential(0.4, len(session))
+    events["recorded_at"] = events["occurred_at"] + seconds(delay)
+    events["session_id"] = sessions["session_id"][session]
+    events["surface"] = np.array(SURFACES, dtype=object)[sessions["surface"][session]]
+    events["device"] = np.array(DEVICES, dtype=object)[sessions["device"][session]]
+    events["country"] = world.country[events["user_id"] - 1]
+    return events
+
+
+def _rec_context(
+    time: np.ndarray, source: np.ndarray, variant: np.ndarray, on_feed: np.ndarray
+) -> np.ndarray:
+    """JSON `rec_context` of feed slots: the live table version, candidate source, A/B variant."""
+    version_day = (time - PUBLISH_HOUR).astype("datetime64[D]")
+    first = version_day.min() if len(time) else np.datetime64("1970-01-01")
+    day = (version_day - first).astype(np.int64)
+    code = (day * len(SOURCES) + source) * len(VARIANTS) + variant
+    unique, inverse = np.unique(code, return_inverse=True)
+    texts = []
+    for value in unique.tolist():
+        rest, variant_code = divmod(value, len(VARIANTS))
+        day_code, source_code = divmod(rest, len(SOURCES))
+        version = (first + day_code * DAY + PUBLISH_HOUR).astype("datetime64[us]").item()
+        texts.append(
+            json.dumps(
+                {
+                    "table_version": batch_key(version),
+                    "source": SOURCES[source_code],
+                    "variant": VARIANTS[variant_code],
+                }
+            )
+        )
+    context = np.array(texts, dtype=object)[inverse]
+    context[~on_feed] = None
+    return context
+
+
+def _subscription_events(
+    rng: np.random.Generator, world: World, start: np.datetime64, end: np.datetime64
+) -> Columns:
+    """Rows for subscription changes inside the window, on the publisher's latest issue."""
+    parts = []
+    for kind, times, surface in (
+        ("subscribe", world.subscribed, "reader"),
+        ("unsubscribe", world.unsubscribed, "email"),
+    ):
+        rows = np.flatnonzero((times >= start) & (times < end))
+        when, user = times[rows], world.follower[rows]
+        n = len(rows)
+        device = world.device[user]
+        lag = _upload_lag(rng, device)
+        parts.append(
+            {
+                "user_id": user + 1,
+                "issue_id": world.latest_issue(world.followed[rows], when) + 1,
+                "kind": np.full(n, kind, dtype=object),
+                "occurred_at": when,
+                "dwell_ms": np.full(n, np.nan),
+                "position": np.full(n, np.nan),
+                "rec_context": np.full(n, None, dtype=object),
+                "recorded_at": when + seconds(lag + 0.05 + rng.exponential(0.4, n)),
+                "session_id": _hex_ids(rng, n),
+                "surface": np.full(n, surface, dtype=object),
+                "device": np.array(DEVICES, dtype=object)[device],
+                "country": world.country[user],
+            }
+        )
+    return _concat(parts)
+
+
+def _latest_progress(reads: list[Columns], end: np.datetime64) -> pd.DataFrame:
+    """One row per (user, issue): the furthest progress, total time, first start, last update."""
+    frame = pd.DataFrame(_concat(reads))
+    frame = frame[frame["updated_at"] < end].sort_values("updated_at", kind="stable")
+    return frame.groupby(["user_id", "issue_id"], as_index=False, sort=True).agg(
+        progress=("progress", "max"),
+        seconds_read=("seconds_read", "sum"),
+        started_at=("started_at", "min"),
+        updated_at=("updated_at", "max"),
+        session_id=("session_id", "last"),
+        device=("device", "last"),
+    )
+
+
+def _hex_ids(rng: np.random.Generator, count: int, width: int = 16) -> np.ndarray:
+    """Random hex ids, built without a Python loop: digits as code points viewed as strings."""
+    digits = HEX[rng.integers(0, 16, (count, width))].astype(np.uint32)
+    return digits.view(f"<U{width}").ravel()
+
+
+def _concat(parts: list[Columns]) -> Columns:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _take(columns: Columns, rows: np.ndarray) -> Columns:
+    return {name: values[rows] for name, values in columns.items()}
+
+
+def _split_due(events: Columns, moment: np.datetime64) -> tuple[Columns, Columns]:
+    """Rows the server recorded before `moment`, in recorded order, and those still in flight."""
+    recorded = events["recorded_at"]
+    due = np.flatnonzero(recorded < moment)
+    due = due[np.argsort(recorded[due], kind="stable")]
+    return _take(events, due), _take(events, np.flatnonzero(recorded >= moment))

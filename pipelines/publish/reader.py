@@ -1,0 +1,132 @@
+"""The reference reader: what a product app does to read a user's table or a "more like this".
+
+One pointer GET, one GET of the user's key (else the fallback), and the version's meta record for
+the reason templates, which apps cache per version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from inbo.errors import UnknownUser
+from inbo.reasons import Catalogue, Reason, render
+from pipelines.publish.contract import Keys, reasons_of
+from pipelines.publish.redis_io import live_version, read_meta
+
+if TYPE_CHECKING:
+    import redis
+
+
+class RecItem(TypedDict):
+    """One decoded item: `reason` is the rendered text, None when no catalogue was given."""
+
+    item_id: int
+    rank: int
+    source: str
+    reason_code: str
+    reason_ref: int | None
+    reason: str | None
+
+
+class UserRecs(TypedDict):
+    """A reader's answer: the decoded items, whether they were the user's own, the raw payload."""
+
+    user_id: int
+    personal: bool
+    table_version: str
+    generated_at: str
+    items: list[RecItem]
+    payload: dict[str, Any]
+
+
+class SimilarItem(TypedDict):
+    item_id: int
+    rank: int
+    score: float
+
+
+class SimilarItems(TypedDict):
+    """A decoded "more like this" list."""
+
+    item_id: int
+    table_version: str
+    generated_at: str
+    items: list[SimilarItem]
+
+
+def read_user_recs(
+    client: redis.Redis, prefix: str, user_id: int, catalogue: Catalogue | None = None
+) -> UserRecs:
+    """What a product app does: read the pointer, the user's key (else the fallback), the meta.
+
+    Items are decoded; with a `catalogue` their reason texts are rendered too. Apps cache the
+    meta record per version: within a version its reason list only grows.
+    """
+    keys = Keys(prefix)
+    version = live_version(client, keys)
+    raw = client.get(keys.user(version, user_id))
+    personal = raw is not None
+    if raw is None:
+        raw = client.get(keys.fallback(version))
+    if raw is None:
+        raise UnknownUser(f"user {user_id} has no row and table {version} has no fallback")
+    payload = json.loads(raw)
+    reasons = reasons_of(read_meta(client, keys, version))
+    return {
+        "user_id": user_id,
+        "personal": personal,
+        "table_version": version,
+        "generated_at": payload["at"],
+        "items": decode_items(payload, reasons, catalogue),
+        "payload": payload,
+    }
+
+
+def read_similar_items(client: redis.Redis, prefix: str, item_id: int) -> SimilarItems | None:
+    """What a product app does for "more like this": read the pointer, then the item's key.
+
+    None when the live table has no list for the item (e.g. it has no embedding yet).
+    """
+    keys = Keys(prefix)
+    version = live_version(client, keys)
+    raw = client.get(keys.similar(version, item_id))
+    if raw is None:
+        return None
+    payload = json.loads(raw)
+    items: list[SimilarItem] = [
+        {"item_id": item, "rank": rank, "score": score}
+        for rank, (item, score) in enumerate(
+            zip(payload["items"], payload["scores"], strict=True), 1
+        )
+    ]
+    return {
+        "item_id": item_id,
+        "table_version": version,
+        "generated_at": payload["at"],
+        "items": items,
+    }
+
+
+def decode_items(
+    payload: dict[str, Any], reasons: Sequence[Reason], catalogue: Catalogue | None = None
+) -> list[RecItem]:
+    """A packed user or fallback payload as one record per item, rank = position."""
+    decoded: list[RecItem] = []
+    for rank, (item, index, ref) in enumerate(
+        zip(payload["items"], payload["reasons"], payload["refs"], strict=True), 1
+    ):
+        reason = reasons[index]
+        text = None if catalogue is None else render(reason.template, ref, item, catalogue)
+        decoded.append(
+            {
+                "item_id": item,
+                "rank": rank,
+                "source": reason.source,
+                "reason_code": reason.code,
+                "reason_ref": ref,
+                "reason": text,
+            }
+        )
+    return decoded
