@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export AIRFLOW_HOME := $(CURDIR)
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast test-e2e lint format clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(STAMP) ## create .venv and install the pinned requirements
 demo: install ## generate a demo world, run the nightly DAG through Airflow, print recommendations
 	$(BIN)/inbo demo
 
-test: install ## run the test suite
+test: install ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+test-fast: install ## unit, data and integrity tests: the developer loop (no DAG runs)
+	$(BIN)/python -m pytest -m "not e2e"
+
+test-e2e: install ## only the end-to-end tests: DAGs through Airflow, the demo, the closed loops
+	$(BIN)/python -m pytest -m e2e
 
 lint: install ## ruff (lint + format check, Airflow 3 rules) and mypy on the library code
 	$(BIN)/ruff check .

@@ -5,15 +5,16 @@ Retrains the models and rebuilds every user's recommendation table from the app 
 
 `ingest` (app DB rows since the watermark, raw checks, canonical conversion) -> `validate` (Great
 Expectations suites, quarantine, threshold) -> `build_interactions` (weighted user-item table,
-continue reading) -> `build_embeddings` (MiniLM vectors of new or changed issues) -> `fit_baselines`
-(popularity, continue reading, content + "more like this") and `train_als` -> `train_reranker`
-(LightGBM LambdaRank on the last days' impressions) -> `evaluate_holdout` (every configuration, challenger and
-champion, on the same held-out window) -> `register_and_gate` (MLflow registry: `challenger`, and
-`champion` unless worse by the margin) -> `prepare_scoring` (user list, fallback list, item features,
-champion versions pinned) -> `score_shard` x `INBO_SCORE_SHARDS` (champion models, top-N, a reason on
-every item; one mapped task per user shard) -> `begin_publish` (reserve a Redis table version) ->
-`publish_shards` x `INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) ->
-`verify_version` -> `activate_version` (atomic pointer switch, only once every shard succeeded; the previous
+continue reading) -> `build_embeddings` (MiniLM vectors of new or changed issues) ->
+`fit_baselines` (popularity, continue reading, content + "more like this") and `train_als` ->
+`train_reranker` (LightGBM LambdaRank on the last days' impressions) -> `evaluate_holdout` (every
+configuration, challenger and champion, on the same held-out window) -> `register_and_gate`
+(MLflow registry: `challenger`, and `champion` unless worse by the margin) -> `prepare_scoring`
+(user list, fallback list, item features, champion versions pinned) -> `score_shard` x
+`INBO_SCORE_SHARDS` (champion models, top-N, a reason on every item; one mapped task per user
+shard) -> `begin_publish` (reserve a Redis table version) -> `publish_shards` x
+`INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) -> `verify_version`
+-> `activate_version` (atomic pointer switch, only once every shard succeeded; the previous
 version stays for `inbo rollback`).
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any

@@ -22,7 +22,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from inbo.errors import ModelCannotFit
-from models.base import TrainingData, no_candidates
+from models.base import TrainingData, no_candidates, require_fitted
 from models.matrix import (
     WEIGHTINGS,
     IdMap,
@@ -145,6 +145,7 @@ class ALSModel:
 
     def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
         """Up to `n` unseen items per known user, best first, each explained by one of their reads."""
+        require_fitted(self.als.item_factors is not None, self.name)
         rows = self._answerable(user_ids)
         if len(rows) == 0 or n <= 0:
             return no_candidates()
@@ -256,8 +257,7 @@ class ALSModel:
         return self.recalculate_users(new_items.assign(user_id=user_id))
 
     def save(self, directory: Path) -> None:
-        if self.als.item_factors is None:
-            raise ValueError("the ALS model is not fitted; call fit before save")
+        require_fitted(self.als.item_factors is not None, self.name)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "params.json").write_text(json.dumps(self.params, indent=2))
         self.users.save(directory / "user_ids.npy")

@@ -15,6 +15,8 @@ from typing import Protocol, Self
 import numpy as np
 import pandas as pd
 
+from inbo.errors import NotFitted
+
 CANDIDATE_COLUMNS: tuple[str, ...] = (
     "user_id",
     "item_id",
@@ -61,6 +63,12 @@ class Recommender(Scorer, Protocol):
 
     @classmethod
     def load(cls, directory: Path) -> Self: ...
+
+
+def require_fitted(fitted: bool, model: str) -> None:
+    """The one way a model refuses to answer before `fit` or `load`."""
+    if not fitted:
+        raise NotFitted(f"the {model} model is not fitted: call fit() or load() first")
 
 
 def no_candidates() -> pd.DataFrame:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from inbo.errors import DataNotFound, SourceError
-from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates
+from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates, require_fitted
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ class ContentModel:
         )
 
     def _index(self) -> faiss.Index:
-        if self.index is None:
-            raise DataNotFound("content model is not fitted: call fit() or load() first")
+        require_fitted(self.index is not None, self.name)
+        assert self.index is not None
         return self.index
 
     def save(self, directory: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from models.base import TrainingData
+from models.base import TrainingData, require_fitted
 
 
 class ContinueReadingModel:
@@ -18,15 +18,18 @@ class ContinueReadingModel:
     def __init__(self, max_items: int = 3) -> None:
         self.max_items = max_items
         self.started = pd.DataFrame(columns=["user_id", "item_id", "read_fraction", "updated_at"])
+        self.fitted = False
 
     def fit(self, data: TrainingData) -> Self:
         self.started = data.continue_reading.sort_values(
             ["user_id", "updated_at", "item_id"], ascending=[True, False, True]
         ).reset_index(drop=True)
+        self.fitted = True
         return self
 
     def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
         """Up to `min(n, max_items)` unfinished issues per user, newest first, scored 1 -> 0."""
+        require_fitted(self.fitted, self.name)
         started = self.started[self.started["user_id"].isin(user_ids)]
         order = started.groupby("user_id").cumcount()
         kept = started[order < min(n, self.max_items)]
@@ -43,6 +46,7 @@ class ContinueReadingModel:
         )
 
     def save(self, directory: Path) -> None:
+        require_fitted(self.fitted, self.name)
         directory.mkdir(parents=True, exist_ok=True)
         self.started.to_parquet(directory / "started.parquet", index=False)
         (directory / "params.json").write_text(json.dumps({"max_items": self.max_items}))
@@ -51,4 +55,5 @@ class ContinueReadingModel:
     def load(cls, directory: Path) -> Self:
         model = cls(**json.loads((directory / "params.json").read_text()))
         model.started = pd.read_parquet(directory / "started.parquet")
+        model.fitted = True
         return model

@@ -11,19 +11,15 @@ Protocols:
   batch would (same aggregation, decay and history window), evaluate on clicks and reads in
   [T, T + window).
 - `movielens_split`: Microsoft Recommenders' MovieLens-100k benchmark (see its docstring).
-
-Run `python -m models.evaluation --help` for the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -307,25 +303,3 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Rows of `frame` whose (user_id, item_id) is not in `pairs`."""
     marked = frame.merge(pairs[PAIR].drop_duplicates().assign(_drop=True), on=PAIR, how="left")
     return marked[marked["_drop"].isna()].drop(columns="_drop")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Evaluate the popularity baseline with Microsoft's MovieLens-100k protocol and print it."""
-    from models.popularity import PopularityModel
-    from pipelines.offline.datasets import MOVIELENS_DIR, load_movielens
-
-    parser = argparse.ArgumentParser(prog="python -m models.evaluation", description=main.__doc__)
-    parser.add_argument("--movielens", type=Path, default=MOVIELENS_DIR, help="u.data folder")
-    parser.add_argument("--by", choices=["item", "user"], default="item", help="stratify by")
-    parser.add_argument("--weight", choices=["binary", "rating"], default="binary")
-    parser.add_argument("-k", type=int, default=m.DEFAULT_K, help="list length")
-    args = parser.parse_args(argv)
-    data = load_movielens(args.movielens)
-    split = movielens_split(data.ratings, data.items, by=args.by, weight=args.weight)
-    table = evaluate({"popularity": PopularityModel}, split, k=args.k)
-    print(split.name)
-    print(table.T.to_string(float_format=lambda v: f"{v:.6f}"))
-
-
-if __name__ == "__main__":
-    main()

@@ -34,6 +34,7 @@ from models.reranker import Reranker
 
 log = logging.getLogger(__name__)
 
+
 def data_at(data: TrainingData, cutoff: datetime, recipe: Recipe) -> TrainingData:
     """`data` as the nightly batch at `cutoff` would have seen it, rebuilt from the raw events.
 

@@ -15,10 +15,9 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates
+from models.base import CANDIDATE_COLUMNS, TrainingData, no_candidates, require_fitted
 
 log = logging.getLogger(__name__)
-
 
 
 class PopularityModel:
@@ -28,6 +27,7 @@ class PopularityModel:
         self.top_categories = top_categories
         self.scores = pd.DataFrame(columns=["item_id", "category", "score"])
         self.affinity = pd.DataFrame(columns=["user_id", "category", "share"])
+        self.fitted = False
 
     def fit(self, data: TrainingData) -> Self:
         published = data.items[data.items["published_at"] < pd.Timestamp(data.as_of)]
@@ -40,6 +40,7 @@ class PopularityModel:
             drop=True
         )
         self.affinity = category_affinity(positive, published, self.top_categories)
+        self.fitted = True
         log.info(
             "popularity fitted on %d items, %d users",
             len(self.scores),
@@ -61,6 +62,7 @@ class PopularityModel:
 
     def global_top(self, n: int) -> pd.DataFrame:
         """The `n` most popular items: the fallback list and the filler for thin profiles."""
+        require_fitted(self.fitted, self.name)
         top = self.scores.head(n)
         return pd.DataFrame(
             {
@@ -74,6 +76,7 @@ class PopularityModel:
 
     def recommend(self, user_ids: np.ndarray, n: int) -> pd.DataFrame:
         """Per user: category favourites weighted by the user's share of reading in the category."""
+        require_fitted(self.fitted, self.name)
         users = self.affinity[self.affinity["user_id"].isin(user_ids)]
         if users.empty:
             return no_candidates()
@@ -94,6 +97,7 @@ class PopularityModel:
         return candidates[list(CANDIDATE_COLUMNS)]
 
     def save(self, directory: Path) -> None:
+        require_fitted(self.fitted, self.name)
         directory.mkdir(parents=True, exist_ok=True)
         self.scores.to_parquet(directory / "scores.parquet", index=False)
         self.affinity.to_parquet(directory / "affinity.parquet", index=False)
@@ -104,6 +108,7 @@ class PopularityModel:
         model = cls(**json.loads((directory / "params.json").read_text()))
         model.scores = pd.read_parquet(directory / "scores.parquet")
         model.affinity = pd.read_parquet(directory / "affinity.parquet")
+        model.fitted = True
         return model
 
 

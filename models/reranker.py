@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from features.ranking import FEATURES, LABEL
-from inbo.errors import NoPositiveExamples, NotFitted
+from inbo.errors import NoPositiveExamples
+from models.base import require_fitted
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,7 @@ class Reranker:
         return model
 
     def _fitted(self) -> Any:
-        if self.booster is None:
-            raise NotFitted("the reranker is not fitted: call fit() or load() first")
+        require_fitted(self.booster is not None, "reranker")
         return self.booster
 
 

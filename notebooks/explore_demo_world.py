@@ -27,7 +27,7 @@ from datetime import timedelta
 import matplotlib.pyplot as plt
 
 from features.interactions import aggregate, load_events
-from inbo import schemas
+from inbo import tables
 from inbo.lake import Lake, batch_end
 from inbo.settings import get_settings
 from pipelines.validate import latest_validated_batch
@@ -43,7 +43,7 @@ print(f"lake: {settings.lake}\nlatest validated batch: {batch}")
 
 # %%
 events, duplicates = load_events(lake, end - timedelta(days=settings.history_days), end)
-items = lake.read("items", {"batch": batch}, "part", schemas.ITEMS)
+items = lake.read_batch(tables.ITEMS, batch)
 print(
     f"{len(events):,} events from {events['user_id'].nunique():,} users on {events['item_id'].nunique():,} items; {duplicates} duplicates dropped"
 )

@@ -33,11 +33,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from features.embeddings import EMBEDDINGS, build_embeddings
+from features.embeddings import build_embeddings
 from features.interactions import Recipe, load_events
-from inbo import schemas
+from inbo import tables
 from inbo.errors import NoPositiveExamples
 from inbo.lake import Lake, batch_end
+from inbo.reasons import catalogue_of, render_frame
 from inbo.settings import get_settings
 from models.als import ALSModel
 from models.content import ContentModel
@@ -60,19 +61,20 @@ print(f"lake: {settings.lake}\nlatest validated batch: {batch}")
 # with the bundled MiniLM model (offline) if the `features` step has not written them yet.
 
 # %%
-part = {"batch": batch}
 events, duplicates = load_events(lake, end - timedelta(days=2 * settings.history_days), end)
-items = lake.read("items", part, "part", schemas.ITEMS)
+items = lake.read_batch(tables.ITEMS, batch)
 subscriptions_table = (
-    "subscriptions" if lake.exists("subscriptions", part, "part") else "staging/subscriptions"
+    tables.SUBSCRIPTIONS
+    if lake.has_batch(tables.SUBSCRIPTIONS, batch)
+    else tables.staging(tables.SUBSCRIPTIONS.path)
 )
-subscriptions = lake.read(subscriptions_table, part, "part", schemas.SUBSCRIPTIONS)
-if not lake.exists("features/embeddings", part, "part"):
+subscriptions = lake.read_batch(subscriptions_table, batch)
+if not lake.has_batch(tables.EMBEDDINGS, batch):
     print(build_embeddings(end, settings))
-embeddings = lake.read("features/embeddings", part, "part", EMBEDDINGS)
+embeddings = lake.read_batch(tables.EMBEDDINGS, batch)
 print(
     f"{len(events):,} events ({duplicates} duplicates dropped), {len(items):,} items, "
-    f"{len(subscriptions):,} subscriptions from {subscriptions_table}, "
+    f"{len(subscriptions):,} subscriptions from {subscriptions_table.path}, "
     f"{len(embeddings):,} embeddings by {embeddings['model'].iloc[0]}"
 )
 
@@ -177,9 +179,11 @@ else:
 #
 # The evaluated user with the most held-out reads: each model's top 5 after removing what they
 # have already seen (as the evaluation does); `hit` marks what they went on to click or read.
+# Models tag candidates with a reason code and ref; the sentence is rendered from the catalogue.
 
 # %%
 titles = items.set_index("item_id")["title"]
+catalogue = catalogue_of(items)
 user = int(split.truth["user_id"].value_counts().idxmax())
 truth = set(split.truth.loc[split.truth["user_id"] == user, "item_id"])
 seen = split.seen[split.seen["user_id"] == user]
@@ -188,7 +192,8 @@ lists = []
 for name, model in fitted.items():
     candidates = model.recommend(np.array([user]), 5 + len(seen))
     top = top_k_lists(candidates, np.array([user]), seen, 5)
-    reasons = candidates.drop_duplicates("item_id").set_index("item_id")["reason"]
+    proposed = candidates.drop_duplicates("item_id")
+    reasons = render_frame(proposed, catalogue).set_axis(proposed["item_id"])
     lists.append(
         top.assign(
             model=name,

@@ -1,8 +1,8 @@
 """Explain one (user, item): the reranker's per-feature contributions and the candidate's reason.
 
 Uses the same candidates, features, champion reranker and ranking function (`models.hybrid.rank`)
-as `score_shard`, so the numbers are the ones behind the published rank. LightGBM's `pred_contrib` splits the score into one additive
-contribution per feature plus a bias.
+as `score_shard`, so the numbers are the ones behind the published rank. LightGBM's `pred_contrib`
+splits the score into one additive contribution per feature plus a bias.
 """
 
 from __future__ import annotations

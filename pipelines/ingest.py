@@ -580,11 +580,13 @@ def ingest_exclusive(interval_end: datetime, settings: Settings | None = None) -
     """`ingest` under the platform's ingest lock: what the DAGs and the CLI run.
 
     The nightly and hourly DAGs share one watermark stream; two runs planning watermarks at the
-    same moment would read the same rows twice.
+    same moment would read the same rows twice. The source is opened first, so a missing app
+    database fails before the lock starts an embedded Redis for nothing.
     """
     settings = settings or get_settings()
+    source = open_source("appdb", settings.app_db)
     with platform_lock(settings, INGEST):
-        return ingest(interval_end, settings)
+        return ingest(interval_end, settings, source)
 
 
 def check_counts(bad: pd.DataFrame) -> dict[str, int]:

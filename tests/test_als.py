@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sp
 
 from inbo import schemas
+from inbo.reasons import catalogue_of, render_frame
 from inbo.settings import REPO_ROOT
 from models.als import ALSModel
 from models.base import CANDIDATE_COLUMNS, TrainingData
@@ -109,11 +110,16 @@ def model(world: TrainingData) -> ALSModel:
 ALL_USERS = np.array([*range(1, 10), *range(11, 19)])
 
 
+def reasons_of(recs: pd.DataFrame) -> pd.Series:
+    """The sentence of each candidate, rendered from its reason code and ref."""
+    return render_frame(recs, catalogue_of(catalogue()))
+
+
 def test_a_new_community_a_reader_gets_the_unseen_a_issues(model: ALSModel) -> None:
     recs = model.recommend(np.array([NEW_A_READER]), n=3)
     assert set(recs["item_id"].head(2)) == {105, 106}
     assert recs["item_id"].iloc[2] in B_ITEMS
-    assert list(recs.columns) == [*CANDIDATE_COLUMNS, "reason_ref"]
+    assert list(recs.columns) == list(CANDIDATE_COLUMNS)
     assert (recs["source"] == "als").all()
 
 
@@ -152,7 +158,7 @@ def test_every_row_is_explained_by_a_positive_read_of_the_user(
 ) -> None:
     recs = model.recommend(ALL_USERS, n=20)
     assert (recs["reason_code"] == "because_you_read").all()
-    title = recs["reason"].str.extract(r"^Because you read “(Issue (\d+))”$")[1].astype("int64")
+    title = reasons_of(recs).str.extract(r"^Because you read “(Issue (\d+))”$")[1].astype("int64")
     assert title.notna().all()
     positive = world.interactions[world.interactions["weight"] > 0]
     read = set(zip(positive["user_id"], positive["item_id"], strict=True))
@@ -161,7 +167,7 @@ def test_every_row_is_explained_by_a_positive_read_of_the_user(
 
 def test_reasons_match_implicit_explain(model: ALSModel) -> None:
     recs = model.recommend(ALL_USERS, n=5)
-    because = recs["reason"].str.extract(r"Issue (\d+)")[0].astype("int64").to_numpy()
+    because = reasons_of(recs).str.extract(r"Issue (\d+)")[0].astype("int64").to_numpy()
     users = model.users.index(recs["user_id"].to_numpy())
     items = model.items.index(recs["item_id"].to_numpy())
     expected = [
@@ -192,7 +198,7 @@ def test_recalculate_users_folds_in_a_new_user(world: TrainingData) -> None:
     model.recalculate_users(new)
     recs = model.recommend(np.array([77]), n=3)
     assert set(recs["item_id"]) == {204, 205, 206}
-    assert recs["reason"].str.contains("Issue 20[123]").all()
+    assert reasons_of(recs).str.contains("Issue 20[123]").all()
 
 
 def test_refit_users_replaces_rows_so_repeating_it_changes_nothing(world: TrainingData) -> None:

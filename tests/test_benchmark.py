@@ -18,22 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inbo import schemas
+from inbo import schemas, tables
 from inbo.errors import ConfigError, DataNotFound
-from inbo.lake import Lake
+from inbo.lake import Lake, batch_end
 from inbo.settings import Settings, get_settings
 from models.als import ALSModel
 from models.evaluation import evaluate, movielens_split
 from models.reranker import DEFAULT_PARAMS
 from pipelines.offline.datasets import MOVIELENS_DIR, load_movielens
-from pipelines.offline.evaluate import (
-    EXPERIMENT,
-    format_table,
-    holdout_split,
-    read_subscriptions,
-    run_benchmark,
-    tune_als,
-)
+from pipelines.offline.evaluate import EXPERIMENT, format_table, run_benchmark
+from pipelines.offline.movielens import holdout_split, tune_als
 from pipelines.validate import latest_validated_batch
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
@@ -208,30 +202,72 @@ def test_unknown_datasets_and_a_mind_benchmark_without_a_folder_are_refused(
         run_benchmark("mind", None, settings=benchmark_settings)
 
 
-def test_demo_uses_the_latest_validated_batch_and_falls_back_to_staged_subscriptions(
-    tmp_path: Path,
+def test_demo_reads_the_latest_validated_batch_and_its_validated_subscriptions_through_the_loader(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = Lake(str(tmp_path / "lake"))
+    """The demo benchmark splits the newest validated batch as `load_training_data` reads it:
+    the validated subscriptions (not the staged ones), the batch's own embeddings."""
+    import pipelines.offline.evaluate as offline
+
+    lake = Lake(settings.lake)
     with pytest.raises(DataNotFound, match="inbo demo"):
         latest_validated_batch(lake)
-    for batch in ("20261119T0000Z", "20261120T0000Z"):
-        lake.write_json(json.dumps({"batch": batch}), "_reports/validate", batch)
+    for batch in ("20261119T0000Z", "20261120T0000Z"):  # only the newer one has tables
+        lake.write_json(json.dumps({"batch": batch}), tables.VALIDATE_REPORTS, batch)
     assert latest_validated_batch(lake) == "20261120T0000Z"
 
-    staged = pd.DataFrame(
+    batch, end = "20261120T0000Z", batch_end("20261120T0000Z")
+
+    def subscriptions(user: int) -> pd.DataFrame:
+        frame = pd.DataFrame(
+            {
+                "user_id": [user],
+                "publisher_id": [2],
+                "subscribed_at": [pd.Timestamp("2026-11-01", tz="UTC")],
+                "unsubscribed_at": [pd.NaT],
+            }
+        )
+        return schemas.conform(frame, schemas.SUBSCRIPTIONS)
+
+    lake.write_batch(subscriptions(1), tables.SUBSCRIPTIONS, batch)
+    lake.write_batch(subscriptions(2), tables.staging("subscriptions"), batch)
+    items = pd.DataFrame(
         {
-            "user_id": [1],
+            "item_id": [7],
             "publisher_id": [2],
-            "subscribed_at": [pd.Timestamp("2026-11-01", tz="UTC")],
-            "unsubscribed_at": [pd.NaT],
+            "publisher": "p",
+            "title": "t",
+            "description": "d",
+            "category": "c",
+            "tags": [[]],
+            "published_at": [pd.Timestamp("2026-11-10", tz="UTC")],
+            "language": "en",
         }
     )
-    staged = schemas.conform(staged, schemas.SUBSCRIPTIONS)
-    part = {"batch": "20261120T0000Z"}
-    lake.write(staged, "staging/subscriptions", "part", part, schemas.SUBSCRIPTIONS)
-    assert read_subscriptions(lake, "20261120T0000Z")["user_id"].tolist() == [1]
-    lake.write(staged.iloc[:0], "subscriptions", "part", part, schemas.SUBSCRIPTIONS)
-    assert read_subscriptions(lake, "20261120T0000Z").empty  # the validated table wins
+    lake.write_batch(schemas.conform(items, schemas.ITEMS), tables.ITEMS, batch)
+    lake.write_batch(schemas.empty(schemas.INTERACTIONS), tables.INTERACTIONS, batch)
+    lake.write_batch(schemas.empty(schemas.CONTINUE_READING), tables.CONTINUE_READING, batch)
+    vectors = pd.DataFrame(
+        {"item_id": [7], "content_hash": "h", "model": "m", "embedding": [[0.6, 0.8]]}
+    )
+    lake.write_batch(schemas.conform(vectors, schemas.EMBEDDINGS), tables.EMBEDDINGS, batch)
+
+    class Split(Exception):
+        """Raised by the stand-in `time_split`: the test ends before any model is fitted."""
+
+    seen: dict[str, Any] = {}
+
+    def split(events: pd.DataFrame, items: pd.DataFrame, **kwargs: Any) -> None:
+        seen.update(kwargs, items=items)
+        raise Split
+
+    monkeypatch.setattr(offline, "time_split", split)
+    with pytest.raises(Split):
+        offline.demo_benchmark(settings)
+    assert seen["cutoff"] == end - timedelta(days=settings.holdout_days)
+    assert seen["items"]["item_id"].tolist() == [7]
+    assert seen["subscriptions"]["user_id"].tolist() == [1]  # the validated table, not staging
+    assert seen["embeddings"]["item_id"].tolist() == [7]  # the batch's own, not re-encoded
 
 
 def test_format_table_prints_a_markdown_table_with_dashes_for_missing_values() -> None:

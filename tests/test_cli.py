@@ -45,7 +45,7 @@ def test_help_lists_every_command() -> None:
 
 def test_start_up_imports_no_heavy_library() -> None:
     probe = (
-        "import sys, cli.app; heavy = {'pandas', 'pyarrow', 'great_expectations', 'mlflow', 'torch', "
+        "import sys, cli.main; heavy = {'pandas', 'pyarrow', 'great_expectations', 'mlflow', 'torch', "
         "'airflow', 'redis', 'sqlalchemy'}; print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -17,8 +17,9 @@ from test_embeddings import AS_OF, CATALOGUE, catalogue_items
 from features.embeddings import encode_items
 from inbo import schemas
 from inbo.errors import DataNotFound, SourceError
+from inbo.reasons import catalogue_of, render_frame
 from models.base import CANDIDATE_COLUMNS, TrainingData
-from models.content import ContentModel
+from models.content import ARTIFACT_VERSION, ContentModel
 
 TOPIC = {item_id: topic for item_id, topic, _, _ in CATALOGUE}
 TITLE = {item_id: title for item_id, _, title, _ in CATALOGUE}
@@ -82,9 +83,14 @@ def recs_of(model: ContentModel, user: int, n: int = 20) -> pd.DataFrame:
     return model.recommend(np.array([user]), n)
 
 
+def reasons_of(recs: pd.DataFrame) -> pd.Series:
+    """The sentence of each candidate, rendered from its reason code and ref."""
+    return render_frame(recs, catalogue_of(items()))
+
+
 def test_a_cooking_reader_gets_cooking_first(model: ContentModel) -> None:
     recs = recs_of(model, COOK)
-    assert list(recs.columns) == [*CANDIDATE_COLUMNS, "reason_ref"]
+    assert list(recs.columns) == list(CANDIDATE_COLUMNS)
     assert set(recs["item_id"][:2]) == {3, 4}  # the two cooking issues they have not read
     assert recs["score"].is_monotonic_decreasing
     assert set(recs["source"]) == {"content"} and set(recs["reason_code"]) == {"similar_to_read"}
@@ -101,16 +107,18 @@ def test_the_reason_names_the_read_issue_closest_to_the_recommendation(
     model: ContentModel,
 ) -> None:
     recs = recs_of(model, MIXED)
+    reasons = reasons_of(recs)
     expected = recs["item_id"].map(
         lambda item: TITLE[13] if TOPIC[item] == "football" else TITLE[1]
     )
     same_topic = recs["item_id"].map(TOPIC).isin(["cooking", "football"])
-    assert (recs["reason"][same_topic] == "Because you read “" + expected[same_topic] + "”").all()
-    assert set(recs["reason"]) <= {
+    assert (reasons[same_topic] == "Because you read “" + expected[same_topic] + "”").all()
+    assert set(reasons) <= {
         f"Because you read “{TITLE[1]}”",
         f"Because you read “{TITLE[13]}”",
     }
-    cook = recs_of(model, COOK).set_index("item_id")["reason"]
+    cook_recs = recs_of(model, COOK)
+    cook = reasons_of(cook_recs).set_axis(cook_recs["item_id"])
     assert cook[3] == f"Because you read “{TITLE[2]}”"  # roast chicken: closer to curry than pasta
 
 
@@ -174,6 +182,11 @@ def test_fit_without_embeddings_and_loading_another_artifact_version_fail_loudly
         ContentModel().fit(data)
     model.save(tmp_path)
     params = tmp_path / "params.json"
-    params.write_text(params.read_text().replace('"artifact_version": 1', '"artifact_version": 0'))
+    current, older = (
+        f'"artifact_version": {ARTIFACT_VERSION}',
+        f'"artifact_version": {ARTIFACT_VERSION - 1}',
+    )
+    assert current in params.read_text()
+    params.write_text(params.read_text().replace(current, older))
     with pytest.raises(SourceError, match="retrain"):
         ContentModel.load(tmp_path)

@@ -38,9 +38,11 @@ socket.socket.connect = refuse
 socket.socket.connect_ex = refuse
 socket.create_connection = lambda address, *a, **k: refuse(None, address)
 
-from airflow.dag_processing.dagbag import DagBag
+from pathlib import Path
 
-bag = DagBag(dag_folder=sys.argv[1])
+from airflow.dag_processing.dagbag import BundleDagBag
+
+bag = BundleDagBag(dag_folder=sys.argv[1], bundle_path=Path(sys.argv[1]))
 before = set(sys.modules)
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
@@ -53,7 +55,8 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def parsed() -> dict[str, object]:
-    """Parse dags/ in a fresh interpreter with sockets disabled, as the DAG processor would."""
+    """Parse dags/ in a fresh interpreter with sockets disabled, as the DAG processor would (a
+    bundle DagBag: dags/ is on sys.path, so DAG files import `common` from it)."""
     env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     out = subprocess.run(
         [sys.executable, "-c", PARSE_PROBE, str(REPO_ROOT / "dags")],
@@ -81,9 +84,9 @@ def test_parsing_makes_no_connections(parsed: dict) -> None:
 
 @pytest.fixture(scope="module")
 def dags() -> dict:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    return DagBag(dag_folder=str(REPO_ROOT / "dags")).dags
+    return BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags").dags
 
 
 def test_every_dag_has_tags_retries_docs_and_its_file_name(dags: dict) -> None:
@@ -104,14 +107,14 @@ def test_nightly_runs_its_steps_in_order(dags: dict) -> None:
         "build_embeddings",
         "fit_baselines",
         "train_reranker",
-        "evaluate",
+        "evaluate_holdout",
         "register_and_gate",
         "prepare_scoring",
         "score_shard",
         "begin_publish",
         "publish_shards",
-        "verify",
-        "activate",
+        "verify_version",
+        "activate_version",
     ]
     for upstream, downstream in pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
@@ -130,8 +133,8 @@ def test_nightly_scores_per_shard_and_publishes_per_redis_writer(dags: dict) -> 
         "writer": list(range(writers))
     }
     assert dag.get_task("publish_shards").partial_kwargs["op_kwargs"]["writers"] == writers
-    assert dag.get_task("verify").upstream_task_ids >= {"publish_shards", "begin_publish"}
-    assert dag.get_task("activate").upstream_task_ids == {"verify"}
+    assert dag.get_task("verify_version").upstream_task_ids >= {"publish_shards", "begin_publish"}
+    assert dag.get_task("activate_version").upstream_task_ids == {"verify_version"}
 
 
 def test_dag_files_have_no_airflow2_leftovers() -> None:
@@ -156,7 +159,7 @@ def test_hourly_refreshes_after_features_and_reconciles_after_validation(dags: d
     dag = dags["inbo_hourly"]
     assert dag.get_task("validate").upstream_task_ids == {"ingest"}
     assert dag.get_task("score_active_users").upstream_task_ids == {
-        "update_features",
+        "build_activity",
         "embed_new_items",
     }
     assert dag.get_task("publish_active_users").upstream_task_ids == {"score_active_users"}
@@ -168,8 +171,10 @@ def test_the_hourly_schedule_comes_from_the_settings() -> None:
     """`INBO_HOURLY_SCHEDULE` is read when the DAG file is parsed; nothing assumes an hour."""
     env = {**os.environ, "INBO_HOURLY_SCHEDULE": "*/10 * * * *"}
     probe = (
-        "import sys; from airflow.dag_processing.dagbag import DagBag; "
-        "dag = DagBag(dag_folder=sys.argv[1]).dags['inbo_hourly']; "
+        "import sys; from pathlib import Path; "
+        "from airflow.dag_processing.dagbag import BundleDagBag; "
+        "dag = BundleDagBag(dag_folder=sys.argv[1], bundle_path=Path(sys.argv[1]).parent)"
+        ".dags['inbo_hourly']; "
         "print(dag.timetable.expression)"
     )
     out = subprocess.run(

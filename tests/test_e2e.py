@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from inbo import schemas
+from inbo import tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import REPO_ROOT, Settings
 from pipelines.score import read_recs_table
@@ -34,9 +34,10 @@ def airflow_db() -> None:
 
 
 def run_nightly(logical_date: datetime) -> str:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag("inbo_nightly")
+    dags = REPO_ROOT / "dags"
+    dag = BundleDagBag(dag_folder=str(dags), bundle_path=dags).get_dag("inbo_nightly")
     run = dag.test(logical_date=logical_date)
     return str(run.state)
 
@@ -66,7 +67,7 @@ def nightly(
 
 
 def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datetime) -> None:
-    from inbo.reasons import catalogue_of
+    from inbo.reasons import catalogue_of, render_frame
     from inbo.services import redis_client
     from pipelines.publish.contract import USER_RECS_SCHEMA, Keys
     from pipelines.publish.steps import read_recs
@@ -86,31 +87,32 @@ def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datet
     assert meta["counts"]["users"] == recs["user_id"].nunique() > 100
 
     user_schema = json.loads(USER_RECS_SCHEMA.read_text())
-    catalogue = catalogue_of(lake.read("items", {"batch": batch}, "part", schemas.ITEMS))
+    catalogue = catalogue_of(lake.read_batch(tables.ITEMS, batch))
     for user_id, rows in list(recs.groupby("user_id"))[:50]:
         answer = read_recs(int(user_id), live_redis, catalogue)
         assert answer["personal"] and answer["table_version"] == version
         jsonschema.validate(answer["payload"], user_schema)
         items = answer["items"]
-        assert [i["item_id"] for i in items] == rows.sort_values("rank")["item_id"].tolist()
+        ranked = rows.sort_values("rank")
+        assert [i["item_id"] for i in items] == ranked["item_id"].tolist()
         assert all(i["reason_code"] and i["reason"] for i in items)
+        assert [i["reason"] for i in items] == render_frame(ranked, catalogue).tolist()
 
     assert "inbo-als v" in meta["models"]["als"] and "inbo-reranker v" in meta["models"]["reranker"]
     assert meta["counts"]["similar_items"] > 0
 
     from pipelines.explain import explain_item
 
-    top = recs[recs["rank"] == 1].iloc[0]
+    firsts = recs[recs["rank"] == 1]
+    top = firsts.iloc[0]
     explained = explain_item(int(top["user_id"]), int(top["item_id"]), world_end, live_redis)
     assert explained.score == pytest.approx(float(top["score"]), rel=1e-6)
-    assert explained.reason == top["reason"]
+    assert explained.reason == render_frame(firsts.head(1), catalogue).iloc[0]
 
     stranger = read_recs(10**9, live_redis)
     assert not stranger["personal"] and stranger["items"]
 
-    interactions = lake.read(
-        "features/interactions", {"batch": batch}, "part", schemas.INTERACTIONS
-    )
+    interactions = lake.read_batch(tables.INTERACTIONS, batch)
     read_pairs = set(
         zip(
             *interactions.loc[interactions["is_read"], ["user_id", "item_id"]].T.to_numpy(),

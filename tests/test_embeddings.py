@@ -16,16 +16,14 @@ import pytest
 
 from features.embeddings import (
     EMBEDDING_DIM,
-    EMBEDDINGS,
     MODEL_NAME,
-    TABLE,
     build_embeddings,
     content_hash,
     encode_items,
     item_text,
     load_encoder,
 )
-from inbo import schemas
+from inbo import schemas, tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
 
@@ -162,14 +160,14 @@ def test_build_embeddings_reuses_the_previous_batch_and_is_idempotent(
 ) -> None:
     lake = Lake(settings.lake)
     first, second = AS_OF, AS_OF + timedelta(days=1)
-    lake.write(catalogue_items(), "items", "part", {"batch": batch_key(first)}, schemas.ITEMS)
+    lake.write_batch(catalogue_items(), tables.ITEMS, batch_key(first))
     changed = [*CATALOGUE[:-1], (24, "astronomy", "Why black holes evaporate slowly", "")]
     grown = catalogue_items([*changed, (25, "astronomy", "Saturn's rings", "Ice and rock.")])
-    lake.write(grown, "items", "part", {"batch": batch_key(second)}, schemas.ITEMS)
+    lake.write_batch(grown, tables.ITEMS, batch_key(second))
 
     stats_first = build_embeddings(first, settings)
     stats_second = build_embeddings(second, settings)
-    table = lake.read(TABLE, {"batch": batch_key(second)}, "part", EMBEDDINGS)
+    table = lake.read_batch(tables.EMBEDDINGS, batch_key(second))
     rerun = build_embeddings(second, settings)
 
     assert (stats_first.encoded, stats_first.reused, stats_first.cache_batch) == (12, 0, None)
@@ -178,6 +176,6 @@ def test_build_embeddings_reuses_the_previous_batch_and_is_idempotent(
     assert (rerun.encoded, rerun.reused, rerun.cache_batch) == (2, 11, batch_key(first))
     assert table["item_id"].tolist() == [*sorted(r[0] for r in CATALOGUE), 25]
     assert matrix(table).shape == (13, EMBEDDING_DIM) and matrix(table).dtype == np.float32
-    again = lake.read(TABLE, {"batch": batch_key(second)}, "part", EMBEDDINGS)
+    again = lake.read_batch(tables.EMBEDDINGS, batch_key(second))
     pd.testing.assert_frame_equal(again.drop(columns="embedding"), table.drop(columns="embedding"))
     assert np.array_equal(matrix(again), matrix(table))

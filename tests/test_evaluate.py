@@ -293,13 +293,28 @@ def test_movielens_splits_have_the_reference_sizes(movielens: MovieLens) -> None
 
 
 @needs_movielens
-def test_popularity_on_movielens_matches_the_recorded_figures(movielens: MovieLens) -> None:
+def test_popularity_on_movielens_matches_an_independent_computation(movielens: MovieLens) -> None:
+    """The harness's table against the same lists scored here with plain numpy: the metric
+    definitions of Microsoft Recommenders (binary relevance, ideal DCG over min(k, |truth|),
+    recall over |truth|, precision over k) applied user by user."""
     split = movielens_split(movielens.ratings, movielens.items)
     table = evaluate({"popularity": PopularityModel}, split, k=10)
+    model = PopularityModel().fit(split.train)
+    users = split.users
+    lists = top_k_lists(model.recommend(users, 10 + 1682), users, split.seen, 10)
+    truth = split.truth.groupby("user_id")["item_id"].agg(set)
+    ndcg, precision, recall = [], [], []
+    for user, items in lists.groupby("user_id"):
+        hits = np.array([item in truth[user] for item in items.sort_values("rank")["item_id"]])
+        gains = hits / np.log2(np.arange(2, len(hits) + 2))
+        ideal = (1 / np.log2(np.arange(2, min(10, len(truth[user])) + 2))).sum()
+        ndcg.append(gains.sum() / ideal)
+        precision.append(hits.sum() / 10)
+        recall.append(hits.sum() / len(truth[user]))
     row = table.loc["popularity"]
     assert row["user_coverage"] == 1.0
-    assert row["ndcg_at_k"] == pytest.approx(0.238449, abs=1e-6)
-    assert row["precision_at_k"] == pytest.approx(0.213998, abs=1e-6)
-    assert row["recall_at_k"] == pytest.approx(0.094083, abs=1e-6)
-    assert row["map_at_k"] == pytest.approx(0.132365, abs=1e-6)
-    assert row["map"] == pytest.approx(0.049896, abs=1e-6)
+    assert row["ndcg_at_k"] == pytest.approx(np.mean(ndcg), abs=1e-9)
+    assert row["precision_at_k"] == pytest.approx(np.mean(precision), abs=1e-9)
+    assert row["recall_at_k"] == pytest.approx(np.mean(recall), abs=1e-9)
+    # per-genre popularity is far below a personalised model, far above nothing (docs/benchmarks.md)
+    assert 0.2 < row["ndcg_at_k"] < 0.3

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from inbo import schemas
+from inbo import schemas, tables
 from inbo.lake import Lake, batch_key
 from inbo.settings import REPO_ROOT, Settings, get_settings
 
@@ -39,7 +39,7 @@ def nightly_base(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
     """A var dir and Redis keys (prefix `hourly-base`) after one nightly DAG run on the world."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ)
@@ -51,7 +51,9 @@ def nightly_base(
         patch.setenv("INBO_REDIS_PREFIX", BASE_PREFIX)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         get_settings.cache_clear()
-        dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag("inbo_nightly")
+        dag = BundleDagBag(
+            dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags"
+        ).get_dag("inbo_nightly")
         assert str(dag.test(logical_date=world_end).state) == "success"
     get_settings.cache_clear()
     yield var_dir
@@ -106,15 +108,16 @@ def add_rows(settings: Settings, table: str, rows: list[dict[str, Any]]) -> None
     one, as the app does (a sampled user may already have started the issue)."""
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from pipelines.app import database as appdb
+    from inbo import app_schema
+    from pipelines.app.database import app_engine
 
-    statement = sqlite_insert(getattr(appdb, table))
+    statement = sqlite_insert(getattr(app_schema, table))
     if table == "reading_progress":
         statement = statement.on_conflict_do_update(
             index_elements=["user_id", "issue_id"],
             set_={column: statement.excluded[column] for column in rows[0]},
         )
-    engine = appdb.app_engine(settings.app_db)
+    engine = app_engine(settings.app_db)
     with engine.begin() as conn:
         conn.execute(statement, rows)
     engine.dispose()
@@ -162,14 +165,14 @@ def live_items(settings: Settings, user: int) -> list[int]:
 
 def lake_events(settings: Settings) -> pd.DataFrame:
     lake = Lake(settings.lake)
-    paths = lake.fs.glob(f"{lake.path('user_events')}/date=*/*.parquet")
+    paths = lake.fs.glob(f"{lake.path(tables.USER_EVENTS.path)}/date=*/*.parquet")
     return lake.read_files(sorted(paths), schemas.USER_EVENTS)
 
 
 def lake_digest(settings: Settings) -> dict[str, str]:
     """Content hash of every file in the lake but the step reports that hold run timings."""
     root = Path(settings.lake)
-    timed = ("_reports/hourly_score", "_reports/reconcile")
+    timed = (tables.HOURLY_SCORE_REPORTS, tables.RECONCILE_REPORTS)
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
@@ -290,19 +293,18 @@ def test_overlapping_intervals_and_a_late_row_ingest_every_event_exactly_once(
 def test_a_new_issue_from_a_followed_publisher_can_appear_the_same_hour(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from pipelines.app import database as appdb
+    from inbo.app_schema import newsletter_issues
+    from pipelines.app.database import app_engine
     from pipelines.publish.steps import read_similar
 
     lake = Lake(hourly.lake)
-    subs = lake.read("subscriptions", {"batch": batch_key(world_end)}, "part")
+    subs = lake.read_batch(tables.SUBSCRIPTIONS, batch_key(world_end))
     followed = subs[subs["unsubscribed_at"].isna()]
     users = followed["user_id"].unique()[:20].tolist()
-    engine = appdb.app_engine(hourly.app_db)
+    engine = app_engine(hourly.app_db)
     with engine.connect() as conn:
         issue = dict(
-            conn.execute(
-                select(appdb.newsletter_issues).order_by(appdb.newsletter_issues.c.id.desc())
-            )
+            conn.execute(select(newsletter_issues).order_by(newsletter_issues.c.id.desc()))
             .mappings()
             .first()
         )
@@ -381,7 +383,7 @@ def test_a_new_nightly_version_is_caught_up_by_the_next_run(
 def test_the_hourly_dag_runs_end_to_end_through_airflow_after_the_nightly(
     hourly: Settings, world_end: datetime
 ) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     from pipelines.hourly import latest_refresh
     from pipelines.publish.steps import sample_users
@@ -389,7 +391,9 @@ def test_the_hourly_dag_runs_end_to_end_through_airflow_after_the_nightly(
     users = sample_users(5, hourly)
     at = world_end + timedelta(minutes=25)
     add_rows(hourly, "experience_interactions", [interaction(u, 7, "click", at) for u in users])
-    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag("inbo_hourly")
+    dag = BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags").get_dag(
+        "inbo_hourly"
+    )
 
     run = dag.test(logical_date=world_end + timedelta(hours=1))
 
@@ -397,7 +401,7 @@ def test_the_hourly_dag_runs_end_to_end_through_airflow_after_the_nightly(
     report = latest_refresh(hourly)
     assert report is not None and report.batch == batch_key(world_end + timedelta(hours=1))
     assert report.status == "published" and report.users == len(users)
-    reconciled = json.loads(Lake(hourly.lake).read_json("_reports/reconcile", report.batch))
+    reconciled = json.loads(Lake(hourly.lake).read_json(tables.RECONCILE_REPORTS, report.batch))
     assert reconciled["items_checked"] > 0
 
 
@@ -405,11 +409,13 @@ def test_a_manual_hourly_run_repairs_the_app_counters_only_when_confirmed(
     hourly: Settings, world_end: datetime
 ) -> None:
     """This world's app kept no counters at all: every item has drifted, and repair fills them."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     from pipelines.reconcile import reconcile_counters
 
-    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag("inbo_hourly")
+    dag = BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags").get_dag(
+        "inbo_hourly"
+    )
     hour = world_end + timedelta(hours=1)
 
     refused = dag.test(logical_date=hour, run_conf={"repair_counters": True, "confirm": "ok"})

@@ -685,12 +685,15 @@ def test_a_retry_restores_the_watermark_head_a_crash_lost(
 ) -> None:
     """A run that died after writing its plan but before moving the head must not make the next
     batch read the same rows again."""
-    from pipelines.ingest import HEAD, STATE
+    from inbo import tables
+    from pipelines.ingest import HEAD
 
     earlier = world_end - timedelta(days=1)
     first = ingest(earlier, world)
     lake = Lake(world.lake)
-    lake.write_json("{}", f"{STATE}/{first.source}", HEAD)  # the head as it was before the run
+    lake.write_json(
+        "{}", f"{tables.WATERMARKS}/{first.source}", HEAD
+    )  # the head as it was before the run
 
     ingest(earlier, world)  # the retry
     second = ingest(world_end, world)

@@ -24,9 +24,9 @@ from models.content import ContentModel
 from models.evaluation import evaluate_model, time_split
 from models.hybrid import HybridRecommender
 from models.popularity import PopularityModel
-from pipelines import registry
+from pipelines import promotion, registry
 from pipelines.tracking import log_step_run
-from pipelines.train import load_training_data
+from pipelines.training_data import load_training_data
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 HOLDOUT = timedelta(days=2)
@@ -139,8 +139,8 @@ def test_the_gate_refuses_a_deliberately_worse_challenger(
         run_id = log_step_run(big, f"als-{name}", name, {"variant": name}, {"ndcg": scores[name]})
         versions[name] = registry.register(big, "als", run_id, directory, name)
 
-    first = registry.gate(big, "als", versions["good"], scores["good"], None, big.promotion_margin)
-    worse = registry.gate(
+    first = promotion.gate(big, "als", versions["good"], scores["good"], None, big.promotion_margin)
+    worse = promotion.gate(
         big, "als", versions["bad"], scores["bad"], scores["good"], big.promotion_margin
     )
     assert first.promoted and not worse.promoted

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from inbo import schemas
+from inbo.reasons import PRIORITY, SOURCE_OF, catalogue_of, render_frame
 from models.base import TrainingData
-from inbo.reasons import PRIORITY, catalogue_of, render_frame
 from models.candidates import FRESH_DAYS, SCORE_COLUMNS, _combine
 from models.continue_reading import ContinueReadingModel
 from models.factory import create
-from models.popularity import PopularityModel
 from models.hybrid import blend
+from models.popularity import PopularityModel
 
 AS_OF = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -124,19 +124,21 @@ def test_models_round_trip_through_save_and_load(tmp_path) -> None:
 
 
 def candidates(rows: list[tuple[int, int, float, str]]) -> pd.DataFrame:
-    return pd.DataFrame(
+    """Candidates as `propose` gives them: each score in the column of the code's source."""
+    frame = pd.DataFrame(
         [
             {
                 "user_id": u,
                 "item_id": i,
-                "score": s,
-                "source": code,
                 "reason_code": code,
                 "reason_ref": None,
+                SCORE_COLUMNS[SOURCE_OF[code]]: s,
             }
             for u, i, s, code in rows
         ]
     )
+    keys = ["user_id", "item_id", "reason_code", "reason_ref"]
+    return frame.reindex(columns=[*keys, *SCORE_COLUMNS.values()])
 
 
 def test_blend_excludes_seen_puts_continue_reading_first_and_ranks() -> None:
@@ -168,11 +170,7 @@ def combine_reference(long: pd.DataFrame, popularity: PopularityModel, data: Tra
     keys = ["user_id", "item_id"]
     scores = long.pivot_table(index=keys, columns="column", values="score", aggfunc="max")
     scores = scores.reindex(columns=[*SCORE_COLUMNS.values(), "fresh_score"])
-    order = (
-        long["reason_code"]
-        .map(PRIORITY)
-        .fillna(len(PRIORITY))
-    )
+    order = long["reason_code"].map(PRIORITY).fillna(len(PRIORITY))
     best = long.assign(_order=order).sort_values([*keys, "_order"]).drop_duplicates(keys)
     sources = long.groupby(keys)["reason_code"].agg(lambda codes: ",".join(sorted(set(codes))))
     frame = (

@@ -29,10 +29,11 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 import pipelines.publish.versions as publish_module
-from inbo.errors import DataNotFound, LockBusy, PublishConflict, PublishError
+from inbo import tables
+from inbo.errors import DataNotFound, InboError, LockBusy, PublishConflict, PublishError
 from inbo.lake import Lake
 from inbo.locks import PUBLISH, held
-from inbo.reasons import REASONS, catalogue_of, render_reason
+from inbo.reasons import REASONS, catalogue_of, render, render_frame
 from inbo.schemas import RECOMMENDATIONS
 from inbo.services import redis_binary, redis_client
 from inbo.settings import REPO_ROOT, Settings
@@ -105,7 +106,6 @@ def make_recs(users: int, per_user: int, seed: int = 0, first: int = 1) -> pd.Da
             "score": rng.random(rows),
             "source": [SOURCE[c] for c in codes],
             "reason_code": codes,
-            "reason": "text",
             "reason_ref": pd.array(np.where(refs < 0, None, refs), dtype="Int64"),
         }
     )
@@ -121,7 +121,6 @@ def make_fallback(size: int = 10) -> pd.DataFrame:
             "score": np.linspace(1.0, 0.1, size),
             "source": "popularity",
             "reason_code": "trending",
-            "reason": "Trending on INBO this week",
         }
     )
 
@@ -252,9 +251,9 @@ def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix:
     assert [i["item_id"] for i in unknown["items"]] == list(range(500, 510))
     assert {i["reason_code"] for i in unknown["items"]} == {"trending"}
     assert version.startswith("20261126T0200Z-")
-    assert [
-        (v["version"], v["status"], v["live"], v["users"]) for v in list_versions(client, prefix)
-    ] == [(version, LIVE, True, 30)]
+    assert [(v.version, v.status, v.live, v.users) for v in list_versions(client, prefix)] == [
+        (version, LIVE, True, 30)
+    ]
 
 
 def test_every_payload_and_meta_match_the_published_schemas(
@@ -299,7 +298,6 @@ def test_a_top_50_user_key_fits_in_1000_bytes_of_redis_memory(
             "score": 0.5,
             "source": "als",
             "reason_code": "because_you_read",
-            "reason": "text",
             "reason_ref": rng.integers(100_000, 999_999, users * 50),
         }
     )
@@ -333,22 +331,22 @@ def test_sharded_publish_equals_unsharded_publish(client: redis.Redis, prefix: s
     assert client.hlen(Keys(other).shards(many)) == 7
 
 
-def test_render_reason_placeholders() -> None:
+def test_render_placeholders() -> None:
     catalogue = {
         1: {"title": 'Zürich \\ "notes"', "publisher": "Morning Brew", "category": "food & drink"},
         2: {"title": "B", "publisher": "The Hustle", "category": "ai/ml"},
     }
-    assert render_reason("Because you read “{ref_title}”", 1, 2, catalogue) == (
+    assert render("Because you read “{ref_title}”", 1, 2, catalogue) == (
         'Because you read “Zürich \\ "notes"”'
     )
-    assert render_reason("In {category} from {publisher}", None, 2, catalogue) == (
+    assert render("In {category} from {publisher}", None, 2, catalogue) == (
         "In Ai/Ml from The Hustle"
     )
-    assert render_reason("you are {ref}% through", 37, 2, catalogue) == "you are 37% through"
-    with pytest.raises(PublishError, match="needs a reason ref"):
-        render_reason("{ref_title}", None, 2, catalogue)
+    assert render("you are {ref}% through", 37, 2, catalogue) == "you are 37% through"
+    with pytest.raises(InboError, match="needs a reason ref"):
+        render("{ref_title}", None, 2, catalogue)
     with pytest.raises(DataNotFound, match="item 3 is not in the catalogue"):
-        render_reason("{publisher}", None, 3, catalogue)
+        render("{publisher}", None, 3, catalogue)
 
 
 @pytest.fixture(scope="module")
@@ -415,7 +413,9 @@ def tiny_world() -> TrainingData:
     )
 
 
-def test_templates_render_exactly_the_texts_the_models_wrote(tiny_world: TrainingData) -> None:
+def test_templates_render_exactly_the_texts_the_models_meant(tiny_world: TrainingData) -> None:
+    """Models write codes and refs only; rendered from the catalogue, each row reads as the sentence
+    its source means (the texts the models used to write), and a ref names what explains the item."""
     from models.candidates import CandidateModels, fresh_candidates, generate
 
     models = CandidateModels.fit(tiny_world, {"factors": 4, "iterations": 3})
@@ -433,16 +433,51 @@ def test_templates_render_exactly_the_texts_the_models_wrote(tiny_world: Trainin
         ],
         ignore_index=True,
     )
+    assert "reason" not in made
     assert set(made["reason_code"]) == {r.code for r in REASONS}
-    templates = {r.code: r.template for r in REASONS}
     catalogue = catalogue_of(tiny_world.items)
-    refs = made["reason_ref"] if "reason_ref" in made else pd.Series(pd.NA, index=made.index)
+    if "reason_ref" not in made:
+        made["reason_ref"] = pd.array([pd.NA] * len(made), dtype="Int64")
 
-    rendered = [
-        render_reason(templates[code], None if pd.isna(ref) else int(ref), int(item), catalogue)
+    def meant(code: str, ref: int | None, item: int) -> str:
+        """The sentence each source wrote itself before texts were rendered from templates."""
+        own = catalogue[item]
+        return {
+            "because_you_read": lambda: f"Because you read “{catalogue[int(ref or 0)]['title']}”",
+            "similar_to_read": lambda: f"Because you read “{catalogue[int(ref or 0)]['title']}”",
+            "continue_reading": lambda: f"Continue reading: you are {ref}% through",
+            "subscribed_publisher": lambda: f"New from {own['publisher']}, which you subscribe to",
+            "popular_in_category": lambda: (
+                f"Popular in {own['category'].title()}, a topic you read"
+            ),
+            "new_this_week": lambda: f"New this week in {own['category'].title()}",
+            "trending": lambda: "Trending on INBO this week",
+        }[code]()
+
+    refs = made["reason_ref"].astype("Int64")
+    expected = [
+        meant(code, None if pd.isna(ref) else int(ref), int(item))
         for code, ref, item in zip(made["reason_code"], refs, made["item_id"], strict=True)
     ]
-    assert rendered == made["reason"].tolist()
+    assert render_frame(made, catalogue).tolist() == expected
+
+    interactions = tiny_world.interactions
+    read = set(zip(interactions["user_id"], interactions["item_id"], strict=True))
+    because = made[made["reason_code"].isin(["because_you_read", "similar_to_read"])]
+    assert len(because) > 0
+    assert all(
+        (int(user), int(ref)) in read
+        for user, ref in zip(because["user_id"], because["reason_ref"], strict=True)
+    )
+    started = tiny_world.continue_reading.set_index(["user_id", "item_id"])["read_fraction"]
+    resumed = made[made["reason_code"] == "continue_reading"]
+    assert len(resumed) > 0
+    assert all(
+        int(ref) == round(100 * started[(int(user), int(item))])
+        for user, item, ref in zip(
+            resumed["user_id"], resumed["item_id"], resumed["reason_ref"], strict=True
+        )
+    )
 
 
 # -- sharded staging -----------------------------------------------------------------------------
@@ -464,7 +499,7 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
         generated_at=GENERATED_AT,
     )
     stage_shard(client, prefix, version, frames[0], shard=0, shards=2, batch_size=8)
-    stage = publish_module.stage
+    stage = publish_module.stage  # versions.py imports it from redis_io: patched where it is used
 
     def dies_midway(client, names, values, batch_size, ttl) -> None:
         stage(client, names[:5], values[:5], batch_size, ttl)
@@ -479,7 +514,7 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
         activate(client, prefix, version, TTL)
     assert client.get(Keys(prefix).current) is None
 
-    monkeypatch.setattr(publish_module, "_stage", stage)
+    monkeypatch.setattr(publish_module, "stage", stage)
     first = stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
     record = client.hget(Keys(prefix).shards(version), "1")
     again = stage_shard(client, prefix, version, frames[1], shard=1, shards=2, batch_size=8)
@@ -758,7 +793,7 @@ def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, p
     assert all(0 < client.ttl(key) <= TTL for key in old)
     assert {client.ttl(key) for key in live} == {-1}
     assert client.ttl(keys.current) == -1
-    statuses = {v["version"]: (v["status"], v["live"]) for v in list_versions(client, prefix)}
+    statuses = {v.version: (v.status, v.live) for v in list_versions(client, prefix)}
     assert statuses == {first: (RETIRED, False), second: (LIVE, True)}
 
 
@@ -834,7 +869,7 @@ def test_an_abandoned_staged_version_expires_and_can_be_deleted(
 
     assert len(staged) == 6 + 4 + 1 + 2
     assert all(0 < client.ttl(key) <= 24 * 3600 for key in staged)
-    assert [v["status"] for v in list_versions(client, prefix)] == ["staging"]
+    assert [v.status for v in list_versions(client, prefix)] == ["staging"]
     assert delete_version(client, prefix, version) == 13
     assert version_keys(client, prefix, version) == []
     assert list_versions(client, prefix) == []
@@ -956,7 +991,7 @@ SCORE_MODELS = {
 def write_shards(lake: Lake, recs: pd.DataFrame, shards: int) -> None:
     for shard, frame in shard_frames(recs, shards).items():
         partition = {"batch": BATCH, "shard": shard_key(shard, shards)}
-        lake.write(frame, "recs", "part", partition, RECOMMENDATIONS)
+        lake.write(frame, tables.RECS.path, "part", partition, RECOMMENDATIONS)
 
 
 @pytest.fixture
@@ -967,7 +1002,7 @@ def lake_settings(prefix: str, redis_server: str, tmp_path: Path) -> Settings:
     )
     lake = Lake(settings.lake)
     write_shards(lake, make_recs(users=15, per_user=4), 3)
-    lake.write(make_fallback(), "recs_fallback", "part", {"batch": BATCH})
+    lake.write(make_fallback(), tables.RECS_FALLBACK.path, "part", {"batch": BATCH})
     return settings
 
 
@@ -977,9 +1012,9 @@ def test_batch_entry_points_publish_the_lake_shards(
     settings = lake_settings
     lake = Lake(settings.lake)
     similar = make_similar(items=12, per_item=3)
-    lake.write(similar, "features/more_like_this", "part", {"batch": BATCH})
+    lake.write(similar, tables.MORE_LIKE_THIS.path, "part", {"batch": BATCH})
     report = {"batch": BATCH, "shards": 3, "users": 15, "models": SCORE_MODELS}
-    lake.write_json(json.dumps(report), "_reports/score", BATCH)
+    lake.write_json(json.dumps(report), tables.SCORE_PLANS, BATCH)
 
     version = begin_publish(END, 3, settings=settings)
     reports = [publish_shard(END, version, s, 3, settings=settings) for s in range(3)]
@@ -1013,7 +1048,7 @@ def test_batch_entry_points_publish_the_lake_shards(
     assert {i["item_id"] for i in more["items"]} == set(
         similar.loc[similar.item_id == 4, "similar_item_id"]
     )
-    assert [row["version"] for row in table_versions(settings=settings)] == [version]
+    assert [row.version for row in table_versions(settings=settings)] == [version]
     with pytest.raises(PublishError, match="nothing to roll back to"):
         rollback_table(settings=settings)
 
@@ -1036,7 +1071,7 @@ def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
 
     # the nightly wrote the similar items after this version was staged: it must not go live
     Lake(lake_settings.lake).write(
-        make_similar(items=3, per_item=2), "features/more_like_this", "part", {"batch": BATCH}
+        make_similar(items=3, per_item=2), tables.MORE_LIKE_THIS.path, "part", {"batch": BATCH}
     )
     with pytest.raises(PublishError, match="staged 0 similar-items lists, expected 3"):
         verify_version(END, version, settings=lake_settings)
@@ -1044,14 +1079,16 @@ def test_publish_batch_without_score_report_or_similar_items_names_the_sources(
 
 def test_publish_batch_needs_every_shard_file(lake_settings: Settings) -> None:
     lake = Lake(lake_settings.lake)
-    lake.fs.rm(lake.path("recs", {"batch": BATCH, "shard": shard_key(1, 3)}), recursive=True)
+    lake.fs.rm(
+        lake.path(tables.RECS.path, {"batch": BATCH, "shard": shard_key(1, 3)}), recursive=True
+    )
 
     with pytest.raises(DataNotFound, match="has 2 of its 3 recs shard files"):
         publish_batch(END, settings=lake_settings)
 
 
 def test_publish_batch_refuses_a_corrupt_score_report(lake_settings: Settings) -> None:
-    Lake(lake_settings.lake).write_json("{not json", "_reports/score", BATCH)
+    Lake(lake_settings.lake).write_json("{not json", tables.SCORE_PLANS, BATCH)
 
     with pytest.raises(
         PublishError, match=r"_reports/score/20261126T0000Z\.json is not valid JSON"

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from inbo import cli
+from cli import pipeline as cli_pipeline
+from inbo import tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake
 from inbo.settings import Settings
@@ -31,11 +32,11 @@ from pipelines.app import counters as app_counters
 from pipelines.app.counters import FIELDS, CounterStore, open_counters
 from pipelines.demo.simulate import simulate
 from pipelines.ingest import ingest
-from pipelines.reconcile import BACKUPS, _compare_and_set, reconcile_counters, restore_counters
+from pipelines.reconcile import _compare_and_set, reconcile_counters, restore_counters
 from pipelines.validate import validate_batch
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
-DRIFT = inspect.signature(cli.simulate).parameters["counter_drift"].default
+DRIFT = inspect.signature(cli_pipeline.simulate).parameters["counter_drift"].default
 """The drift `inbo simulate` (and so `inbo demo`) injects by default."""
 INBO = str(Path(sys.executable).with_name("inbo"))
 
@@ -177,7 +178,7 @@ def test_injected_drift_is_found_repaired_and_restored(
     repaired = reconcile_counters(END, repair=True, settings=settings)
     assert (repaired.inconsistent_items, repaired.repaired) == (5, 5)
     assert repaired.backup is not None
-    assert Lake(settings.lake).exists(BACKUPS, name=repaired.backup)
+    assert Lake(settings.lake).exists(tables.COUNTER_BACKUPS.path, name=repaired.backup)
     assert hashes(store, world.clean.index.tolist()) == clean_hashes
     again = reconcile_counters(END, repair=True, settings=settings)
     assert (again.inconsistent_items, again.repaired, again.backup) == (0, 0, None)
@@ -253,7 +254,7 @@ def test_cli_repair_refuses_without_yes_when_nobody_can_confirm(
         "INBO_APP_REDIS_PREFIX": settings.app_redis_prefix,
     }
     before = hashes(store, world.simulated.index.tolist())
-    backups = Lake(settings.lake).files(BACKUPS)
+    backups = Lake(settings.lake).files(tables.COUNTER_BACKUPS.path)
     result = subprocess.run(
         [INBO, "reconcile", "--repair"],
         capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
@@ -265,4 +266,4 @@ def test_cli_repair_refuses_without_yes_when_nobody_can_confirm(
         "(no terminal to confirm on)"
     ]
     assert hashes(store, world.simulated.index.tolist()) == before
-    assert Lake(settings.lake).files(BACKUPS) == backups
+    assert Lake(settings.lake).files(tables.COUNTER_BACKUPS.path) == backups

@@ -16,7 +16,7 @@ from inbo import schemas
 from inbo.settings import Settings
 from models.base import TrainingData
 from models.popularity import PopularityModel
-from pipelines import registry
+from pipelines import promotion, registry
 from pipelines.tracking import log_step_run
 
 AS_OF = datetime(2026, 11, 20, tzinfo=UTC)
@@ -59,7 +59,7 @@ def test_first_model_is_promoted_and_loads_in_a_fresh_process(
 ) -> None:
     version = register_one(settings, tmp_path, "20261120T0000Z", {10: 3.0, 11: 2.0, 12: 1.0})
     assert registry.alias_version(settings, "popularity", registry.CHALLENGER) == version
-    decision = registry.gate(settings, "popularity", version, 0.3, None, margin=0.01)
+    decision = promotion.gate(settings, "popularity", version, 0.3, None, margin=0.01)
     assert decision.promoted and "first model" in decision.reason
     assert registry.alias_version(settings, "popularity", registry.CHAMPION) == version
 
@@ -85,22 +85,22 @@ def test_registering_the_same_run_and_batch_twice_keeps_one_version(
     first = registry.register(settings, "popularity", run_id, directory, "b1")
     again = registry.register(settings, "popularity", run_id, directory, "b1")
     assert first == again
-    assert [row["version"] for row in registry.list_models(settings)] == [first]
+    assert [row.version for row in registry.list_models(settings)] == [first]
 
 
 def test_gate_refuses_a_worse_challenger_and_keeps_the_champion(
     settings: Settings, tmp_path: Path
 ) -> None:
     champion = register_one(settings, tmp_path, "b1", {10: 3.0})
-    registry.gate(settings, "popularity", champion, 0.40, None, margin=0.01)
+    promotion.gate(settings, "popularity", champion, 0.40, None, margin=0.01)
     worse = register_one(settings, tmp_path, "b2", {11: 3.0})
-    decision = registry.gate(settings, "popularity", worse, 0.30, 0.40, margin=0.01)
+    decision = promotion.gate(settings, "popularity", worse, 0.30, 0.40, margin=0.01)
     assert not decision.promoted and decision.champion == champion
     assert registry.alias_version(settings, "popularity", registry.CHAMPION) == champion
     assert registry.alias_version(settings, "popularity", registry.CHALLENGER) == worse
 
     close = register_one(settings, tmp_path, "b3", {12: 3.0})
-    assert registry.gate(settings, "popularity", close, 0.395, 0.40, margin=0.01).promoted
+    assert promotion.gate(settings, "popularity", close, 0.395, 0.40, margin=0.01).promoted
     assert registry.alias_version(settings, "popularity", registry.CHAMPION) == close
 
 
@@ -147,7 +147,7 @@ def test_als_registered_version_recommends_the_same_in_a_fresh_process(
     model.save(tmp_path / "als")
     run_id = log_step_run(settings, "als", "b1", model.params, {"users": 39.0})
     version = registry.register(settings, "als", run_id, tmp_path / "als", "b1")
-    registry.gate(settings, "als", version, 0.2, None, margin=0.01)
+    promotion.gate(settings, "als", version, 0.2, None, margin=0.01)
     expected = model.recommend(np.array([1, 2, 3]), 5)["item_id"].tolist()
 
     probe = (

@@ -29,8 +29,9 @@ from features.ranking import (
     utc,
 )
 from inbo import schemas
+from inbo.errors import NoPositiveExamples, NotFitted
 from inbo.settings import Settings
-from models.reranker import BIAS, NoPositiveExamples, NotFitted, Reranker
+from models.reranker import BIAS, Reranker
 
 log = logging.getLogger(__name__)
 
@@ -403,16 +404,17 @@ def cross_validated_scores(examples: pd.DataFrame, folds: int = 5) -> pd.Series:
 
 def test_reranker_beats_popularity_on_the_demo_world(world: Settings, world_end: datetime) -> None:
     from features.interactions import load_events
+    from inbo import tables
     from inbo.lake import Lake, batch_key
     from pipelines.ingest import ingest
     from pipelines.validate import validate_batch
 
     ingest(world_end)
     validate_batch(world_end)
-    lake, batch = Lake(world.lake), {"batch": batch_key(world_end)}
+    lake, batch = Lake(world.lake), batch_key(world_end)
     events, _ = load_events(lake, world_end - 30 * DAY, world_end)
-    items = lake.read("items", batch, "part", schemas.ITEMS)
-    subscriptions = lake.read("staging/subscriptions", batch, "part", schemas.SUBSCRIPTIONS)
+    items = lake.read_batch(tables.ITEMS, batch)
+    subscriptions = lake.read_batch(tables.staging("subscriptions"), batch)
     fn = popularity_candidates(events, items)
     examples = training_examples(events, items, subscriptions, fn, world_end - 2 * DAY)
     examples["reranker"] = cross_validated_scores(examples)
@@ -464,9 +466,9 @@ def test_a_label_window_nobody_engaged_in_is_no_positive_examples(
     from dataclasses import replace
 
     from features.interactions import Recipe, build_interactions
-    from models.hybrid import train_reranker
+    from models.hybrid import learn_reranker
     from pipelines.ingest import ingest
-    from pipelines.train import load_training_data
+    from pipelines.training_data import load_training_data
     from pipelines.validate import validate_batch
 
     ingest(world_end)
@@ -478,6 +480,6 @@ def test_a_label_window_nobody_engaged_in_is_no_positive_examples(
     engaged = data.events["event_type"].isin(ENGAGED_EVENTS)
     silent = replace(data, events=data.events[~(in_window & engaged)])
     with pytest.raises(NoPositiveExamples, match="nobody clicked or read"):
-        train_reranker(silent, 2.0, {}, 20, Recipe())
-    _, examples = train_reranker(data, 2.0, {}, 20, Recipe(), max_users=10)
+        learn_reranker(silent, 2.0, {}, 20, Recipe())
+    _, examples = learn_reranker(data, 2.0, {}, 20, Recipe(), max_users=10)
     assert examples["user_id"].nunique() == 10  # the sample bounds who it learns from

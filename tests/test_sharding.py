@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from inbo import tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
-from pipelines import score as recommend
+from pipelines import score
 from pipelines.score import (
     prepare_scoring,
     read_recs_table,
@@ -79,20 +80,20 @@ def scored_world(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def unsharded_reference(settings: Settings, end: datetime) -> pd.DataFrame:
     """The table as scoring computed it before sharding: every user at once on the full data."""
     from models.candidates import CandidateModels
-    from models.hybrid import rank, seen_pairs
-    from pipelines.score import champion_parts, fill
-    from pipelines.train import load_training_data, model_dir
+    from models.hybrid import propose, rank
+    from pipelines.score import champion_parts
+    from pipelines.training_data import load_training_data
 
     data = load_training_data(settings, end)
     als, reranker, _ = champion_parts(settings)
     assert reranker is not None
-    sources = CandidateModels.load(model_dir(settings, batch_key(end)), als=als)
+    sources = CandidateModels.load(settings.model_dir(batch_key(end)), als=als)
     interactions = data.interactions
     users = np.sort(interactions.loc[interactions["weight"] > 0, "user_id"].unique())
     trending = sources.popularity.global_top(settings.fallback_n)
     trending = trending.assign(rank=np.arange(1, len(trending) + 1))
-    ranked = rank(sources, reranker, data, users, settings.top_n, settings.candidates_per_source)
-    recs = fill(ranked, trending, seen_pairs(interactions), settings.top_n)
+    candidates = propose(sources, data, users, settings.candidates_per_source)
+    recs = rank(candidates, reranker, data, settings.top_n, trending)
     return recs.sort_values(["user_id", "rank"], ignore_index=True)
 
 
@@ -122,7 +123,7 @@ def test_each_shard_holds_only_its_users(scored_world: Settings, world_end: date
     batch = batch_key(world_end)
     for shard in range(4):
         part = {"batch": batch, "shard": f"{shard:03d}of004"}
-        users = lake.read("recs", part, "part")["user_id"]
+        users = lake.read(tables.RECS.path, part, "part")["user_id"]
         assert len(users) and (users % 4 == shard).all()
 
 
@@ -133,14 +134,14 @@ def test_a_failed_shard_leaves_no_file_and_its_retry_completes_the_table(
     plan = prepare_scoring(world_end, scored_world, shards=3)
     score_shard(world_end, 0, 3, scored_world)
 
-    real_top_n = recommend.top_n
+    real_rank = score.rank
 
     def dies_mid_shard(*args: object, **kwargs: object) -> pd.DataFrame:
-        real_top_n(*args, **kwargs)  # type: ignore[arg-type]
+        real_rank(*args, **kwargs)  # type: ignore[arg-type]
         raise MemoryError("the worker was killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(recommend, "top_n", dies_mid_shard)
+        patch.setattr(score, "rank", dies_mid_shard)
         with pytest.raises(MemoryError):
             score_shard(world_end, 1, plan.shards, scored_world)
     with pytest.raises(DataNotFound, match="not fully scored"):
@@ -149,7 +150,9 @@ def test_a_failed_shard_leaves_no_file_and_its_retry_completes_the_table(
     for shard in (1, 2, 2):  # the retry, then a shard run twice: it overwrites its one file
         score_shard(world_end, shard, plan.shards, scored_world)
     pd.testing.assert_frame_equal(read_recs_table(world_end, scored_world), expected)
-    files = Lake(scored_world.lake).files("recs", f"batch={batch_key(world_end)}/**/*.parquet")
+    files = Lake(scored_world.lake).files(
+        tables.RECS.path, f"batch={batch_key(world_end)}/**/*.parquet"
+    )
     assert len(files) == 3
 
 
@@ -159,7 +162,9 @@ def test_replanning_with_another_shard_count_drops_the_old_shards(
     expected = scored_with(scored_world, world_end, 5)
     again = scored_with(scored_world, world_end, 2)
     pd.testing.assert_frame_equal(again, expected)
-    files = Lake(scored_world.lake).files("recs", f"batch={batch_key(world_end)}/**/*.parquet")
+    files = Lake(scored_world.lake).files(
+        tables.RECS.path, f"batch={batch_key(world_end)}/**/*.parquet"
+    )
     assert [Path(f).parent.name for f in files] == ["shard=000of002", "shard=001of002"]
 
 

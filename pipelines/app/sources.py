@@ -87,11 +87,6 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _bound(table: IncrementalTable, value: Watermark) -> object:
-    """A watermark as a query parameter: ids stay integers, ISO text becomes a datetime."""
-    return value if table.column == "id" else pd.Timestamp(value).to_pydatetime()
-
-
 class AppDbSource:
     """The INBO app database, read through SQLAlchemy Core."""
 

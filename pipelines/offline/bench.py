@@ -4,7 +4,8 @@
 embedded Redis, so it never touches the demo's state. Simulation is not timed, nor is what stands
 for the previous nights: ingesting and validating every day but the last, and encoding the items
 published before it (MiniLM encodes only new items nightly). Then every nightly step for the last
-day runs as `python -m pipelines.offline.bench step ...`, like an Airflow task process, so its peak
+day runs as `python -m pipelines.offline.bench_steps step ...` (`pipelines.offline.bench_steps`), like
+an Airflow task process, so its peak
 RSS is its own; score shards run `parallel` at a time, as a worker with that many slots would, and
 publish shards `publish_parallel` at a time, as the DAG's `INBO_PUBLISH_PARALLEL` allows. While the
 shards publish, a separate process reads users' rows (pointer + GET) at a fixed rate.
@@ -12,7 +13,6 @@ shards publish, a separate process reads users' rows (pointer + GET) at a fixed 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,9 +43,9 @@ MEMORY_SAMPLES = 1000
 """User keys whose `MEMORY USAGE` is averaged."""
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 WARMUP_STEP_DAYS = 7
+"""Days each warm-up batch ingests."""
 MEMORY_CAP = 16 * 1024**3
 """Address-space limit of every step process: a step needing more fails alone (MemoryError)."""
-"""Days each warm-up batch ingests."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def publish_stages(
     stop.unlink(missing_ok=True)
     reader = subprocess.Popen(
         [
-            sys.executable, "-m", "pipelines.offline.bench", "read", "--users", str(params.users),
+            sys.executable, "-m", "pipelines.offline.bench_steps", "read", "--users", str(params.users),
             "--rate", str(READER_RATE), "--stop-file", str(stop), "--out", str(readings),
         ],
         env=env, cwd=REPO_ROOT,
@@ -388,7 +388,7 @@ def phase_latencies(
 
 
 def step_command(*args: str, date: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.offline.bench", "step", *args, "--date", date]
+    return [sys.executable, "-m", "pipelines.offline.bench_steps", "step", *args, "--date", date]
 
 
 def timed(name: str, commands: list[list[str]], env: dict[str, str], home: Path) -> Stage:
@@ -457,144 +457,10 @@ def _chunks(items: list[list[str]], size: int) -> Iterator[list[list[str]]]:
         yield items[start : start + size]
 
 
-# -- the step processes ---------------------------------------------------------------------------
-
-
-def run_step(args: argparse.Namespace) -> dict[str, Any]:
-    """One nightly step in this process, as an Airflow task would run it; a small JSON result."""
-    end = datetime.strptime(args.date, "%Y-%m-%d").replace(tzinfo=UTC)
-    steps: dict[str, Callable[[], Any]] = {
-        "ingest": lambda: _ingest(end),
-        "validate": lambda: _validate(end),
-        "validate-backfill": lambda: _validate_backfill(end),
-        "interactions": lambda: _interactions(end),
-        "embed": lambda: _embed(end),
-        "baselines": lambda: _fit("fit_baselines", end),
-        "als": lambda: _fit("train_als", end),
-        "reranker": lambda: _fit("train_reranker", end),
-        "gate": lambda: _gate(end, args.als_run, args.reranker_run),
-        "register": lambda: _register(end, args.als_run, args.reranker_run),
-        "prepare": lambda: _prepare(end),
-        "score": lambda: _score(end, args.shard, args.shards),
-        "begin": lambda: {"version": _publish().begin_publish(end, args.shards)},
-        "publish": lambda: _publish_writer(
-            end, args.version, args.writer, args.writers, args.shards
-        ),
-        "verify": lambda: {"version": _publish().verify_version(end, args.version)},
-        "activate": lambda: {"previous": _publish().activate_version(args.version)},
-    }
-    return dict(steps[args.step]())
-
-
-def _ingest(end: datetime) -> dict[str, Any]:
-    from pipelines.ingest import ingest
-
-    return {"batch": ingest(end).batch}
-
-
-def _validate(end: datetime) -> dict[str, Any]:
-    from pipelines.validate import validate_batch
-
-    return {"passed": validate_batch(end).passed}
-
-
-def _validate_backfill(end: datetime) -> dict[str, Any]:
-    """`_validate` of an earlier night, without the issues scheduled after it.
-
-    The app database already holds issues scheduled for later days; validating a past night
-    quarantines them as "published in the future", and quarantining a row with a list column
-    (`tags`) fails in `pipelines.app.sources.as_strings`. The nightly run itself never sees them.
-    """
-    import pandas as pd
-
-    from inbo.lake import Lake, batch_key
-
-    lake = Lake(get_settings().lake)
-    part = {"batch": batch_key(end)}
-    items = lake.read("staging/items", part, "part")
-    published = pd.to_datetime(items["published_at"], utc=True) < pd.Timestamp(end)
-    lake.write(items[published], "staging/items", "part", part)
-    return _validate(end)
-
-
-def _interactions(end: datetime) -> dict[str, Any]:
-    from features.interactions import build_interactions
-
-    return asdict(build_interactions(end))
-
-
-def _embed(end: datetime) -> dict[str, Any]:
-    from features.embeddings import build_embeddings
-
-    return {"encoded": build_embeddings(end).encoded}
-
-
-def _fit(name: str, end: datetime) -> dict[str, Any]:
-    from pipelines import train
-
-    return {"run_id": getattr(train, name)(end).run_id}
-
-
-def _gate(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
-    from pipelines.promotion import evaluate_holdout, register_and_gate
-
-    decisions = register_and_gate(end, als_run, reranker_run, evaluate_holdout(end).scores)
-    return {kind: decision.promoted for kind, decision in decisions.items()}
-
-
-def _register(end: datetime, als_run: str, reranker_run: str) -> dict[str, Any]:
-    """Register tonight's models and make them champion without the held-out evaluation."""
-    from inbo.lake import batch_key
-    from pipelines import registry
-
-    settings = get_settings()
-    directory = settings.model_dir(batch_key(end))
-    versions = {}
-    for kind, run_id in (("als", als_run), ("reranker", reranker_run)):
-        if run_id:
-            versions[kind] = registry.register(
-                settings, kind, run_id, directory / kind, batch_key(end)
-            )
-            registry.promote(settings, kind, versions[kind])
-    return versions
-
-
-def _prepare(end: datetime) -> dict[str, Any]:
-    from pipelines.score import prepare_scoring
-
-    return asdict(prepare_scoring(end))
-
-
-def _score(end: datetime, shard: int, shards: int) -> dict[str, Any]:
-    from pipelines.score import score_shard
-
-    return asdict(score_shard(end, shard, shards))
-
-
-def _publish_writer(
-    end: datetime, version: str, writer: int, writers: int, shards: int
-) -> dict[str, Any]:
-    """`publish_shards`, timed inside the task (the process start is not publishing)."""
-    publish = _publish()
-    started = time.perf_counter()
-    reports = publish.publish_shards(end, version, writer, writers, shards)
-    return {
-        "users": sum(report.users for report in reports),
-        "seconds": time.perf_counter() - started,
-        "write_seconds": sum(report.write_seconds for report in reports),
-    }
-
-
-def _publish() -> Any:
-    from pipelines.publish import steps as publish
-
-    return publish
-
-
 # -- Redis: memory and the frontend reader --------------------------------------------------------
 
 
-def _client(env: dict[str, str]) -> Any:
+def redis_client(env: dict[str, str]) -> Any:
     import redis
 
     return redis.Redis.from_url(env["INBO_REDIS_URL"])
@@ -603,19 +469,19 @@ def _client(env: dict[str, str]) -> Any:
 def live_version(env: dict[str, str]) -> str | None:
     from pipelines.publish.contract import Keys
 
-    current = _client(env).get(Keys(get_settings().redis_prefix).current)
+    current = redis_client(env).get(Keys(get_settings().redis_prefix).current)
     return current.decode() if current else None
 
 
 def redis_memory(env: dict[str, str]) -> float:
-    return float(_client(env).info("memory")["used_memory"])
+    return float(redis_client(env).info("memory")["used_memory"])
 
 
 def key_memory(env: dict[str, str], users: int) -> dict[str, float]:
     """Mean `MEMORY USAGE` of sampled users' keys in the live table, and their payload bytes."""
     from pipelines.publish.contract import Keys
 
-    client = _client(env)
+    client = redis_client(env)
     keys = Keys(get_settings().redis_prefix)
     version = live_version(env) or ""
     rng = random.Random(0)
@@ -633,49 +499,6 @@ def key_memory(env: dict[str, str], users: int) -> dict[str, float]:
         "payload_bytes_per_user": float(np.mean(payloads)),
         "sampled_keys": float(len(sizes)),
     }
-
-
-def read_loop(users: int, rate: float, stop_file: Path, out: Path, env: dict[str, str]) -> None:
-    """Pointer + GET for random users at `rate` per second until `stop_file` exists."""
-    from pipelines.publish.contract import Keys
-
-    client = _client(env)
-    keys = Keys(get_settings().redis_prefix)
-    rng = random.Random(1)
-    latencies: list[float] = []
-    stamps: list[float] = []
-    misses = late = 0
-    interval = 1.0 / rate
-    next_at = time.perf_counter()
-    while not stop_file.exists():
-        user_id = rng.randint(1, users)
-        stamps.append(time.time())
-        started = time.perf_counter()
-        version = client.get(keys.current)
-        found = client.get(keys.user(version.decode(), user_id)) if version else None
-        latencies.append(time.perf_counter() - started)
-        misses += found is None
-        next_at += interval
-        pause = next_at - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        else:
-            late += 1
-    ms = np.array(latencies) * 1000
-    np.save(out.with_suffix(".npy"), np.column_stack([np.array(stamps), ms]))
-    out.write_text(
-        json.dumps(
-            {
-                "requests": float(len(ms)),
-                "rate_per_second": rate,
-                "p50_ms": float(np.percentile(ms, 50)),
-                "p99_ms": float(np.percentile(ms, 99)),
-                "max_ms": float(ms.max()),
-                "no_personal_row": float(misses),
-                "behind_schedule": float(late),
-            }
-        )
-    )
 
 
 # -- the machine and the report -------------------------------------------------------------------
@@ -701,7 +524,7 @@ def machine_info(env: dict[str, str]) -> dict[str, str]:
         "ram": f"{memory_kb / 1024**2:.1f} GiB",
         "os": platform.platform(),
         "python": platform.python_version(),
-        "redis": str(_client(env).info("server")["redis_version"]),
+        "redis": str(redis_client(env).info("server")["redis_version"]),
     }
 
 
@@ -799,36 +622,3 @@ def write_doc(report: BenchReport, doc: Path = DOC) -> None:
             text = text.rstrip("\n") + "\n\n## Scale\n\nSee `inbo bench --help`.\n"
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The step and reader processes the benchmark starts (not a user-facing command)."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.offline.bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    step = sub.add_parser("step")
-    step.add_argument("step")
-    step.add_argument("--date", required=True)
-    step.add_argument("--shard", type=int, default=0)
-    step.add_argument("--shards", type=int, default=1)
-    step.add_argument("--writer", type=int, default=0)
-    step.add_argument("--writers", type=int, default=1)
-    step.add_argument("--version", default="")
-    step.add_argument("--als-run", default="")
-    step.add_argument("--reranker-run", default="")
-    read = sub.add_parser("read")
-    read.add_argument("--users", type=int, required=True)
-    read.add_argument("--rate", type=float, default=READER_RATE)
-    read.add_argument("--stop-file", type=Path, required=True)
-    read.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    from inbo import logs
-
-    logs.configure(False)
-    if args.command == "read":
-        read_loop(args.users, args.rate, args.stop_file, args.out, dict(os.environ))
-        return
-    print(json.dumps(run_step(args), default=str))
-
-
-if __name__ == "__main__":
-    main()
