@@ -72,9 +72,22 @@ def demo(
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    """The environment for an Airflow command: this repo as AIRFLOW_HOME, our settings passed on."""
+    """The environment for an Airflow command: this repo's airflow.cfg and DAGs, with Airflow's
+    own state (metadata DB, logs) under the settings' var dir, so a run on another var dir (a
+    test's, a benchmark's) never touches the demo's. Values the caller set explicitly win."""
     env = dict(os.environ)
-    env["AIRFLOW_HOME"] = str(REPO_ROOT)
+    airflow_state = settings.var_dir / "airflow"
+    env.setdefault("AIRFLOW_HOME", str(REPO_ROOT))
+    env.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
+    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
+    env.setdefault(
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_state / 'airflow.db'}"
+    )
+    env.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(airflow_state / "logs"))
+    env.setdefault(
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY",
+        str(airflow_state / "logs" / "dag_processor"),
+    )
     env["INBO_VAR_DIR"] = str(settings.var_dir)
     env.setdefault("GX_ANALYTICS_ENABLED", "False")
     return env
@@ -84,6 +97,7 @@ def run_airflow_dag(dag_id: str, end: datetime, settings: Settings) -> Path:
     """`airflow dags test` for the batch ending at `end`; Airflow's output goes to a log file."""
     log_dir = settings.var_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    (settings.var_dir / "airflow").mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{dag_id}-{end:%Y%m%dT%H%M}.log"
     airflow = str(Path(sys.executable).with_name("airflow"))
     env = airflow_env(settings)

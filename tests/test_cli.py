@@ -93,6 +93,7 @@ def published(world: Settings, live_redis: Settings, world_end) -> Settings:
     return live_redis
 
 
+@pytest.mark.e2e
 def test_recs_for_known_unknown_and_rollback(published: Settings) -> None:
     from pipelines.publish.steps import sample_users
 

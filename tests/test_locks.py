@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from inbo.errors import LockBusy, ServiceUnavailable
@@ -18,13 +16,11 @@ def test_a_held_lock_makes_the_second_holder_wait_then_fail_retryably(
     client = redis_client(live_redis)
     prefix = live_redis.redis_prefix
     with held(client, prefix, "publish", timeout_seconds=30, wait_seconds=0):
-        started = time.monotonic()
         with (
-            pytest.raises(LockBusy, match="publish lock") as caught,
-            held(client, prefix, "publish", timeout_seconds=30, wait_seconds=0.3),
+            pytest.raises(LockBusy, match=r"publish lock .* still held after 2 s") as caught,
+            held(client, prefix, "publish", timeout_seconds=30, wait_seconds=2),
         ):
             pass
-        assert time.monotonic() - started >= 0.1  # it waited before giving up
         assert isinstance(caught.value, ServiceUnavailable)  # the DAGs' retry policy retries it
     with held(client, prefix, "publish", timeout_seconds=30, wait_seconds=0):
         assert client.exists(lock_key(prefix, "publish"))

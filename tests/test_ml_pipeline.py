@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from inbo import schemas
-from inbo.settings import Settings, get_settings
+from inbo.settings import Settings
 from models.als import ALSModel
 from models.base import TrainingData
 from models.content import ContentModel
@@ -28,6 +28,8 @@ from pipelines import promotion, registry
 from pipelines.tracking import log_step_run
 from pipelines.training_data import load_training_data
 
+pytestmark = pytest.mark.e2e
+
 END = datetime(2026, 11, 20, tzinfo=UTC)
 HOLDOUT = timedelta(days=2)
 
@@ -35,8 +37,6 @@ HOLDOUT = timedelta(days=2)
 @pytest.fixture(scope="module")
 def big_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 3,000-user world through ingest, validate, interactions and embeddings, built once."""
-    import os
-
     from features.embeddings import build_embeddings
     from features.interactions import build_interactions
     from pipelines.demo.simulate import simulate
@@ -44,21 +44,13 @@ def big_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from pipelines.validate import validate_batch
 
     var_dir = tmp_path_factory.mktemp("big") / "var"
-    previous = os.environ.get("INBO_VAR_DIR")
-    os.environ["INBO_VAR_DIR"] = str(var_dir)
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = Settings(var_dir=var_dir)  # passed to each step: no environment to restore
     simulate(settings.app_db, users=3000, items=800, days=28, seed=3,
              end=END.replace(tzinfo=None), truth_dir=var_dir / "simulation")  # fmt: skip
-    ingest(END)
-    validate_batch(END)
-    build_interactions(END)
-    build_embeddings(END)
-    if previous is None:
-        os.environ.pop("INBO_VAR_DIR")
-    else:
-        os.environ["INBO_VAR_DIR"] = previous
-    get_settings.cache_clear()
+    ingest(END, settings)
+    validate_batch(END, settings)
+    build_interactions(END, settings)
+    build_embeddings(END, settings)
     yield var_dir
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from inbo.settings import REPO_ROOT, Settings
 
+pytestmark = pytest.mark.e2e
+
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.py"))
 
 

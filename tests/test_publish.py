@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -727,20 +726,17 @@ def test_round_trip_of_similar_items(client: redis.Redis, prefix: str) -> None:
 # -- switching, expiry, rollback -----------------------------------------------------------------
 
 
-@pytest.fixture
-def frequent_thread_switches() -> Iterator[None]:
-    """Let a reader thread in often while the publishing thread computes."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    yield
-    sys.setswitchinterval(interval)
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
 
 
-@pytest.mark.usefixtures("frequent_thread_switches")
 def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, prefix: str) -> None:
     users = list(range(1, 1001))
-    first_recs = make_recs(users=1000, per_user=20, seed=1)
-    first = publish(client, prefix, first_recs)
+    first = publish(client, prefix, make_recs(users=1000, per_user=20, seed=1))
     keys = Keys(prefix)
     reads, anomalies, seen = 0, [], set()
     stop = threading.Event()
@@ -758,19 +754,20 @@ def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, p
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        reads_before = reads
+        wait_until(lambda: first in seen, "the reader to see the first version")
         second = publish(
             client, prefix, make_recs(users=1000, per_user=20, seed=2), "20261127T0200Z"
         )
+        wait_until(lambda: second in seen, "the reader to see the second version")
         rolled = rollback(client, prefix, ttl_seconds=TTL)
-        reads_during = reads - reads_before
+        after_rollback = reads
+        wait_until(lambda: reads > after_rollback + 100, "reads after the rollback")
     finally:
         stop.set()
         thread.join()
 
     assert rolled == (second, first)
     assert anomalies == []
-    assert reads_during > 100
     assert seen == {first, second}
 
 

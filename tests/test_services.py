@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from inbo.errors import ServiceUnavailable
@@ -94,7 +95,6 @@ def test_restart_keeps_url_and_data(tmp_path: Path) -> None:
 def test_a_snapshot_survives_a_crash_and_nothing_saves_on_its_own(tmp_path: Path) -> None:
     """No automatic save points (one would fork mid-publish); `snapshot` after an activation is
     what a killed server comes back with."""
-    import os
     import signal
     import time
 
@@ -114,8 +114,9 @@ def test_a_snapshot_survives_a_crash_and_nothing_saves_on_its_own(tmp_path: Path
                 break
             time.sleep(0.05)
         client.set("unsaved", "lost")
-        os.kill(int(client.info("server")["process_id"]), signal.SIGKILL)
-        time.sleep(0.2)
+        server = psutil.Process(int(client.info("server")["process_id"]))
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)  # gone for sure before the restart, whatever the machine's load
         restarted = redis_client(settings)
         assert restarted.get("table") == "v1"
         assert restarted.get("unsaved") is None
