@@ -43,7 +43,6 @@ ITEM_COUNTERS: dict[str, str] = {
 """Event type -> item counter. A read is a reading-progress state, so one user may add several."""
 
 
-
 @dataclass(frozen=True)
 class ActivityStats:
     batch: str

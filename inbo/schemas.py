@@ -137,6 +137,7 @@ BY_NAME: dict[str, pa.Schema] = {
 }
 """The canonical tables ingest stages and validation promotes, by table name."""
 
+
 def conform(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     """Return `frame` with exactly the schema's columns, cast to its types."""
     missing = [name for name in schema.names if name not in frame.columns]
