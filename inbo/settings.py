@@ -105,13 +105,24 @@ class Settings(BaseSettings):
         description="How much worse (nDCG@10) a challenger may be and still be promoted.",
     )
 
+    ingest_lookback_seconds: int = Field(
+        3600,
+        ge=0,
+        description="How far back each batch re-reads reading progress, for rows committed late.",
+    )
+    ingest_gap_days: float = Field(
+        7.0,
+        gt=0,
+        description="How long a missing interaction id is re-checked before it counts as rolled back.",
+    )
+
     hourly_schedule: str = Field(
         "0 * * * *", description="Cron schedule (UTC) of the hourly refresh DAG; any period works."
     )
-    lock_timeout_seconds: int = Field(
-        1800,
-        ge=1,
-        description="How long a held lock lasts if its holder dies without releasing it.",
+    lock_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A held lock's lease, renewed by its holder; a dead holder frees it this soon.",
     )
     lock_wait_seconds: float = Field(
         600.0, ge=0, description="How long a step waits for a lock before failing (to be retried)."

@@ -1097,7 +1097,7 @@ def test_activate_waits_for_the_publish_lock(client: redis.Redis, lake_settings:
     version = publish_batch(END, settings=lake_settings)
     verify_version(END, version, settings=lake_settings)
 
-    lock = held(client, lake_settings.redis_prefix, PUBLISH, timeout_seconds=30, wait_seconds=0)
+    lock = held(client, lake_settings.redis_prefix, PUBLISH, lease_seconds=30, wait_seconds=0)
     with lock, pytest.raises(LockBusy):
         activate_version(version, settings=lake_settings)
     assert activate_version(version, settings=lake_settings) is None

@@ -27,6 +27,8 @@ from pipelines.score import (
     score_users,
 )
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def trained(
