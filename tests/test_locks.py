@@ -50,9 +50,11 @@ def test_a_holder_keeps_its_lock_for_longer_than_one_lease(live_redis: Settings)
     with held(client, prefix, "publish", lease_seconds=0.6, wait_seconds=0):
         time.sleep(1.8)
         assert 0 < client.pttl(lock_key(prefix, "publish")) <= 600
-        with pytest.raises(LockBusy):
-            with held(client, prefix, "publish", lease_seconds=0.6, wait_seconds=0):
-                pass
+        with (
+            pytest.raises(LockBusy),
+            held(client, prefix, "publish", lease_seconds=0.6, wait_seconds=0),
+        ):
+            pass
     assert not client.exists(lock_key(prefix, "publish"))
 
 
