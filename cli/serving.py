@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.app import app, console, flatten
+from cli.app import app, confirm, console, flatten
 
 if TYPE_CHECKING:
     from pipelines.publish.reader import UserRecs
@@ -111,26 +111,84 @@ def rollback(
         str | None, typer.Option(help="Version to switch to. Default: the previous one.")
     ] = None,
     list_versions: Annotated[
-        bool, typer.Option("--list", help="List the versions kept in Redis.")
+        bool, typer.Option("--list", help="List the versions kept in Redis (as `inbo versions`).")
     ] = False,
 ) -> None:
     """Switch readers back to an earlier table version."""
-    from pipelines.publish.steps import rollback_table, table_versions
+    from pipelines.publish.steps import rollback_table
 
     if list_versions:
-        table = Table("version", "created at", "status", "users", "live")
-        for row in table_versions():
-            table.add_row(
-                row.version,
-                str(row.created_at),
-                row.status,
-                str(row.users),
-                "yes" if row.live else "",
-            )
-        console.print(table)
+        versions_list()
         return
     before, after = rollback_table(to)
     console.print(f"rolled back: {before} -> {after}")
+
+
+versions_app = typer.Typer(help="The table versions kept in Redis.", no_args_is_help=False)
+app.add_typer(versions_app, name="versions", rich_help_panel=PANEL)
+
+
+@versions_app.callback(invoke_without_command=True)
+def versions(ctx: typer.Context) -> None:
+    """List the table versions kept in Redis (the default), or delete one."""
+    if ctx.invoked_subcommand is None:
+        versions_list()
+
+
+@versions_app.command("list")
+def versions_list() -> None:
+    """Every version with its state, users, and when garbage collection may delete it."""
+    from pipelines.publish.steps import table_versions
+
+    table = Table("version", "created at", "status", "users", "live", "deletable in")
+    for row in table_versions():
+        table.add_row(
+            row.version,
+            str(row.created_at),
+            row.status,
+            str(row.users),
+            "yes" if row.live else "",
+            "" if row.expires_in is None else duration(row.expires_in),
+        )
+    console.print(table)
+
+
+@versions_app.command("delete")
+def versions_delete(
+    version: Annotated[str, typer.Argument(help="A version that is not live.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm the deletion.")] = False,
+) -> None:
+    """Delete a version that is not live now, whatever its state (its keys, then its record)."""
+    from pipelines.publish.steps import remove_version
+
+    confirm(f"delete table version {version} from Redis", yes)
+    console.print(f"deleted {version}: {remove_version(version):,} keys")
+
+
+@app.command(rich_help_panel=PANEL)
+def gc() -> None:
+    """Delete every table version past its time: former live ones after the rollback window
+    (INBO_VERSION_TTL_SECONDS), ones that never went live after a day, half-deleted ones."""
+    from pipelines.publish.steps import collect_garbage
+
+    deleted = collect_garbage()
+    console.print(
+        f"deleted {len(deleted)} versions" + (f": {', '.join(deleted)}" if deleted else "")
+    )
+
+
+def duration(seconds: float) -> str:
+    """A duration as people read it: `5 d 3 h`, `5 h 20 min`, `4 min 10 s`, `12 s`."""
+    days, rest = divmod(round(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
 
 
 @app.command(rich_help_panel=PANEL)

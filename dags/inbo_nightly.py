@@ -15,7 +15,8 @@ configuration, challenger and champion, on the same held-out window) -> `registe
 shard) -> `begin_publish` (reserve a Redis table version) -> `publish_shards` x
 `INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) -> `verify_version`
 -> `activate_version` (atomic pointer switch, only once every shard succeeded; the previous
-version stays for `inbo rollback`).
+version stays for `inbo rollback`) -> `collect_garbage` (deletes versions past the rollback window
+and what crashed runs left, through each version's key index).
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
 executor. A retried shard or writer task rewrites its own lake file and Redis keys, nothing else.
@@ -180,6 +181,12 @@ def inbo_nightly() -> None:
         activate_version(version)
         return version
 
+    @task
+    def collect_garbage(_: str) -> list[str]:
+        from pipelines.publish.steps import collect_garbage
+
+        return collect_garbage()
+
     pairs = build_interactions(validate(ingest()))
     vectors = build_embeddings(pairs)
     baselines = fit_baselines(vectors)
@@ -192,7 +199,7 @@ def inbo_nightly() -> None:
     published = publish_shards.partial(version=version, all_shards=shards, writers=WRITERS).expand(
         writer=list(range(WRITERS))
     )
-    activate_version(verify_version(version, published))
+    collect_garbage(activate_version(verify_version(version, published)))
 
 
 inbo_nightly()

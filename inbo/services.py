@@ -38,6 +38,7 @@ PROBE_TIMEOUT_SECONDS = 0.5
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
 HOST = "127.0.0.1"
+AOF_FILE = "appendonly.aof"
 
 
 def masked_url(url: str) -> str:
@@ -65,9 +66,14 @@ def ensure_redis(settings: Settings) -> str:
     redis_dir = _redis_dir(settings)
     with _redis_lock(redis_dir):
         url = _recorded_url(redis_dir)
-        if url and _our_server_info(url, redis_dir):
-            return url
-        return _start_embedded(redis_dir, _preferred_port(url))
+        info = _our_server_info(url, redis_dir) if url else None
+        if info is None:
+            return _start_embedded(redis_dir, _preferred_port(url))
+        if int(info.get("loading", 0)):
+            _wait_until_up(url, redis_dir)
+        if not int(info.get("aof_enabled", 0)):  # started by an older version, snapshots only
+            _enable_log(url)
+        return url
 
 
 def stop_redis(settings: Settings) -> bool:
@@ -90,12 +96,14 @@ def stop_redis(settings: Settings) -> bool:
         return info is not None
 
 
-def snapshot(settings: Settings) -> bool:
-    """Start a background RDB save of the embedded server; False for an external Redis, whose
-    persistence its operators own, or when none could be started.
+def compact(settings: Settings) -> bool:
+    """Ask the embedded server to rewrite its append-only file (BGREWRITEAOF) after a table went
+    live, so the log of a superseded table does not pile up; False for an external Redis, whose
+    persistence its operators own, or when the request failed.
 
-    Never raises: it runs after a table went live, and failing that task would retry an
-    activation that already happened. A missed snapshot costs only what a restart would restore.
+    Never raises: durability does not depend on it (every write is already in the log), and
+    failing the task would retry an activation that already happened. While a rewrite runs, none
+    is started: the running one takes in every write made meanwhile.
     """
     if settings.redis_url:
         return False
@@ -103,11 +111,33 @@ def snapshot(settings: Settings) -> bool:
 
     try:
         with redis_connection(settings) as client:
-            client.bgsave()
-    except (redis.RedisError, ServiceUnavailable) as exc:  # e.g. a save already in progress
-        log.warning("no Redis snapshot started: %s", exc)
+            if client.info("persistence")["aof_rewrite_in_progress"]:
+                log.info("an append-only file rewrite is running; it takes in today's writes too")
+                return True
+            client.bgrewriteaof()
+    except (redis.RedisError, ServiceUnavailable) as exc:
+        log.warning("no append-only file rewrite started: %s", exc)
         return False
     return True
+
+
+@contextmanager
+def durable_writes(settings: Settings, client: redis.Redis) -> Iterator[None]:
+    """Writes in the block are on disk before Redis acknowledges them (embedded server only).
+
+    The embedded server logs every write and fsyncs the log once a second; for the few writes
+    whose acknowledgement must survive a crash (a pointer switch, a rollback, an hourly refresh's
+    mark) it fsyncs on every write for the block. Callers hold the publish lock, so two blocks
+    never interleave. An external Redis's persistence is its operators' to configure.
+    """
+    if settings.redis_url:
+        yield
+        return
+    client.config_set("appendfsync", "always")
+    try:
+        yield
+    finally:
+        client.config_set("appendfsync", "everysec")
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -121,20 +151,25 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 @contextmanager
-def redis_connection(settings: Settings) -> Iterator[redis.Redis]:
+def redis_connection(settings: Settings, *, read_only: bool = False) -> Iterator[redis.Redis]:
     """`redis_client` for one piece of work: closed afterwards, a lost connection translated.
 
     A connection that drops or times out midway is a `ServiceUnavailable` too, so the CLI prints
-    one line and Airflow retries the task.
+    one line and Airflow retries the task. `read_only` skips the PING: a frontend's ACL user with
+    GET rights only can read tables through it.
     """
     import redis
 
     url = ensure_redis(settings)
-    client = _connect(url)
+    client = _connect(url, ping=not read_only)
     try:
         yield client
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ServiceUnavailable(f"lost Redis at {masked_url(url)}: {exc}") from None
+        raise ServiceUnavailable(f"Redis at {masked_url(url)} is unreachable: {exc}") from None
+    except redis.exceptions.NoPermissionError as exc:
+        raise ConfigError(
+            f"the Redis user of {masked_url(url)} may not do this: {exc}; check its ACL"
+        ) from None
     finally:
         client.close()
 
@@ -162,19 +197,24 @@ def redis_binary(name: str = "redis-server") -> Path:
     return binary
 
 
-def _connect(url: str) -> redis.Redis:
+def _connect(url: str, ping: bool = True) -> redis.Redis:
     import redis
 
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        health_check_interval=30,
-    )
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"INBO_REDIS_URL {masked_url(url)} is malformed: {exc}") from None
+    if not ping:
+        return client
     try:
         client.ping()
-    except redis.RedisError as exc:
+    except (redis.RedisError, OverflowError, ValueError) as exc:
         client.close()
         raise ServiceUnavailable(f"Redis at {masked_url(url)} is unreachable: {exc}") from None
     return client
@@ -202,12 +242,13 @@ def _recorded_url(redis_dir: Path) -> str:
 
 
 def _server_info(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """INFO server + memory of the Redis at `url`; raises `redis.RedisError` if it does not answer."""
+    """INFO server, memory and persistence of the Redis at `url`; raises `redis.RedisError` if
+    it does not answer (INFO is served while the data loads: `loading` says so)."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        return {**client.info("server"), **client.info("memory")}
+        return {**client.info("server"), **client.info("memory"), **client.info("persistence")}
     finally:
         client.close()
 
@@ -245,15 +286,15 @@ def _free_port(preferred: int | None) -> int:
 
 
 def _write_config(redis_dir: Path, port: int) -> Path:
-    """redis.conf for the embedded server: loopback only, RDB snapshots so tables survive restarts.
+    """redis.conf for the embedded server: loopback only, an append-only log so nothing that was
+    acknowledged is lost in a crash.
 
-    RDB, not AOF: a snapshot is point-in-time, so the pointer and the keys it names are always
-    restored together, and it does not double the cost of writing a table (AOF measured ~2x slower
-    for a 140 MB publish). No automatic save points: one would fire in the middle of a publish
-    (at 1M users a fork plus 11 s of a core, the frontend's reads waiting behind both), so the
-    platform snapshots after each activation instead (`snapshot`), and on shutdown. A crash
-    loses the hourly refreshes since: the restored meta's `refreshed_through` makes the next
-    hourly run refresh those users again.
+    The log is fsynced every second, and on every write inside `durable_writes` (pointer
+    switches, rollbacks, hourly marks). No automatic RDB save points and no automatic log
+    rewrites: either forks in the middle of a publish (at 1M users a fork plus seconds of a core,
+    the frontend's reads waiting behind both); the platform rewrites the log after each activation
+    instead (`compact`). The log is switched on once the server is up (`_enable_log`), so a data
+    directory that has only an older snapshot is loaded from it rather than started empty.
     """
     config = redis_dir / "redis.conf"
     lines = [
@@ -265,7 +306,11 @@ def _write_config(redis_dir: Path, port: int) -> Path:
         f'pidfile "{redis_dir / "redis.pid"}"',
         f'logfile "{redis_dir / "redis.log"}"',
         "dbfilename dump.rdb",
-        "appendonly no",
+        f"appendonly {'yes' if (redis_dir / AOF_FILE).exists() else 'no'}",
+        f"appendfilename {AOF_FILE}",
+        "appendfsync everysec",
+        "aof-use-rdb-preamble yes",
+        "auto-aof-rewrite-percentage 0",
         'save ""',
     ]
     config.write_text("\n".join(lines) + "\n")
@@ -288,6 +333,7 @@ def _start_embedded(redis_dir: Path, preferred_port: int | None) -> str:
         raise ServiceUnavailable(f"redis-server did not start: {result.stderr.strip()}")
     url = f"redis://{HOST}:{port}/0"
     _wait_until_up(url, redis_dir)
+    _enable_log(url)
     temp = redis_dir / "url.tmp"
     temp.write_text(url + "\n")
     temp.replace(redis_dir / "url")
@@ -296,15 +342,39 @@ def _start_embedded(redis_dir: Path, preferred_port: int | None) -> str:
 
 
 def _wait_until_up(url: str, redis_dir: Path) -> None:
+    """Until the server answers and has finished loading its data (a command sent while it
+    loads fails with "Redis is loading the dataset in memory")."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if _our_server_info(url, redis_dir):
+        info = _our_server_info(url, redis_dir)
+        if info and not int(info.get("loading", 0)):
             return
         time.sleep(0.05)
     raise ServiceUnavailable(
         f"embedded Redis at {url} did not answer within {START_TIMEOUT_SECONDS:.0f} s; "
         f"see {redis_dir / 'redis.log'}"
     )
+
+
+def _enable_log(url: str) -> None:
+    """Switch the append-only log on (a no-op when the config already had it) and wait until its
+    first rewrite is on disk: writes acknowledged before that would not survive a crash."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=STOP_TIMEOUT_SECONDS, decode_responses=True)
+    try:
+        client.config_set("appendonly", "yes")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            state = client.info("persistence")
+            busy = state["aof_rewrite_in_progress"] or state.get("aof_rewrite_scheduled")
+            if state["aof_enabled"] and not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"embedded Redis at {url} did not start its log")
+            time.sleep(0.02)
+    finally:
+        client.close()
 
 
 def _shutdown(url: str) -> None:

@@ -33,7 +33,7 @@ from inbo import schemas, tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_end, batch_key
 from inbo.locks import PUBLISH, platform_lock
-from inbo.services import redis_connection
+from inbo.services import durable_writes, redis_connection
 from inbo.settings import Settings, get_settings
 from models.base import TrainingData
 from models.candidates import CandidateModels
@@ -42,7 +42,8 @@ from models.hybrid import propose, rank
 from pipelines import tracking
 from pipelines.ingest import ingest_exclusive
 from pipelines.publish.contract import PIPELINE_BATCH
-from pipelines.publish.versions import live_meta, refresh_users
+from pipelines.publish.lifecycle import live_meta
+from pipelines.publish.versions import refresh_users
 from pipelines.score import pinned_parts, read_plan
 from pipelines.training_data import Embeddings, load_training_data
 from pipelines.validate import validate_exclusive
@@ -260,16 +261,17 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
         if status != PUBLISHED:
             log.info("hourly %s: %s, nothing written", batch, status)
             return _record_publish(settings, HourlyPublish(batch, status, scored.version))
-        report = refresh_users(
-            client,
-            settings.redis_prefix,
-            scored.version,
-            recs,
-            through=batch,
-            generated_at=datetime.now(UTC),
-            batch_size=PIPELINE_BATCH,
-            similar=similar,
-        )
+        with durable_writes(settings, client):
+            report = refresh_users(
+                client,
+                settings.redis_prefix,
+                scored.version,
+                recs,
+                through=batch,
+                generated_at=datetime.now(UTC),
+                batch_size=PIPELINE_BATCH,
+                similar=similar,
+            )
     published_at = datetime.now(UTC)
     newest = pd.Timestamp(scored.newest_event_at) if scored.newest_event_at else None
     summary = HourlyPublish(

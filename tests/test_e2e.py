@@ -70,8 +70,8 @@ def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datet
     from inbo.reasons import catalogue_of, render_frame
     from inbo.services import redis_client
     from pipelines.publish.contract import USER_RECS_SCHEMA, Keys
+    from pipelines.publish.lifecycle import live_meta
     from pipelines.publish.steps import read_recs
-    from pipelines.publish.versions import live_meta
 
     live_redis = nightly
 
@@ -140,8 +140,8 @@ def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
     assert again.equals(first)
     second_version = client.get(keys.current)
     assert second_version != first_version
-    assert client.zscore(keys.versions, first_version) is not None
-    assert client.ttl(keys.meta(first_version)) > 0
+    assert client.zscore(keys.versions, first_version) is not None  # kept for rollback
+    assert json.loads(client.get(keys.meta(first_version)))["status"] == "retired"
 
 
 def test_recommendations_follow_the_simulated_tastes(

@@ -38,7 +38,16 @@ from inbo.services import redis_binary, redis_client
 from inbo.settings import REPO_ROOT, Settings
 from inbo.shards import shard_key, user_shard
 from models.base import TrainingData
-from pipelines.publish.contract import LIVE, RETIRED, ROLLED_BACK, Keys
+from pipelines.publish.contract import LIVE, RETIRED, ROLLED_BACK, STAGING_HORIZON_SECONDS, Keys
+from pipelines.publish.index import owned_keys
+from pipelines.publish.lifecycle import (
+    activate,
+    collect_garbage,
+    delete_version,
+    list_versions,
+    live_meta,
+    rollback,
+)
 from pipelines.publish.reader import read_similar_items, read_user_recs
 from pipelines.publish.steps import (
     activate_version,
@@ -53,20 +62,11 @@ from pipelines.publish.steps import (
     table_versions,
     verify_version,
 )
-from pipelines.publish.versions import (
-    activate,
-    begin_table,
-    delete_version,
-    list_versions,
-    live_meta,
-    refresh_users,
-    rollback,
-    stage_shard,
-    verify_table,
-)
+from pipelines.publish.versions import begin_table, refresh_users, stage_shard, verify_table
 
 GENERATED_AT = datetime(2026, 11, 26, 2, 13, 7, tzinfo=UTC)
-TTL = 3600
+WINDOW = 3600
+"""Rollback window of these tests (INBO_VERSION_TTL_SECONDS), seconds."""
 CODES = ["because_you_read", "popular_in_category", "continue_reading", "trending"]
 SOURCE = {r.code: r.source for r in REASONS}
 
@@ -200,7 +200,7 @@ def publish(
 ) -> str:
     version = stage_only(client, prefix, recs, similar, shards=shards, batch=batch)
     verify(client, prefix, version, recs, similar, shards)
-    activate(client, prefix, version, TTL)
+    activate(client, prefix, version)
     return version
 
 
@@ -250,9 +250,10 @@ def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix:
     assert [i["item_id"] for i in unknown["items"]] == list(range(500, 510))
     assert {i["reason_code"] for i in unknown["items"]} == {"trending"}
     assert version.startswith("20261126T0200Z-")
-    assert [(v.version, v.status, v.live, v.users) for v in list_versions(client, prefix)] == [
-        (version, LIVE, True, 30)
-    ]
+    assert [
+        (v.version, v.status, v.live, v.users)
+        for v in list_versions(client, prefix, rollback_window_seconds=WINDOW)
+    ] == [(version, LIVE, True, 30)]
 
 
 def test_every_payload_and_meta_match_the_published_schemas(
@@ -500,8 +501,8 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
     stage_shard(client, prefix, version, frames[0], shard=0, shards=2, batch_size=8)
     stage = publish_module.stage  # versions.py imports it from redis_io: patched where it is used
 
-    def dies_midway(client, names, values, batch_size, ttl) -> None:
-        stage(client, names[:5], values[:5], batch_size, ttl)
+    def dies_midway(client, names, values, batch_size) -> None:
+        stage(client, names[:5], values[:5], batch_size)
         raise redis.ConnectionError("worker lost")
 
     monkeypatch.setattr(publish_module, "stage", dies_midway)
@@ -510,7 +511,7 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
     with pytest.raises(PublishError, match=r"1 of 2 shards were not staged \(first: 1\)"):
         verify(client, prefix, version, recs)
     with pytest.raises(PublishError, match="staging; verify_table must pass"):
-        activate(client, prefix, version, TTL)
+        activate(client, prefix, version)
     assert client.get(Keys(prefix).current) is None
 
     monkeypatch.setattr(publish_module, "stage", stage)
@@ -525,9 +526,11 @@ def test_a_shard_that_died_midway_and_was_retried_leaves_exactly_its_keys(
     assert sorted(user_keys) == sorted(
         Keys(prefix).user(version, u) for u in recs["user_id"].unique()
     )
-    assert all(0 < client.ttl(k) <= 24 * 3600 for k in version_keys(client, prefix, version))
+    assert set(version_keys(client, prefix, version)) <= set(
+        owned_keys(client, Keys(prefix), version)
+    )
     verify(client, prefix, version, recs)
-    assert activate(client, prefix, version, TTL) is None
+    assert activate(client, prefix, version) is None
 
 
 def test_verify_refuses_a_missing_shard_and_the_pointer_waits_for_activate(
@@ -552,13 +555,13 @@ def test_verify_refuses_a_missing_shard_and_the_pointer_waits_for_activate(
     with pytest.raises(PublishError, match=r"1 of 3 shards were not staged \(first: 1\)"):
         verify(client, prefix, version, recs, shards=3)
     with pytest.raises(PublishError, match="verify_table must pass"):
-        activate(client, prefix, version, TTL)
+        activate(client, prefix, version)
     stage_shard(client, prefix, version, frames[1], shard=1, shards=3, batch_size=50)
     verify(client, prefix, version, recs, shards=3)
     assert client.get(Keys(prefix).current) == first
     assert read_user_recs(client, prefix, 3)["table_version"] == first
 
-    assert activate(client, prefix, version, TTL) == first
+    assert activate(client, prefix, version) == first
     assert client.get(Keys(prefix).current) == version
 
 
@@ -593,7 +596,7 @@ def test_verify_fails_when_a_user_key_is_missing(client: redis.Redis, prefix: st
     with pytest.raises(PublishError, match=r"1 of 20 users have no row \(first: 13\)"):
         verify(client, prefix, version, recs)
     with pytest.raises(PublishError, match="verify_table must pass"):
-        activate(client, prefix, version, TTL)
+        activate(client, prefix, version)
 
 
 def test_verify_fails_when_a_similar_items_key_is_missing(client: redis.Redis, prefix: str) -> None:
@@ -759,7 +762,7 @@ def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, p
             client, prefix, make_recs(users=1000, per_user=20, seed=2), "20261127T0200Z"
         )
         wait_until(lambda: second in seen, "the reader to see the second version")
-        rolled = rollback(client, prefix, ttl_seconds=TTL)
+        rolled = rollback(client, prefix)
         after_rollback = reads
         wait_until(lambda: reads > after_rollback + 100, "reads after the rollback")
     finally:
@@ -771,7 +774,14 @@ def test_readers_never_see_a_missing_row_or_mixed_version(client: redis.Redis, p
     assert seen == {first, second}
 
 
-def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, prefix: str) -> None:
+def versions_of(client: redis.Redis, prefix: str, **when: datetime) -> dict[str, tuple[str, bool]]:
+    listed = list_versions(client, prefix, rollback_window_seconds=WINDOW, **when)
+    return {v.version: (v.status, v.live) for v in listed}
+
+
+def test_a_retired_version_is_kept_for_the_rollback_window_then_collected(
+    client: redis.Redis, prefix: str
+) -> None:
     first = publish(
         client, prefix, make_recs(users=12, per_user=4, seed=1), similar=make_similar(9, 3, seed=1)
     )
@@ -783,15 +793,28 @@ def test_retired_version_keys_expire_and_live_ones_do_not(client: redis.Redis, p
         similar=make_similar(9, 3, seed=2),
     )
     keys = Keys(prefix)
+    old = version_keys(client, prefix, first)
+    assert len(old) == len(version_keys(client, prefix, second)) == 12 + 9 + 1
+    assert {client.ttl(key) for key in [*old, keys.meta(first), keys.current]} == {-1}
+    assert versions_of(client, prefix) == {first: (RETIRED, False), second: (LIVE, True)}
 
-    old = [*version_keys(client, prefix, first), keys.meta(first), keys.shards(first)]
-    live = [*version_keys(client, prefix, second), keys.meta(second), keys.shards(second)]
-    assert len(old) == len(live) == 12 + 9 + 1 + 2
-    assert all(0 < client.ttl(key) <= TTL for key in old)
-    assert {client.ttl(key) for key in live} == {-1}
-    assert client.ttl(keys.current) == -1
-    statuses = {v.version: (v.status, v.live) for v in list_versions(client, prefix)}
-    assert statuses == {first: (RETIRED, False), second: (LIVE, True)}
+    retired_at = datetime.strptime(
+        meta_of(client, prefix, first)["retired_at"], "%Y-%m-%dT%H:%M:%SZ"
+    )
+    retired_at = retired_at.replace(tzinfo=UTC)
+    inside, after = (
+        retired_at + timedelta(seconds=WINDOW - 60),
+        retired_at + timedelta(seconds=WINDOW + 1),
+    )
+    assert collect_garbage(client, prefix, rollback_window_seconds=WINDOW, moment=inside) == []
+    assert version_keys(client, prefix, first) == old
+    assert collect_garbage(client, prefix, rollback_window_seconds=WINDOW, moment=after) == [first]
+    assert version_keys(client, prefix, first) == []
+    assert not client.exists(keys.meta(first), keys.shards(first), keys.index(first))
+    assert versions_of(client, prefix) == {second: (LIVE, True)}
+    far = after + timedelta(days=365)  # the live version is never collected, however old
+    assert collect_garbage(client, prefix, rollback_window_seconds=WINDOW, moment=far) == []
+    assert read_user_recs(client, prefix, 3)["table_version"] == second
 
 
 def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, prefix: str) -> None:
@@ -808,7 +831,7 @@ def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, pre
     )
     assert read_similar_items(client, prefix, 2) is None
 
-    assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
+    assert rollback(client, prefix) == (second, first)
 
     after = snapshot(client, prefix, first)
     assert after == before
@@ -816,20 +839,19 @@ def test_rollback_restores_the_previous_version_exactly(client: redis.Redis, pre
     assert read_user_recs(client, prefix, 3)["table_version"] == first
     assert read_user_recs(client, prefix, 28)["personal"] is False
     assert read_similar_items(client, prefix, 2) is not None
-    assert {client.ttl(key) for key in after} == {-1}
-    assert all(0 < client.ttl(key) <= TTL for key in version_keys(client, prefix, second))
     assert meta_of(client, prefix, second)["status"] == ROLLED_BACK
+    assert version_keys(client, prefix, second) != []  # kept for the rollback window
     with pytest.raises(PublishError, match="nothing to roll back to"):
-        rollback(client, prefix, ttl_seconds=TTL)
-    assert rollback(client, prefix, to=second, ttl_seconds=TTL) == (first, second)
+        rollback(client, prefix)
+    assert rollback(client, prefix, to=second) == (first, second)
 
 
 def test_rollback_without_history_is_an_error(client: redis.Redis, prefix: str) -> None:
     with pytest.raises(PublishError, match="nothing to roll back"):
-        rollback(client, prefix, ttl_seconds=TTL)
+        rollback(client, prefix)
     publish(client, prefix, make_recs(users=5, per_user=2))
     with pytest.raises(PublishError, match="nothing to roll back to"):
-        rollback(client, prefix, ttl_seconds=TTL)
+        rollback(client, prefix)
 
 
 def test_rollback_refuses_an_expired_or_incomplete_target(client: redis.Redis, prefix: str) -> None:
@@ -838,14 +860,13 @@ def test_rollback_refuses_an_expired_or_incomplete_target(client: redis.Redis, p
     keys = Keys(prefix)
     client.delete(keys.user(first, 2))
 
-    with pytest.raises(PublishError, match=r"incomplete \(8 of 9 keys"):
-        rollback(client, prefix, ttl_seconds=TTL)
+    with pytest.raises(PublishError, match=r"incomplete: 1 of 9 users have no row \(first: 2\)"):
+        rollback(client, prefix)
     assert client.get(keys.current) == second
-    assert all(client.ttl(key) > 0 for key in version_keys(client, prefix, first))
 
     client.delete(keys.meta(first))
     with pytest.raises(PublishError, match="expired"):
-        rollback(client, prefix, to=first, ttl_seconds=TTL)
+        rollback(client, prefix, to=first)
     assert client.get(keys.current) == second
 
 
@@ -853,23 +874,34 @@ def test_activate_twice_is_a_no_op(client: redis.Redis, prefix: str) -> None:
     first = publish(client, prefix, make_recs(users=4, per_user=2, seed=1))
     second = publish(client, prefix, make_recs(users=4, per_user=2, seed=2), "20261127T0200Z")
 
-    assert activate(client, prefix, second, TTL) == first
+    assert activate(client, prefix, second) == first
     assert client.get(Keys(prefix).current) == second
 
 
-def test_an_abandoned_staged_version_expires_and_can_be_deleted(
+def test_an_abandoned_staged_version_is_collected_after_a_day_or_deleted_at_once(
     client: redis.Redis, prefix: str
 ) -> None:
     version = stage_only(client, prefix, make_recs(users=6, per_user=2), make_similar(4, 2))
     keys = Keys(prefix)
-    staged = [*version_keys(client, prefix, version), keys.meta(version), keys.shards(version)]
-
-    assert len(staged) == 6 + 4 + 1 + 2
-    assert all(0 < client.ttl(key) <= 24 * 3600 for key in staged)
-    assert [v.status for v in list_versions(client, prefix)] == ["staging"]
-    assert delete_version(client, prefix, version) == 13
+    staged = version_keys(client, prefix, version)
+    assert len(staged) == 6 + 4 + 1
+    assert set(owned_keys(client, keys, version)) == set(staged)
+    assert [v.status for v in list_versions(client, prefix, rollback_window_seconds=WINDOW)] == [
+        "staging"
+    ]
+    created = datetime.strptime(
+        meta_of(client, prefix, version)["created_at"], "%Y-%m-%dT%H:%M:%SZ"
+    )
+    a_day_later = created.replace(tzinfo=UTC) + timedelta(seconds=STAGING_HORIZON_SECONDS + 1)
+    assert collect_garbage(client, prefix, rollback_window_seconds=WINDOW) == []
+    other = stage_only(client, prefix, make_recs(users=3, per_user=2), batch="20261127T0200Z")
+    assert delete_version(client, prefix, other) == 3 + 1
+    assert version_keys(client, prefix, other) == []
+    assert collect_garbage(client, prefix, rollback_window_seconds=WINDOW, moment=a_day_later) == [
+        version
+    ]
     assert version_keys(client, prefix, version) == []
-    assert list_versions(client, prefix) == []
+    assert list_versions(client, prefix, rollback_window_seconds=WINDOW) == []
 
 
 def test_a_live_version_cannot_be_deleted(client: redis.Redis, prefix: str) -> None:
@@ -967,10 +999,10 @@ def test_a_refreshed_version_can_be_rolled_back_to_and_from(
     second = publish(client, prefix, make_recs(users=10, per_user=3, seed=2), "20261127T0200Z")
     refresh(client, prefix, second, make_recs(users=3, per_user=2, seed=6, first=30))
 
-    assert rollback(client, prefix, ttl_seconds=TTL) == (second, first)
+    assert rollback(client, prefix) == (second, first)
     assert read_user_recs(client, prefix, 13)["personal"]
     assert read_similar_items(client, prefix, 2) is not None
-    assert rollback(client, prefix, to=second, ttl_seconds=TTL) == (first, second)
+    assert rollback(client, prefix, to=second) == (first, second)
     assert read_user_recs(client, prefix, 31)["personal"]
 
 
@@ -1176,11 +1208,11 @@ def test_the_whole_cycle_runs_on_a_redis_cluster(cluster: RedisCluster, prefix: 
     }
     assert len(slots) > 40 and len(control) == 1
     assert read_user_recs(cluster, prefix, 61)["personal"]  # type: ignore[arg-type]
-    assert rollback(cluster, prefix, ttl_seconds=TTL) == (second, first)  # type: ignore[arg-type]
+    assert rollback(cluster, prefix) == (second, first)  # type: ignore[arg-type]
     answer = read_user_recs(cluster, prefix, 7)  # type: ignore[arg-type]
     assert answer["table_version"] == first
     assert [i["item_id"] for i in answer["items"]] == recs[recs.user_id == 7].sort_values("rank")[
         "item_id"
     ].tolist()
     assert read_similar_items(cluster, prefix, 3) is not None  # type: ignore[arg-type]
-    assert delete_version(cluster, prefix, second) == 50 + 4 + 1 + 2  # type: ignore[arg-type]
+    assert delete_version(cluster, prefix, second) == 50 + 4 + 1  # data keys  # type: ignore[arg-type]

@@ -6,22 +6,27 @@ own; conftest's shared session server is left alone.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from inbo.errors import ServiceUnavailable
 from inbo.services import (
+    AOF_FILE,
+    compact,
+    durable_writes,
     ensure_redis,
     masked_url,
     redis_client,
     redis_connection,
     service_status,
-    snapshot,
     stop_redis,
 )
 from inbo.settings import Settings
@@ -92,35 +97,70 @@ def test_restart_keeps_url_and_data(tmp_path: Path) -> None:
     assert stop_redis(settings) is False
 
 
-def test_a_snapshot_survives_a_crash_and_nothing_saves_on_its_own(tmp_path: Path) -> None:
-    """No automatic save points (one would fork mid-publish); `snapshot` after an activation is
-    what a killed server comes back with."""
-    import signal
-    import time
+def kill_server(client: redis.Redis) -> None:
+    """SIGKILL the server and wait until it is gone: no shutdown save, no flush."""
+    server = psutil.Process(int(client.info("server")["process_id"]))
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=10)
 
+
+def test_an_acknowledged_durable_write_survives_a_kill_and_nothing_forks_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """An append-only log, fsynced on every write in `durable_writes`; no save points and no
+    automatic log rewrites (either would fork in the middle of a publish)."""
     settings = embedded_settings(tmp_path)
     ensure_redis(settings)
     client = redis_client(settings)
     try:
-        assert client.config_get("save")["save"] == ""
-        client.set("table", "v1")
-        before = client.lastsave()
-        assert snapshot(settings) is True
-        for _ in range(100):
-            if (
-                client.lastsave() != before
-                or not client.info("persistence")["rdb_bgsave_in_progress"]
-            ):
-                break
-            time.sleep(0.05)
-        client.set("unsaved", "lost")
-        server = psutil.Process(int(client.info("server")["process_id"]))
-        server.send_signal(signal.SIGKILL)
-        server.wait(timeout=10)  # gone for sure before the restart, whatever the machine's load
-        restarted = redis_client(settings)
-        assert restarted.get("table") == "v1"
-        assert restarted.get("unsaved") is None
-        assert snapshot(Settings(var_dir=tmp_path, redis_url=ensure_redis(settings))) is False
+        config = client.config_get("*")
+        assert (config["appendonly"], config["save"]) == ("yes", "")
+        assert config["auto-aof-rewrite-percentage"] == "0"
+        with durable_writes(settings, client):
+            assert client.config_get("appendfsync")["appendfsync"] == "always"
+            client.set("pointer", "v2")
+        assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+        kill_server(client)
+        assert redis_client(settings).get("pointer") == "v2"
+        assert compact(settings) is True
+        assert compact(Settings(var_dir=tmp_path, redis_url=ensure_redis(settings))) is False
+    finally:
+        stop_redis(settings)
+
+
+def test_a_server_from_an_older_version_keeps_its_snapshot_and_gets_the_log(
+    tmp_path: Path,
+) -> None:
+    """A data dir with only an RDB snapshot (servers before the log) is loaded, not emptied."""
+    settings = embedded_settings(tmp_path)
+    ensure_redis(settings)
+    client = redis_client(settings)
+    client.config_set("appendonly", "no")
+    client.set("from-before", "kept")
+    client.save()
+    kill_server(client)
+    (settings.redis_dir / AOF_FILE).unlink()
+    try:
+        assert redis_client(settings).get("from-before") == "kept"
+        assert redis_client(settings).config_get("appendonly")["appendonly"] == "yes"
+        assert (settings.redis_dir / AOF_FILE).exists()
+    finally:
+        stop_redis(settings)
+
+
+def test_ensure_redis_returns_only_once_the_data_has_loaded(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path)
+    ensure_redis(settings)
+    client = redis_client(settings)
+    client.execute_command("DEBUG", "POPULATE", 1_500_000, "key", 64)  # ~1 s to load back
+    client.bgrewriteaof()
+    while client.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.05)
+    kill_server(client)
+    try:
+        ensure_redis(settings)  # restarts it and waits for the load
+        assert redis_client(settings).get("key:1499999") is not None  # no "loading" error
+        assert service_status(settings)["redis"]["running"] is True
     finally:
         stop_redis(settings)
 

@@ -274,7 +274,7 @@ def test_writers_split_the_shards_between_them_and_stage_each_once(
     keys = Keys(settings.redis_prefix)
     recorded = redis_client(settings).hgetall(keys.shards(version))
     assert sorted(map(int, recorded)) == [0, 1, 2, 3, 4]
-    snapshots: list[Settings] = []
-    monkeypatch.setattr(publish, "snapshot", snapshots.append)
+    compactions: list[Settings] = []
+    monkeypatch.setattr(publish, "compact", compactions.append)
     publish.activate_version(version, settings)
-    assert snapshots == [settings]  # the embedded server saves once the table is live
+    assert compactions == [settings]  # the log is compacted once the table is live

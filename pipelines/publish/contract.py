@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 CONTRACT_VERSION = 2
 
-STAGING_TTL_SECONDS = 24 * 3600
+STAGING_HORIZON_SECONDS = 24 * 3600
+"""A version still staging or verified this long after it was reserved never went live: its run
+died or was superseded, and garbage collection deletes it."""
 
 SCAN_COUNT = 200
 """Keys per SCAN step and per multi-key EXISTS. Each is one command that Redis runs to the end
@@ -40,16 +42,24 @@ META_SCHEMA = SCHEMA_DIR / "recs-meta.v2.schema.json"
 
 SIMILAR_SCHEMA = SCHEMA_DIR / "similar-items.v2.schema.json"
 
-STAGING, VERIFIED, LIVE, RETIRED, ROLLED_BACK = (
+STAGING, VERIFIED, LIVE, RETIRED, ROLLED_BACK, EXPIRING = (
     "staging",
     "verified",
     "live",
     "retired",
     "rolled_back",
+    "expiring",
 )
+"""A version's states. staging -> verified -> live -> retired (or rolled_back) -> expiring ->
+gone; a staging or verified version that never goes live -> expiring. Every transition is one
+atomic write of control keys (one hash slot), so a crash leaves a version in one state or the
+next; `expiring` (being deleted) is finished by the next garbage collection."""
+
+FORMER_LIVE = (RETIRED, ROLLED_BACK)
+"""States of a version that was live and may be rolled back to, within the rollback window."""
 
 EXPIRED = "expired"
-"""Reported by `list_versions` for a version whose keys are gone; never stored."""
+"""Reported by `list_versions` for a version whose meta record is gone; never stored."""
 
 USER_COLUMNS: tuple[str, ...] = (
     "user_id",
@@ -116,6 +126,10 @@ class Keys:
         """The shard registry: a hash of shard number -> what that shard staged."""
         return self.control(f"shards:{version}")
 
+    def index(self, version: str) -> str:
+        """The version's key index (`pipelines.publish.index`): every data key it owns."""
+        return self.control(f"index:{version}")
+
     def user(self, version: str, user_id: int) -> str:
         return self.member(version, USERS.segment, user_id)
 
@@ -124,7 +138,11 @@ class Keys:
         return self.member(version, SIMILAR.segment, item_id)
 
     def member(self, version: str, segment: str, member_id: int) -> str:
-        return f"{self.root}:{version}:{segment}:{member_id}"
+        return self.members(version, segment) + str(member_id)
+
+    def members(self, version: str, segment: str) -> str:
+        """The common start of a version's keys of one kind (users `u`, similar items)."""
+        return f"{self.root}:{version}:{segment}:"
 
     def fallback(self, version: str) -> str:
         return f"{self.root}:{version}:fallback"

@@ -26,22 +26,15 @@ from inbo.errors import DataNotFound, PublishError
 from inbo.lake import Lake, batch_key
 from inbo.locks import PUBLISH, platform_lock
 from inbo.reasons import Catalogue
-from inbo.services import masked_url, redis_binary, redis_connection, snapshot
+from inbo.services import compact, durable_writes, masked_url, redis_binary, redis_connection
 from inbo.settings import Settings, get_settings
 from inbo.shards import shard_key, writer_shards
-from pipelines.publish.contract import SCAN_COUNT, USER_COLUMNS, Keys
+from pipelines.publish import index, lifecycle
+from pipelines.publish.contract import USER_COLUMNS, USERS, Keys
+from pipelines.publish.lifecycle import VersionInfo
 from pipelines.publish.reader import SimilarItems, UserRecs, read_similar_items, read_user_recs
-from pipelines.publish.redis_io import id_of, live_version, read_meta, text
-from pipelines.publish.versions import (
-    ShardReport,
-    VersionInfo,
-    activate,
-    begin_table,
-    list_versions,
-    rollback,
-    stage_shard,
-    verify_table,
-)
+from pipelines.publish.redis_io import id_of, live_version, read_meta
+from pipelines.publish.versions import ShardReport, begin_table, stage_shard, verify_table
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +51,9 @@ def begin_publish(interval_end: datetime, shards: int, settings: Settings | None
     settings = settings or get_settings()
     batch = batch_key(interval_end)
     lake = Lake(settings.lake)
-    fallback = lake.read("recs_fallback", {"batch": batch}, "part")
+    fallback = lake.read_batch(tables.RECS_FALLBACK, batch)
     similar = _batch_similar(lake, batch)
+    collect_garbage(settings)
     with redis_connection(settings) as client:
         return begin_table(
             client,
@@ -132,12 +126,36 @@ def verify_version(interval_end: datetime, version: str, settings: Settings | No
 
 
 def activate_version(version: str, settings: Settings | None = None) -> str | None:
-    """Make `version` live under the publish lock; return the version it replaced."""
+    """Make `version` live under the publish lock, after the recovery pass; return the version
+    it replaced. Acknowledged only once the switch is on disk (embedded Redis)."""
     settings = settings or get_settings()
     with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
-        previous = activate(client, settings.redis_prefix, version, settings.version_ttl_seconds)
-    snapshot(settings)
+        _recover(client, settings)
+        with durable_writes(settings, client):
+            previous = lifecycle.activate(client, settings.redis_prefix, version)
+    compact(settings)
     return previous
+
+
+def collect_garbage(settings: Settings | None = None) -> list[str]:
+    """Delete every version past its time under the publish lock (the nightly's last task, `inbo
+    gc`, and the recovery pass before each switch); return the versions deleted."""
+    settings = settings or get_settings()
+    with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
+        return _recover(client, settings)
+
+
+def remove_version(version: str, settings: Settings | None = None) -> int:
+    """`inbo versions delete V`: delete a version that is not live; the data keys removed."""
+    settings = settings or get_settings()
+    with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
+        return lifecycle.delete_version(client, settings.redis_prefix, version)
+
+
+def _recover(client: Any, settings: Settings) -> list[str]:
+    return lifecycle.collect_garbage(
+        client, settings.redis_prefix, rollback_window_seconds=settings.version_ttl_seconds
+    )
 
 
 def publish_batch(interval_end: datetime, settings: Settings | None = None) -> str:
@@ -163,17 +181,24 @@ def publish_table(interval_end: datetime, settings: Settings | None = None) -> P
 
 
 def rollback_table(to: str | None = None, settings: Settings | None = None) -> tuple[str, str]:
-    """`rollback` under the publish lock; returns (from_version, to_version)."""
+    """`rollback` under the publish lock, after the recovery pass; returns (from, to),
+    acknowledged once the switch is on disk (embedded Redis)."""
     settings = settings or get_settings()
     with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
-        return rollback(client, settings.redis_prefix, to, ttl_seconds=settings.version_ttl_seconds)
+        _recover(client, settings)
+        with durable_writes(settings, client):
+            switched = lifecycle.rollback(client, settings.redis_prefix, to)
+    compact(settings)
+    return switched
 
 
 def table_versions(settings: Settings | None = None) -> list[VersionInfo]:
     """`list_versions` with the platform's settings."""
     settings = settings or get_settings()
     with redis_connection(settings) as client:
-        return list_versions(client, settings.redis_prefix)
+        return lifecycle.list_versions(
+            client, settings.redis_prefix, rollback_window_seconds=settings.version_ttl_seconds
+        )
 
 
 def read_recs(
@@ -181,29 +206,27 @@ def read_recs(
 ) -> UserRecs:
     """`read_user_recs` with the platform's settings."""
     settings = settings or get_settings()
-    with redis_connection(settings) as client:
+    with redis_connection(settings, read_only=True) as client:
         return read_user_recs(client, settings.redis_prefix, user_id, catalogue)
 
 
 def read_similar(item_id: int, settings: Settings | None = None) -> SimilarItems | None:
     """`read_similar_items` with the platform's settings."""
     settings = settings or get_settings()
-    with redis_connection(settings) as client:
+    with redis_connection(settings, read_only=True) as client:
         return read_similar_items(client, settings.redis_prefix, item_id)
 
 
 def sample_users(count: int, settings: Settings | None = None) -> list[int]:
-    """Up to `count` users with a personal row in the live table, in id order (for demos)."""
+    """The `count` lowest user ids with a personal row in the live table (for demos)."""
     settings = settings or get_settings()
     keys = Keys(settings.redis_prefix)
     with redis_connection(settings) as client:
         version = live_version(client, keys)
-        found: set[int] = set()
-        for name in client.scan_iter(match=keys.version_pattern(version, "u:*"), count=SCAN_COUNT):
-            found.add(id_of(text(name)))
-            if len(found) >= count:
-                break
-    return sorted(found)
+        owned = index.owned_keys(client, keys, version)
+    mine = keys.members(version, USERS.segment)
+    users = sorted(id_of(key) for key in owned if key.startswith(mine))
+    return users[:count]
 
 
 def redis_cli_example(url: str, prefix: str | None = None, user_id: int = 1) -> str:

@@ -1,13 +1,11 @@
-"""The life of a table version in Redis: staged, verified, made live, retired, rolled back.
+"""Writing a table version into Redis: reserve it, stage its shards, verify it, refresh it hourly.
 
 A nightly run writes a whole new version next to the live one (`begin_table`, then
-`stage_shard` per user shard), checks it (`verify_table`), then moves one pointer (`activate`).
-Readers follow the pointer, so they see the old table or the new one, never a mix, and the old
-one stays readable (with a TTL) for `rollback`. The hourly job rewrites active users' keys inside
-the live version with `refresh_users`.
-
-Staged keys carry a TTL from the moment they are written and are made permanent only by
-`activate`, so a run that dies anywhere before activation cleans up after itself.
+`stage_shard` per user shard) and checks it (`verify_table`); `pipelines.publish.lifecycle` then
+makes it live, retires, rolls back and deletes versions. The hourly job rewrites active users'
+keys inside the live version with `refresh_users`. Every writer records the ids of the keys it
+is about to write in the version's key index (`pipelines.publish.index`) before writing them,
+so whatever a crash leaves behind, garbage collection can find and delete it.
 """
 
 from __future__ import annotations
@@ -28,8 +26,10 @@ import pyarrow as pa
 from redis.exceptions import WatchError
 
 from inbo.errors import PublishConflict, PublishError
+from inbo.faults import crash_point
 from inbo.reasons import REASONS
 from inbo.shards import shard_key, user_shard
+from pipelines.publish import index
 from pipelines.publish.checks import (
     check_exist,
     check_meta,
@@ -40,14 +40,9 @@ from pipelines.publish.checks import (
 )
 from pipelines.publish.contract import (
     CONTRACT_VERSION,
-    EXPIRED,
     FALLBACK_COLUMNS,
-    LIVE,
-    RETIRED,
-    ROLLED_BACK,
     SIMILAR,
     STAGING,
-    STAGING_TTL_SECONDS,
     USER_COLUMNS,
     USERS,
     VERIFIED,
@@ -63,9 +58,7 @@ from pipelines.publish.redis_io import (
     read_meta,
     replace,
     reproducible_sample,
-    scan,
     stage,
-    text,
     utc_text,
     write_meta,
 )
@@ -126,7 +119,6 @@ def begin_table(
     batch_size: int,
     generated_at: datetime,
     similar: pd.DataFrame | None = None,
-    staging_ttl_seconds: int = STAGING_TTL_SECONDS,
 ) -> str:
     """Reserve a new version for `shards` user shards and stage its fallback and similar items.
 
@@ -165,13 +157,14 @@ def begin_table(
         "bytes": len(fallback_payload) + sum(map(len, similar_payloads)),
         "refreshes": 0,
     }
-    version = _reserve_version(client, keys, meta, staging_ttl_seconds)
+    version = _reserve_version(client, keys, meta)
+    index.record(client, keys, version, index.FALLBACK)
+    index.record(client, keys, version, "similar", item_ids)
     stage(
         client,
         [keys.fallback(version), *(keys.similar(version, i) for i in item_ids)],
         [fallback_payload, *similar_payloads],
         batch_size,
-        staging_ttl_seconds,
     )
     log.info("began %s: %d shards, %d similar-items lists", version, shards, len(item_ids))
     return version
@@ -186,13 +179,13 @@ def stage_shard(
     shard: int,
     shards: int,
     batch_size: int,
-    staging_ttl_seconds: int = STAGING_TTL_SECONDS,
 ) -> ShardReport:
     """Write one shard's user keys into a version being staged, then record the shard as done.
 
     Idempotent: user keys are named by user id and the record by shard number, so a retried task
-    rewrites the same keys and the same record. The record is written last: a shard that died
-    midway has none, and `verify_table` refuses the version until the retry succeeds.
+    rewrites the same keys and the same record. The ids go into the key index first and the
+    record last: a shard that died midway has none, and `verify_table` refuses the version until
+    the retry succeeds.
     """
     started = time.perf_counter()
     keys = Keys(prefix)
@@ -211,12 +204,14 @@ def stage_shard(
     payloads = pack(lists, meta["generated_at"])
     names = [keys.user(version, uid) for uid in lists.owners.tolist()]
     writing = time.perf_counter()
-    stage(client, names, payloads, batch_size, staging_ttl_seconds)
+    index.record(client, keys, version, f"u:{shard}", lists.owners.tolist())
+    crash_point("stage.after_index")
+    half = len(names) // 2
+    stage(client, names[:half], payloads[:half], batch_size)
+    crash_point("stage.midway")
+    stage(client, names[half:], payloads[half:], batch_size)
     record = {"users": len(names), "items": len(lists.refs), "bytes": sum(map(len, payloads))}
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.shards(version), str(shard), json.dumps(record))
-        pipe.expire(keys.shards(version), staging_ttl_seconds)
-        pipe.execute()
+    client.hset(keys.shards(version), str(shard), json.dumps(record))
     done = time.perf_counter()
     report = ShardReport(
         version, shard, **record, seconds=done - started, write_seconds=done - writing
@@ -292,60 +287,6 @@ def verify_table(
     return report
 
 
-def activate(client: redis.Redis, prefix: str, version: str, ttl_seconds: int) -> str | None:
-    """Make a verified version live; return the version it replaced (None for the first).
-
-    Its keys lose their staging TTL and are counted first, so the pointer never moves to an
-    incomplete table. The pointer and the meta status change in one MULTI/EXEC. The replaced
-    version's keys then expire after `ttl_seconds`, leaving that long to roll back.
-    Calling it again for the version already live does nothing (safe for task retries).
-    """
-    keys = Keys(prefix)
-    meta = read_meta(client, keys, version)
-    current = pointer(client, keys)
-    if current == version:
-        log.info("%s is already live", version)
-        return meta.get("previous_version")
-    if meta["status"] != VERIFIED:
-        raise PublishError(f"version {version} is {meta['status']}; verify_table must pass first")
-    _persist_complete(client, keys, version, meta["counts"], ttl_seconds)
-    live = {**meta, "status": LIVE, "activated_at": now(), "previous_version": current}
-    _switch(client, keys, version, live, expected_current=current)
-    if current:
-        _retire(client, keys, current, RETIRED, ttl_seconds)
-    _forget_expired(client, keys)
-    log.info("activated %s (replaced %s)", version, current)
-    return current
-
-
-def rollback(
-    client: redis.Redis, prefix: str, to: str | None = None, *, ttl_seconds: int
-) -> tuple[str, str]:
-    """Make the version live before the current one (or `to`) live again; return (from, to).
-
-    The target's keys are made permanent and counted before the pointer moves; the version
-    rolled back from expires after `ttl_seconds`. Rolling back twice walks further back.
-    """
-    keys = Keys(prefix)
-    current = pointer(client, keys)
-    if current is None:
-        raise PublishError(f"no live table under {keys.root}; nothing to roll back")
-    target = to or read_meta(client, keys, current).get("previous_version")
-    if target is None:
-        raise PublishError(f"{current} was the first version; there is nothing to roll back to")
-    if target == current:
-        raise PublishError(f"{target} is already live")
-    meta = read_meta(client, keys, target)
-    if meta["status"] not in (RETIRED, ROLLED_BACK):
-        raise PublishError(f"{target} is {meta['status']}, not a former live version")
-    _persist_complete(client, keys, target, meta["counts"], ttl_seconds)
-    restored = {**meta, "status": LIVE, "activated_at": now()}
-    _switch(client, keys, target, restored, expected_current=current)
-    _retire(client, keys, current, ROLLED_BACK, ttl_seconds)
-    log.warning("rolled back from %s to %s", current, target)
-    return current, target
-
-
 def refresh_users(
     client: redis.Redis,
     prefix: str,
@@ -362,7 +303,7 @@ def refresh_users(
     The caller holds the publish lock. `PublishConflict` unless `version` is live, checked before
     writing and again, under WATCH, when the meta record's counts, `refreshed_through`,
     `refreshed_at` and `refreshes` are updated: a later rollback to this version still counts its
-    keys right. Live keys are permanent: no TTL.
+    keys right. A crash midway leaves the mark where it was, so the next run writes them again.
     """
     started = time.perf_counter()
     keys = Keys(prefix)
@@ -374,9 +315,14 @@ def refresh_users(
     lists = ranked_lists(as_table(recs, USER_COLUMNS, "recs"), reasons_of(meta), "recs")
     payloads = pack(lists, stamp)
     item_ids, similar_payloads = pack_similar(prepared_similar(similar), stamp)
-    old = replace(
-        client, [keys.user(version, u) for u in lists.owners.tolist()], payloads, batch_size
-    )
+    users = lists.owners.tolist()
+    index.record(client, keys, version, f"u:{through}", users)
+    index.record(client, keys, version, f"similar:{through}", item_ids)
+    names = [keys.user(version, u) for u in users]
+    half = len(names) // 2
+    old = replace(client, names[:half], payloads[:half], batch_size)
+    crash_point("refresh.midway")
+    old += replace(client, names[half:], payloads[half:], batch_size)
     old_similar = replace(
         client, [keys.similar(version, i) for i in item_ids], similar_payloads, batch_size
     )
@@ -400,70 +346,18 @@ def refresh_users(
     return report
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    """One table version as `inbo rollback --list` shows it; `expires_in` None: kept for good."""
-
-    version: str
-    created_at: str | None
-    status: str
-    users: int | None
-    live: bool
-    expires_in: int | None
-
-
-def list_versions(client: redis.Redis, prefix: str) -> list[VersionInfo]:
-    """Known versions, newest first (a version whose keys expired says `expired`)."""
-    keys = Keys(prefix)
-    live = pointer(client, keys)
-    members = [text(m) for m in client.zrange(keys.versions, 0, -1, desc=True)]
-    with client.pipeline(transaction=False) as pipe:
-        for version in members:
-            pipe.get(keys.meta(version))
-            pipe.ttl(keys.meta(version))
-        replies = pipe.execute()
-    rows = []
-    for version, raw, ttl in zip(members, replies[::2], replies[1::2], strict=True):
-        meta = json.loads(raw) if raw is not None else {}
-        rows.append(
-            VersionInfo(
-                version=version,
-                created_at=meta.get("created_at"),
-                status=meta.get("status", EXPIRED),
-                users=meta.get("counts", {}).get("users"),
-                live=version == live,
-                expires_in=ttl if ttl >= 0 else None,
-            )
-        )
-    return rows
-
-
-def delete_version(client: redis.Redis, prefix: str, version: str) -> int:
-    """Delete a version that is not live (e.g. a failed run's staged keys); return keys removed."""
-    keys = Keys(prefix)
-    if pointer(client, keys) == version:
-        raise PublishError(f"{version} is live; activate or roll back to another version first")
-    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
-    removed = sum(pipelined(client, "unlink", found))
-    client.zrem(keys.versions, version)
-    log.info("deleted %s (%d keys)", version, removed)
-    return removed
-
-
-def live_meta(client: redis.Redis, prefix: str) -> dict[str, Any] | None:
-    """The meta record of the live version; None if nothing is live."""
-    keys = Keys(prefix)
-    version = pointer(client, keys)
-    return None if version is None else read_meta(client, keys, version)
-
-
-def _reserve_version(client: redis.Redis, keys: Keys, meta: dict[str, Any], ttl: int) -> str:
-    """A new version id `<batch>-<6 hex>`, claimed by creating its meta key with SET NX."""
+def _reserve_version(client: redis.Redis, keys: Keys, meta: dict[str, Any]) -> str:
+    """A new version id `<batch>-<6 hex>`, claimed by creating its meta key with SET NX, and
+    listed in the versions set in the same transaction (both in the control slot)."""
     for _ in range(5):
         version = f"{meta['batch']}-{secrets.token_hex(3)}"
-        record = {"version": version, **meta}
-        if client.set(keys.meta(version), json.dumps(record), ex=ttl, nx=True):
-            client.zadd(keys.versions, {version: time.time()})
+        if client.exists(keys.meta(version)):
+            continue
+        with client.pipeline(transaction=True) as pipe:
+            pipe.set(keys.meta(version), json.dumps({"version": version, **meta}), nx=True)
+            pipe.zadd(keys.versions, {version: time.time()})
+            created, _ = pipe.execute()
+        if created:
             return version
     raise PublishError(f"could not find an unused version id for batch {meta['batch']}")
 
@@ -497,80 +391,6 @@ def _update_live_meta(
             pipe.execute()
         except WatchError:
             raise PublishConflict(f"the live table changed while refreshing {version}") from None
-
-
-def _persist_complete(
-    client: redis.Redis, keys: Keys, version: str, counts: dict[str, int], ttl_seconds: int
-) -> None:
-    """Remove the TTL of every key of `version`, then check they are all still there.
-
-    Counting after PERSIST is what makes the check final: nothing can expire afterwards. If keys
-    are missing, they all get `ttl_seconds` back so the survivors still clean themselves up.
-    """
-    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
-    pipelined(client, "persist", found)
-    present = sum(pipelined(client, "exists", found[:-2]))
-    has_fallback = bool(client.exists(keys.fallback(version)))
-    expected = counts["users"] + counts["similar_items"] + 1
-    if present != expected or not has_fallback:
-        pipelined(client, "expire", found, ttl_seconds)
-        raise PublishError(
-            f"version {version} is incomplete ({present} of {expected} keys, fallback "
-            f"{'present' if has_fallback else 'missing'}); it may have expired"
-        )
-
-
-def _switch(
-    client: redis.Redis,
-    keys: Keys,
-    version: str,
-    meta: dict[str, Any],
-    *,
-    expected_current: str | None,
-) -> None:
-    """Point `current` at `version` and store its meta in one transaction (one slot).
-
-    WATCH on the pointer turns a concurrent switch by another run into a clear error instead of
-    one run silently retiring the other's version.
-    """
-    with client.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(keys.current)
-            if pointer(pipe, keys) != expected_current:
-                raise WatchError
-            pipe.multi()
-            pipe.set(keys.current, version)
-            pipe.set(keys.meta(version), json.dumps(meta))
-            pipe.execute()
-        except WatchError:
-            raise PublishError(
-                f"the live version changed while switching to {version}; re-run the step"
-            ) from None
-
-
-def _retire(client: redis.Redis, keys: Keys, version: str, status: str, ttl_seconds: int) -> None:
-    """Mark a formerly live version and let all its keys expire after `ttl_seconds`."""
-    raw = client.get(keys.meta(version))
-    if raw is not None:
-        meta = {**json.loads(raw), "status": status, "retired_at": now()}
-        client.set(keys.meta(version), json.dumps(meta))
-    found = [*_version_keys(client, keys, version), keys.meta(version), keys.shards(version)]
-    pipelined(client, "expire", found, ttl_seconds)
-    log.info("%s is %s; its %d keys expire in %d s", version, status, len(found), ttl_seconds)
-
-
-def _forget_expired(client: redis.Redis, keys: Keys) -> None:
-    """Drop versions whose meta has expired from the versions set."""
-    members = [text(m) for m in client.zrange(keys.versions, 0, -1)]
-    flags = pipelined(client, "exists", [keys.meta(m) for m in members])
-    gone = [m for m, flag in zip(members, flags, strict=True) if not flag]
-    if gone:
-        client.zrem(keys.versions, *gone)
-
-
-def _version_keys(client: redis.Redis, keys: Keys, version: str) -> list[str]:
-    """The data keys of a version (users, fallback, similar items), by SCAN on every node."""
-    return sorted(scan(client, keys.version_pattern(version)))
 
 
 def _json_safe(models: dict[str, Any]) -> dict[str, Any]:
