@@ -6,7 +6,7 @@ import sys
 
 from cli import demo, ml, operations, pipeline, serving  # noqa: F401  (they register commands)
 from cli.app import app
-from inbo.errors import InboError
+from inbo.errors import ConfigError, InboError
 
 
 def main() -> None:
@@ -16,6 +16,15 @@ def main() -> None:
     except InboError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:  # not a file-system error: a bug to see in full
+            raise
+        print(
+            f"error: cannot use {exc.filename}: {exc.strerror}; check INBO_VAR_DIR and "
+            "INBO_LAKE_URL point at a place this user can write",
+            file=sys.stderr,
+        )
+        sys.exit(ConfigError.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

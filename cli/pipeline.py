@@ -84,14 +84,76 @@ def ingest(date: DateOption = None) -> None:
 
 
 @app.command(rich_help_panel=PANEL)
-def validate(date: DateOption = None) -> None:
-    """Run the Great Expectations suites on the staged batch; quarantine what fails."""
+def validate(
+    date: DateOption = None,
+    accept: Annotated[
+        str | None,
+        typer.Option(
+            "--accept",
+            metavar="BATCH",
+            help="Publish the held batch BATCH (e.g. 20261126T0000Z) as it is, instead of "
+            "validating: an operator's decision, logged and recorded in its report.",
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Who accepts, for the record (with --accept). Default: you."),
+    ] = None,
+) -> None:
+    """Run the Great Expectations suites on the staged batch; quarantine what fails, and hold
+    the batch out of the lake when too much does (until it passes or is accepted)."""
+    if accept is not None:
+        if date is not None:
+            raise typer.BadParameter(
+                "--accept names its batch; leave --date out", param_hint="--date"
+            )
+        accept_held(accept, by or _operator())
+        return
+    if by is not None:
+        raise typer.BadParameter("only with --accept", param_hint="--by")
     from pipelines.validate import validate_exclusive
 
     report = validate_exclusive(interval_end(date))
     console.print_json(report.to_json())
     for table, page in report.data_docs.items():
         console.print(f"Data Docs ({table}): {page}")
+
+
+def accept_held(batch: str, by: str) -> None:
+    """`inbo validate --accept BATCH`: publish a held batch, or say why there is nothing to do."""
+    from datetime import UTC, datetime
+
+    from inbo.lake import batch_end
+    from pipelines.validate import ACCEPTED, accept_exclusive
+
+    try:
+        batch_end(batch)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{batch!r} is not a batch key like 20261126T0000Z", param_hint="--accept"
+        ) from None
+    started = datetime.now(UTC).isoformat()
+    report = accept_exclusive(batch, by)
+    console.print_json(report.to_json())
+    if report.status != ACCEPTED:
+        console.print(f"batch {batch} passed validation: nothing to accept")
+    elif report.accepted_at is not None and report.accepted_at >= started:
+        console.print(f"batch {batch} accepted by {by} at {report.accepted_at}: published")
+    else:
+        console.print(
+            f"batch {batch} was accepted by {report.accepted_by} at {report.accepted_at}: "
+            "nothing to do"
+        )
+
+
+def _operator() -> str:
+    """The OS user running the command, for the acceptance record."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @app.command(rich_help_panel=PANEL)

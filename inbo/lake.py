@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from inbo.errors import DataNotFound
+from inbo.errors import ConfigError, DataNotFound
 
 if TYPE_CHECKING:
     from inbo.tables import Table
@@ -44,7 +44,12 @@ class Lake:
     """Reads and writes Parquet tables under one fsspec root URL."""
 
     def __init__(self, url: str) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except ImportError as exc:  # a known scheme whose driver is not installed, e.g. s3fs
+            raise ConfigError(f"INBO_LAKE_URL {url}: {exc} (pip install it next to INBO)") from None
+        except ValueError as exc:
+            raise ConfigError(f"INBO_LAKE_URL {url} is not a usable fsspec URL: {exc}") from None
         self.url = url
 
     def path(self, table: str, partition: Mapping[str, str] | None = None, name: str = "") -> str:

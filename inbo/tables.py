@@ -40,6 +40,15 @@ def quarantine(source_table: str) -> Table:
 
 QUARANTINE_ROOT = "quarantine"
 
+
+def held(table: str) -> Table:
+    """A validated canonical table of a batch above the quarantine threshold, kept out of the lake
+    until the batch passes or an operator accepts it (`pipelines.validate.accept_batch`)."""
+    return Table(f"{HELD_ROOT}/{table}", schemas.BY_NAME.get(table))
+
+
+HELD_ROOT = "held"
+
 # -- validated canonical tables (pipelines.validate) ---------------------------------------------
 USER_EVENTS = Table("user_events", schemas.USER_EVENTS)
 """Partitioned by event date: `user_events/date=YYYY-MM-DD/<batch>.parquet`."""

@@ -76,11 +76,18 @@ def read_report(lake: Lake, batch: str) -> IngestReport:
 # --- parsing helpers: each returns the parsed column and the mask of values that failed to parse ---
 
 
-def parse_int(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    numbers = pd.to_numeric(raw, errors="coerce")
-    whole = numbers.notna() & (numbers == np.floor(numbers.fillna(0)))
+def parse_int(raw: pd.Series, bits: int = 64) -> tuple[pd.Series, pd.Series]:
+    """Whole numbers that fit a signed `bits`-bit integer (the lake column's type); others fail."""
+    numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
+    limit = float(2 ** (bits - 1))  # exact in float64; 2**63 itself is one past int64
+    whole = numbers.notna() & (numbers == np.floor(numbers.fillna(0))) & (numbers.abs() < limit)
+    exact = pd.to_numeric(raw.where(whole), errors="coerce")  # as integers again, no float rounding
     failed = raw.notna() & ~whole
-    return numbers.where(whole).astype("Int64"), failed
+    return exact.astype("Int64"), failed
+
+
+def parse_int32(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    return parse_int(raw, bits=32)
 
 
 def parse_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -89,8 +96,18 @@ def parse_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def parse_ts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """ISO-8601 text as UTC timestamps, truncated to the lake's microseconds.
+
+    Digits below the microsecond (an exporter writing nanoseconds) carry nothing the platform
+    uses, and the app's own DateTime column cannot hold them: they are dropped towards the past,
+    so the event keeps its instant to the microsecond and never moves past its batch end.
+    """
     stamps = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
-    return stamps, raw.notna() & stamps.isna()
+    truncated = stamps.dt.floor("us")
+    finer = int((truncated != stamps).sum())
+    if finer:
+        log.info("%s: %d timestamps truncated to microseconds", raw.name, finer)
+    return truncated, raw.notna() & stamps.isna()
 
 
 Parser = Callable[[pd.Series], tuple[pd.Series, pd.Series]]
@@ -125,44 +142,135 @@ def quarantine_rows(
     return out
 
 
-def _rec_context(raw: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
-    """Split the app's JSON `rec_context` into the three recommendation columns."""
-    columns = ["rec_table_version", "rec_source", "rec_variant"]
-    keys = ["table_version", "source", "variant"]
-    values: list[list[object]] = []
-    failed = []
-    for text in raw.tolist():
-        if text is None or text is pd.NA:
-            values.append([None, None, None])
-            failed.append(False)
+CAST_ERRORS = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+"""What pyarrow raises on a value its target type cannot hold (wrong kind, overflow, lost digits)."""
+
+
+def fit_schema(
+    canonical: pd.DataFrame, raw: pd.DataFrame, schema: pa.Schema, table: str
+) -> Converted:
+    """`canonical` cast to `schema`; a row with a value the schema's type cannot hold is
+    quarantined (as its raw row, with the column and the value) instead of failing the batch.
+
+    The parsers above already turn every value they know to be wrong into a quarantined row; this
+    is the net under them, so that no value, whatever its kind, makes a batch unrecoverable: a
+    re-run converts the same landed raw rows, and would fail the same way forever. `canonical` is
+    indexed like `raw`, the rows it was converted from. One cast when every value fits.
+    """
+    try:
+        return Converted(schemas.conform(canonical, schema), pd.DataFrame())
+    except CAST_ERRORS:
+        pass
+    reason = pd.Series(pd.NA, index=range(len(canonical)), dtype="string")
+    for column in schema:
+        values = canonical[column.name].reset_index(drop=True)
+        for position in _misfits(values, column.type):
+            if pd.isna(reason.iloc[position]):
+                shown = repr(values.iloc[position])
+                shown = shown if len(shown) <= 100 else shown[:100] + "..."
+                reason.iloc[position] = (
+                    f"conversion: {column.name} {shown} does not fit {column.type}"
+                )
+    failed = reason.notna().to_numpy()
+    good = schemas.conform(canonical[~failed], schema)
+    bad = quarantine_rows(raw.loc[canonical.index[failed]], table, "conversion", reason[failed])
+    log.warning("%s: %d rows hold a value their canonical column cannot", table, len(bad))
+    return Converted(good, bad)
+
+
+def _fits(values: pd.Series, type_: pa.DataType, *, strict: bool) -> bool:
+    """Whether `values` cast to `type_`: as `schemas.conform` casts, or (`strict`) value by value
+    for an object column, so a number among texts fails by itself rather than the column."""
+    try:
+        if strict and values.dtype == object:
+            pa.array(values, type=type_, from_pandas=True)
+        else:
+            pa.Array.from_pandas(values).cast(type_)
+    except CAST_ERRORS:
+        return False
+    return True
+
+
+def _misfits(values: pd.Series, type_: pa.DataType) -> list[int]:
+    """Positions of the values `type_` cannot hold, by bisection: a few casts per bad value."""
+    if _fits(values, type_, strict=False):
+        return []
+    found = []
+    pending = [(0, len(values))]
+    while pending:
+        start, stop = pending.pop()
+        if _fits(values.iloc[start:stop], type_, strict=True):
             continue
-        try:
-            payload = json.loads(text)
-            values.append([payload.get(key) for key in keys])
-            failed.append(not isinstance(payload, dict))
-        except (json.JSONDecodeError, AttributeError):
-            values.append([None, None, None])
-            failed.append(True)
-    return pd.DataFrame(values, columns=columns, index=raw.index), pd.Series(
-        failed, index=raw.index
-    )
+        if stop - start == 1:
+            found.append(start)
+            continue
+        middle = (start + stop) // 2
+        pending += [(middle, stop), (start, middle)]
+    return sorted(found)
+
+
+REC_CONTEXT_KEYS = {
+    "rec_table_version": "table_version",
+    "rec_source": "source",
+    "rec_variant": "variant",
+}
+"""Canonical column <- key of the app's JSON `rec_context`."""
+
+
+def _rec_context(raw: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """Split the app's JSON `rec_context` into the three recommendation columns.
+
+    Also the reason each row that cannot split failed (null when it split): not JSON, not an
+    object, or a field that is not text (a number or an object where a table version belongs).
+    """
+    values: list[list[str | None]] = []
+    reasons: list[str | None] = []
+    for text in raw.tolist():
+        row: list[str | None] = [None] * len(REC_CONTEXT_KEYS)
+        reason = None
+        if not (text is None or text is pd.NA):
+            try:
+                payload = json.loads(text)
+            except (json.JSONDecodeError, TypeError):
+                payload = None
+            if not isinstance(payload, dict):
+                reason = "rec_context is not valid JSON"
+            else:
+                fields = [payload.get(key) for key in REC_CONTEXT_KEYS.values()]
+                wrong = [
+                    (key, value)
+                    for key, value in zip(REC_CONTEXT_KEYS.values(), fields, strict=True)
+                    if value is not None and not isinstance(value, str)
+                ]
+                if wrong:
+                    key, value = wrong[0]
+                    reason = f"rec_context {key} {json.dumps(value)[:100]} is not text"
+                else:
+                    row = fields
+        values.append(row)
+        reasons.append(reason)
+    context = pd.DataFrame(values, columns=list(REC_CONTEXT_KEYS), index=raw.index, dtype=object)
+    return context, pd.Series(reasons, index=raw.index, dtype="string")
 
 
 def convert_interactions(raw: pd.DataFrame) -> Converted:
     """One `experience_interactions` row -> one canonical user event, or a quarantined row."""
     table = "experience_interactions"
     kinds = raw["kind"].map(KIND_TO_EVENT_TYPE)
-    context, bad_context = _rec_context(raw["rec_context"])
+    context, context_failed = _rec_context(raw["rec_context"])
     unknown_kind = kinds.isna()
-    pre_bad = unknown_kind | bad_context
-    reasons = np.where(
-        unknown_kind,
-        "unknown interaction kind '" + raw["kind"].astype(str) + "'",
-        "rec_context is not valid JSON",
+    pre_bad = unknown_kind | context_failed.notna()
+    reasons = context_failed.where(
+        ~unknown_kind, "unknown interaction kind '" + raw["kind"].astype(str) + "'"
     )
-    bad_first = quarantine_rows(
-        raw[pre_bad], table, "conversion", pd.Series(reasons, index=raw.index)[pre_bad]
-    )
+    bad_first = quarantine_rows(raw[pre_bad], table, "conversion", reasons[pre_bad])
     rows = raw[~pre_bad]
     parsed, bad = convert_columns(
         rows,
@@ -172,7 +280,7 @@ def convert_interactions(raw: pd.DataFrame) -> Converted:
             "issue_id": parse_int,
             "occurred_at": parse_ts,
             "dwell_ms": parse_float,
-            "position": parse_int,
+            "position": parse_int32,
         },
         table,
     )
@@ -193,7 +301,8 @@ def convert_interactions(raw: pd.DataFrame) -> Converted:
             "country": rows.loc[kept, "country"],
         }
     ).join(context.loc[kept])
-    return Converted(events.reset_index(drop=True), pd.concat([bad_first, bad], ignore_index=True))
+    fitted = fit_schema(events, rows, schemas.USER_EVENTS, table)
+    return Converted(fitted.good, _concat(bad_first, bad, fitted.bad))
 
 
 def convert_progress(raw: pd.DataFrame) -> Converted:
@@ -235,7 +344,8 @@ def convert_progress(raw: pd.DataFrame) -> Converted:
             "rec_variant": None,
         }
     )
-    return Converted(events.reset_index(drop=True), bad)
+    fitted = fit_schema(events, raw, schemas.USER_EVENTS, "reading_progress")
+    return Converted(fitted.good, _concat(bad, fitted.bad))
 
 
 def convert_items(issues: pd.DataFrame, publishers: pd.DataFrame) -> Converted:
@@ -275,7 +385,8 @@ def convert_items(issues: pd.DataFrame, publishers: pd.DataFrame) -> Converted:
             "language": rows.loc[kept, "language"],
         }
     )
-    return Converted(items.reset_index(drop=True), pd.concat([bad_orphan, bad], ignore_index=True))
+    fitted = fit_schema(items, rows, schemas.ITEMS, "newsletter_issues")
+    return Converted(fitted.good, _concat(bad_orphan, bad, fitted.bad))
 
 
 def convert_users(raw: pd.DataFrame) -> Converted:
@@ -289,7 +400,8 @@ def convert_users(raw: pd.DataFrame) -> Converted:
             "language": raw.loc[kept, "language"],
         }
     )
-    return Converted(users.reset_index(drop=True), bad)
+    fitted = fit_schema(users, raw, schemas.USERS, "users")
+    return Converted(fitted.good, _concat(bad, fitted.bad))
 
 
 def convert_subscriptions(raw: pd.DataFrame) -> Converted:
@@ -303,7 +415,14 @@ def convert_subscriptions(raw: pd.DataFrame) -> Converted:
         },
         "subscriptions",
     )
-    return Converted(pd.DataFrame(parsed).reset_index(drop=True), bad)
+    fitted = fit_schema(pd.DataFrame(parsed), raw, schemas.SUBSCRIPTIONS, "subscriptions")
+    return Converted(fitted.good, _concat(bad, fitted.bad))
+
+
+def _concat(*bad: pd.DataFrame) -> pd.DataFrame:
+    """Quarantined frames as one (empty ones left out, so no column changes type)."""
+    frames = [frame for frame in bad if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def check_raw_interactions(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

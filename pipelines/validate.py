@@ -1,21 +1,28 @@
-"""Validate: run the Great Expectations suites on a staged batch and promote what passes to the lake.
+"""Validate: run the Great Expectations suites on a staged batch, then publish it or hold it.
 
-Failed rows go to `quarantine/<table>/batch=<key>/validate.parquet` with the expectation that
-failed; the batch fails when a table's bad-row share (ingest's quarantine included) is above the
-configured threshold, after everything has been written, so nothing is lost either way.
+Write-audit-publish. The suites audit the staged tables; failed rows go to
+`quarantine/<table>/batch=<key>/validate.parquet` with the expectation that failed. A batch whose
+bad-row share (ingest's quarantine included) is within the configured threshold for every table
+is published: its good rows go into the tables later runs read (`user_events/date=*/<batch>.parquet`,
+`items`, `users`, `subscriptions` under `batch=<key>`). A batch above it is held: the same rows go
+to `held/<table>/batch=<key>/` instead, anything it published before is taken back, and the step
+fails, so no later nightly trains on it and no hourly run refreshes from it. It stays held until a
+re-run passes (it is then published like any other) or an operator accepts it as it is
+(`accept_batch`, `inbo validate --accept BATCH`). The report (`_reports/validate/<batch>.json`)
+says which: `status` is passed, held or accepted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 
 import pandas as pd
 
 from inbo import schemas, tables
-from inbo.errors import DataNotFound
+from inbo.errors import DataNotFound, ValidationFailed
 from inbo.lake import Lake, batch_key
 from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
@@ -35,16 +42,38 @@ against its threshold."""
 
 KNOWN_IDS = {"users": ("user_id", "known_user_ids"), "items": ("item_id", "known_item_ids")}
 
+PUBLISHED: dict[str, tables.Table] = {
+    "user_events": tables.USER_EVENTS,
+    "items": tables.ITEMS,
+    "users": tables.USERS,
+    "subscriptions": tables.SUBSCRIPTIONS,
+}
+"""What a batch publishes when it passes (or is accepted), and holds when it does not."""
+
+PASSED, HELD, ACCEPTED = "passed", "held", "accepted"
+"""A report's `status`."""
+
 
 @dataclass
 class ValidationReport:
     batch: str
     checked: dict[str, int] = field(default_factory=dict)
     passed: dict[str, int] = field(default_factory=dict)
+    """Rows that passed the suites, per table (published, or held when the batch is)."""
     quarantined: dict[str, int] = field(default_factory=dict)
     bad_share: dict[str, float] = field(default_factory=dict)
     checks: dict[str, int] = field(default_factory=dict)
     data_docs: dict[str, str] = field(default_factory=dict)
+    status: str = PASSED
+    """`passed`: published. `held`: a table's bad share is above the threshold; the rows that
+    passed are under `held/`, not in the lake (`held` counts them). `accepted`: was held, and an
+    operator published it as it is (`accepted_by`, `accepted_at`). A report written before this
+    field existed is of a published batch, so it reads as passed."""
+    held: dict[str, int] = field(default_factory=dict)
+    """Rows held out of the lake per table, while the batch is held."""
+    accepted_by: str | None = None
+    accepted_at: str | None = None
+    """When the batch was accepted (UTC, ISO 8601)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -52,7 +81,16 @@ class ValidationReport:
 
 def read_report(lake: Lake, batch: str) -> ValidationReport:
     """The report validation wrote for `batch`; `DataNotFound` before it ran."""
-    return ValidationReport(**json.loads(lake.read_json(tables.VALIDATE_REPORTS, batch)))
+    raw = json.loads(lake.read_json(tables.VALIDATE_REPORTS, batch))
+    known = {f.name for f in fields(ValidationReport)}
+    return ValidationReport(**{key: value for key, value in raw.items() if key in known})
+
+
+def _previous_report(lake: Lake, batch: str) -> ValidationReport | None:
+    try:
+        return read_report(lake, batch)
+    except DataNotFound:
+        return None
 
 
 def _ingest_counts(lake: Lake, batch: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -61,36 +99,80 @@ def _ingest_counts(lake: Lake, batch: str) -> tuple[dict[str, int], dict[str, in
     return report.extracted, report.quarantined
 
 
-def _write_events(lake: Lake, events: pd.DataFrame, batch: str) -> None:
-    """Replace this batch's event files, one per event date."""
+# --- publishing and holding a batch's validated tables ---
+
+
+def _publish(lake: Lake, batch: str, frames: dict[str, pd.DataFrame]) -> None:
+    """Write the batch's tables where later runs read them; its event files are replaced."""
     for stale in lake.files(tables.USER_EVENTS.path, f"date=*/{batch}.parquet"):
         lake.fs.rm(stale)
+    events = frames["user_events"]
     if not events.empty:
         lake.write_partitioned(
             events, tables.USER_EVENTS.path, batch, by="ts", schema=schemas.USER_EVENTS
         )
+    for name, table in PUBLISHED.items():
+        if name != "user_events":
+            lake.write_batch(frames[name], table, batch)
 
 
-def promote_subscriptions(lake: Lake, batch: str, users: set[int]) -> None:
+def _unpublish(lake: Lake, batch: str) -> None:
+    """Take back what an earlier run of the batch published (nothing if it never did)."""
+    for stale in lake.files(tables.USER_EVENTS.path, f"date=*/{batch}.parquet"):
+        lake.fs.rm(stale)
+    for name, table in PUBLISHED.items():
+        if name != "user_events":
+            lake.remove(table.path, {"batch": batch})
+
+
+def _hold(lake: Lake, batch: str, frames: dict[str, pd.DataFrame]) -> None:
+    for name in PUBLISHED:
+        lake.write_batch(frames[name], tables.held(name), batch)
+
+
+def _release(lake: Lake, batch: str) -> None:
+    """Delete the batch's held tables (once published, or when a re-run passed)."""
+    for name in PUBLISHED:
+        lake.remove(tables.held(name).path, {"batch": batch})
+
+
+def validated_subscriptions(lake: Lake, batch: str, users: set[int]) -> pd.DataFrame:
     """Subscriptions of users that passed validation, for the features that need them."""
     staged = lake.read_batch(tables.staging("subscriptions"), batch)
     kept = staged[staged["user_id"].isin(users)]
     if len(kept) < len(staged):
         log.warning("%d subscriptions of unknown users left out", len(staged) - len(kept))
-    lake.write_batch(kept, tables.SUBSCRIPTIONS, batch)
+    return kept
+
+
+def _still_accepted(previous: ValidationReport | None, report: ValidationReport) -> bool:
+    """An acceptance covers the batch as the operator saw it: a re-run with the same verdict
+    (same rows checked and quarantined) stays accepted; a different one is audited again."""
+    return (
+        previous is not None
+        and previous.status == ACCEPTED
+        and (previous.checked, previous.quarantined, previous.bad_share)
+        == (report.checked, report.quarantined, report.bad_share)
+    )
 
 
 def validate_batch(interval_end: datetime, settings: Settings | None = None) -> ValidationReport:
-    """Validate the staged tables of the batch ending at `interval_end`."""
-    from validation import enforce_threshold, validate
+    """Validate the staged tables of the batch ending at `interval_end`; publish or hold them.
+
+    Raises `ValidationFailed` when the batch is held, after writing the quarantine, the held
+    tables and the report.
+    """
+    from validation import enforce_threshold, exceeds, validate
 
     settings = settings or get_settings()
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
     extracted, ingest_bad = _ingest_counts(lake, batch)
+    previous = _previous_report(lake, batch)
     report = ValidationReport(batch=batch)
     docs_dir = settings.reports_dir / "data_docs"
     known: dict[str, set[int]] = {}
+    frames: dict[str, pd.DataFrame] = {}
     bad_frames = []
     bad_rows: dict[str, int] = {}
     extracted_rows: dict[str, int] = {}
@@ -98,11 +180,8 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         schema = schemas.BY_NAME[table]
         staged = lake.read_batch(tables.staging(table), batch)
         result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)
-        good = schemas.conform(result.good, schema)
-        if table == "user_events":
-            _write_events(lake, good, batch)
-        else:
-            lake.write(good, table, "part", {"batch": batch}, schema)  # items or users
+        frames[table] = good = schemas.conform(result.good, schema)
+        if table in KNOWN_IDS:
             id_column, argument = KNOWN_IDS[table]
             known[argument] = set(good[id_column].tolist())
         if not result.bad.empty:
@@ -122,25 +201,65 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         report.bad_share[table] = bad_rows[table] / max(extracted_rows[table], 1)
         if result.docs_path is not None:
             report.data_docs[table] = str(result.docs_path)
-    promote_subscriptions(lake, batch, known.get("known_user_ids", set()))
+    frames["subscriptions"] = validated_subscriptions(
+        lake, batch, known.get("known_user_ids", set())
+    )
     bad = pd.concat(bad_frames, ignore_index=True) if bad_frames else pd.DataFrame()
     write_quarantine(lake, bad, batch, "validate")
     if not bad.empty:
         report.checks = check_counts(bad)
-    lake.write_json(report.to_json(), tables.VALIDATE_REPORTS, batch)
+
+    threshold = settings.quarantine_threshold
+    above = [t for t in SOURCES if exceeds(bad_rows[t], extracted_rows[t], threshold)]
+    if above and previous is not None and _still_accepted(previous, report):
+        report.status = ACCEPTED
+        report.accepted_by, report.accepted_at = previous.accepted_by, previous.accepted_at
+    elif above:
+        report.status = HELD
+        report.held = {name: len(frame) for name, frame in frames.items()}
+    if report.status == HELD:
+        _hold(lake, batch, frames)
+        _unpublish(lake, batch)
+        lake.write_json(report.to_json(), tables.VALIDATE_REPORTS, batch)
+    else:
+        _publish(lake, batch, frames)
+        lake.write_json(report.to_json(), tables.VALIDATE_REPORTS, batch)
+        _release(lake, batch)
     log.info(
-        "validated batch %s: %s passed, %s quarantined", batch, report.passed, report.quarantined
+        "validated batch %s (%s): %s passed, %s quarantined",
+        batch,
+        report.status,
+        report.passed,
+        report.quarantined,
     )
     for table, page in report.data_docs.items():
         log.info("Data Docs for %s: %s", table, page)
-    for table in SOURCES:
-        enforce_threshold(
-            table,
-            bad_rows[table],
-            extracted_rows[table],
-            settings.quarantine_threshold,
-            quarantine=lake.path(tables.QUARANTINE_ROOT),
+    if report.status == ACCEPTED:
+        log.warning(
+            "batch %s is above the %.2f%% quarantine threshold (%s) and stays published: "
+            "accepted by %s at %s",
+            batch,
+            threshold * 100,
+            ", ".join(above),
+            report.accepted_by,
+            report.accepted_at,
         )
+        return report
+    try:
+        for table in SOURCES:
+            enforce_threshold(
+                table,
+                bad_rows[table],
+                extracted_rows[table],
+                threshold,
+                quarantine=lake.path(tables.QUARANTINE_ROOT),
+            )
+    except ValidationFailed as failed:
+        raise ValidationFailed(
+            f"{failed}. The batch's rows are held under {lake.path(tables.HELD_ROOT)}, out of "
+            f"the tables later runs read: re-run it once fixed, or publish it as it is with "
+            f"`inbo validate --accept {batch}`"
+        ) from None
     return report
 
 
@@ -157,11 +276,56 @@ def validate_exclusive(
         return validate_batch(interval_end, settings)
 
 
-def latest_validated_batch(lake: Lake) -> str:
-    """The newest batch with a validation report in the lake."""
-    batches = lake.names(tables.VALIDATE_REPORTS)
-    if not batches:
+def accept_batch(batch: str, by: str, settings: Settings | None = None) -> ValidationReport:
+    """Publish the held batch `batch` as it is, on an operator's word: logged, and recorded in its
+    report (`accepted_by`, `accepted_at`).
+
+    Idempotent: a batch already accepted is left as it was (and its first acceptance stands); a
+    batch that passed has nothing to accept. Either way its report is returned.
+    """
+    settings = settings or get_settings()
+    lake = Lake(settings.lake)
+    report = _previous_report(lake, batch)
+    if report is None:
         raise DataNotFound(
-            f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"
+            f"batch {batch} was not validated: nothing to accept (run `inbo validate` for it)"
         )
-    return batches[-1]
+    if report.status == ACCEPTED:
+        log.info("batch %s was accepted by %s at %s", batch, report.accepted_by, report.accepted_at)
+        return report
+    if report.status != HELD:
+        log.info("batch %s passed validation: nothing to accept", batch)
+        return report
+    frames = {name: lake.read_batch(tables.held(name), batch) for name in PUBLISHED}
+    _publish(lake, batch, frames)
+    events = report.held.get("user_events", 0)
+    report.status, report.held = ACCEPTED, {}
+    report.accepted_by, report.accepted_at = by, datetime.now(UTC).isoformat()
+    lake.write_json(report.to_json(), tables.VALIDATE_REPORTS, batch)
+    _release(lake, batch)
+    log.warning(
+        "batch %s accepted by %s: %s user_events held above the quarantine threshold are "
+        "published (bad shares %s)",
+        batch,
+        by,
+        f"{events:,}",
+        ", ".join(f"{table} {share:.2%}" for table, share in report.bad_share.items()),
+    )
+    return report
+
+
+def accept_exclusive(batch: str, by: str, settings: Settings | None = None) -> ValidationReport:
+    """`accept_batch` under the ingest lock, so no validation of the batch runs meanwhile."""
+    settings = settings or get_settings()
+    with platform_lock(settings, INGEST):
+        return accept_batch(batch, by, settings)
+
+
+def latest_validated_batch(lake: Lake) -> str:
+    """The newest batch validated and published (passed or accepted): a held one is not."""
+    for batch in reversed(lake.names(tables.VALIDATE_REPORTS)):
+        if read_report(lake, batch).status != HELD:
+            return batch
+    raise DataNotFound(
+        f"no validated batch in {lake.url}: run `inbo demo` (or the nightly DAG) first"
+    )

@@ -7,6 +7,7 @@ Bad rows are written the way the app (or a careless exporter) would: raw SQL int
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from inbo.errors import ValidationFailed
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings
 from pipelines.app.sources import INCREMENTAL_TABLES, SNAPSHOT_TABLES, FileDropSource, Source
-from pipelines.ingest import IngestReport, ingest
+from pipelines.ingest import IngestReport, ingest, parse_ts
 from pipelines.validate import ValidationReport, validate_batch
 
 B1 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -245,6 +246,9 @@ def long_title_issue(_settings: Settings, _mark: str) -> tuple[str, dict[str, An
     }
 
 
+LONG_SESSION = "bad: session_id of 1,000,000 characters ".ljust(1_000_000, "x")
+LONG_REC_CONTEXT = json.dumps({"table_version": "v" * 1_000_000, "source": "als"})
+
 IN_APP_DB = {
     "unknown user id": Bad(
         bad_interaction(user_id=99_999),
@@ -329,6 +333,56 @@ IN_APP_DB = {
         "ingest",
         "conversion",
         "rec_context is not valid JSON",
+    ),
+    "rec_context table_version is a number": Bad(
+        bad_interaction(rec_context='{"table_version": 7, "source": "als", "variant": "control"}'),
+        "experience_interactions",
+        "ingest",
+        "conversion",
+        "rec_context table_version 7 is not text",
+    ),
+    "rec_context table_version is an object": Bad(
+        bad_interaction(rec_context='{"table_version": {"id": 7}, "source": "als"}'),
+        "experience_interactions",
+        "ingest",
+        "conversion",
+        'rec_context table_version {"id": 7} is not text',
+    ),
+    "position beyond a 32-bit integer": Bad(
+        bad_interaction(position=3_000_000_000),
+        "experience_interactions",
+        "ingest",
+        "conversion",
+        "conversion: position '3000000000.0' is not a valid value",  # read as float: nulls
+    ),
+    "session_id of 1,000,000 characters": Bad(
+        bad_interaction(session_id=LONG_SESSION),
+        "user_events",
+        "validate",
+        "expect_column_value_lengths_to_be_between(session_id)",
+        "session_id has 1000000 characters, outside 1..128",
+        marker=("session_id", LONG_SESSION),
+    ),
+    "rec_context value of 1,000,000 characters": Bad(
+        bad_interaction(rec_context=LONG_REC_CONTEXT),
+        "experience_interactions",
+        "ingest",
+        "expect_column_value_lengths_to_be_between(rec_context)",
+        f"rec_context has {len(LONG_REC_CONTEXT)} characters, outside 0..1000",
+    ),
+    "dwell of 1e30 ms": Bad(
+        bad_interaction(dwell_ms=1e30),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(dwell_seconds)",
+        f"dwell_seconds {1e30 / 1000.0} is above 86400 (one day)",
+    ),
+    "seconds_read of 1e30": Bad(
+        bad_progress(seconds_read=1e30),
+        "user_events",
+        "validate",
+        "expect_column_values_to_be_between(dwell_seconds)",
+        "dwell_seconds 1e+30 is above 86400 (one day)",
     ),
     "issue title over 300 characters": Bad(
         long_title_issue,
@@ -493,10 +547,122 @@ def test_threshold_fails_the_batch_after_writing_everything(
                 f"within the 1.00% threshold; see {lake.path('quarantine')}"
             ]
 
-    # Nothing lost either way: the good rows reached the lake, the bad ones quarantine.
+    # Nothing lost either way: the bad rows are in quarantine, the good ones in the lake when the
+    # batch passed, held out of it (write-audit-publish) when it failed.
     assert len(quarantined(lake, "experience_interactions", "ingest")) == at_ingest
     assert len(quarantined(lake, "user_events", "validate")) == at_validation
     assert report.extracted["experience_interactions"] + report.extracted["reading_progress"] == (
         total
     )
-    assert len(lake_events(lake)) == WORLD_EVENTS
+    held = lake.path("held/user_events", {"batch": KEY1}, "part")
+    if fails:
+        assert len(lake_events(lake)) == 0
+        assert len(lake.read_files([held])) == WORLD_EVENTS
+    else:
+        assert len(lake_events(lake)) == WORLD_EVENTS
+        assert not lake.fs.exists(held)
+
+
+# --- values that once crashed conversion, and re-runs of the landed raw batch ---
+
+NANOSECONDS = "2026-11-19 13:00:00.123456789"
+"""A timestamp with nine fractional digits, as a Go or Java exporter writes it."""
+
+
+def test_nanosecond_timestamp_converts_truncated_to_microseconds(world: Settings) -> None:
+    """The lake keeps microseconds (`schemas.TS`), like the app's own DateTime column: the digits
+    below are dropped (towards the past, so an event never moves past its batch end)."""
+    insert(
+        world,
+        "experience_interactions",
+        interaction(occurred_at=NANOSECONDS, session_id="nanoseconds"),
+    )
+    report, checked = run_batch(world, B1)
+
+    events = lake_events(Lake(world.lake))
+    found = events[events["session_id"] == "nanoseconds"]
+    assert found["ts"].tolist() == [pd.Timestamp("2026-11-19 13:00:00.123456", tz="UTC")]
+    assert report.quarantined == {}
+    assert checked.passed["user_events"] == WORLD_EVENTS + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-19 13:00:00.123456789", "2026-11-19 13:00:00.123456"),
+        ("2026-11-19T13:00:00.999999999+01:00", "2026-11-19 12:00:00.999999"),
+        ("2026-11-19T13:00:00.1234567Z", "2026-11-19 13:00:00.123456"),
+        ("2026-11-19 13:00:00.123456", "2026-11-19 13:00:00.123456"),
+    ],
+)
+def test_parse_ts_truncates_below_microseconds(text: str, expected: str) -> None:
+    stamps, failed = parse_ts(pd.Series([text, "2026-11-19 13:00:00"], dtype="string"))
+
+    assert not failed.any()
+    assert stamps.iloc[0] == pd.Timestamp(expected, tz="UTC")
+    users = pd.DataFrame(
+        {"user_id": [1, 2], "created_at": stamps, "country": None, "language": None}
+    )
+    conformed = schemas.conform(users, schemas.USERS)  # fits the lake's microseconds
+    assert conformed["created_at"].iloc[0] == pd.Timestamp(expected, tz="UTC")
+
+
+def test_a_value_its_canonical_column_cannot_hold_is_quarantined_not_raised() -> None:
+    """The net under the parsers: a value of a kind no parser foresaw quarantines its raw row,
+    naming the column and the value, and the other rows convert."""
+    from pipelines.ingest import fit_schema
+
+    raw = pd.DataFrame({"id": ["1", "2", "3", "4"]}, index=[10, 11, 12, 13], dtype="string")
+    stamps = pd.to_datetime(
+        ["2026-11-19 13:00:00"] * 3 + ["2026-11-19 13:00:00.123456789"], utc=True, format="ISO8601"
+    )
+    canonical = pd.DataFrame(
+        {
+            "user_id": pd.array([1, 2, 3, 4], dtype="Int64"),
+            "created_at": stamps,
+            "country": ["BE", 7, {"x": 1}, "FR"],
+            "language": None,
+        },
+        index=raw.index,
+    )
+
+    fitted = fit_schema(canonical, raw, schemas.USERS, "users")
+
+    assert fitted.good["user_id"].tolist() == [1]
+    assert fitted.bad[["id", "_table", "_check", "_reason"]].values.tolist() == [
+        ["2", "users", "conversion", "conversion: country 7 does not fit string"],
+        ["3", "users", "conversion", "conversion: country {'x': 1} does not fit string"],
+        [
+            "4",
+            "users",
+            "conversion",
+            "conversion: created_at Timestamp('2026-11-19 13:00:00.123456789+0000', tz='UTC') "
+            "does not fit timestamp[us, tz=UTC]",
+        ],
+    ]
+
+
+def test_rerun_of_a_landed_batch_holding_every_bad_value_succeeds(world: Settings) -> None:
+    """A re-run converts the raw rows the first run landed: a value that crashed conversion would
+    crash every re-run of its batch. Every bad value above, and a nanosecond timestamp, in one
+    batch: both runs succeed with the same split."""
+    insert_bad_rows(world, Path())
+    insert(
+        world,
+        "experience_interactions",
+        interaction(occurred_at=NANOSECONDS, session_id="nanoseconds"),
+    )
+    lake = Lake(world.lake)
+
+    first = run_batch(world, B1)
+    events, rows = lake_events(lake), quarantine_rows(lake)
+    second = run_batch(world, B1)
+
+    assert second == first
+    assert first[1].status == "passed"
+    assert_every_row_accounted_for(lake, *second)
+    pd.testing.assert_frame_equal(lake_events(lake), events)
+    pd.testing.assert_frame_equal(quarantine_rows(lake), rows)
+    assert len(rows) == len(IN_APP_DB)
+    assert len(events) == WORLD_EVENTS + 1
+    assert (events["session_id"] == "nanoseconds").sum() == 1

@@ -10,14 +10,16 @@ import logging
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from inbo.errors import SourceError, ValidationFailed
+from inbo.errors import DataNotFound, SourceError, ValidationFailed
+from inbo.lake import Lake
 from inbo.schemas import ITEMS, USER_EVENTS, USERS
+from inbo.settings import Settings
 from validation import ValidationResult, enforce_threshold, validate
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
@@ -267,6 +269,72 @@ def test_clean_rows_all_pass(suite: str) -> None:
             id="negative-position",
         ),
         pytest.param(
+            "experience_interactions",
+            raw_row(id=9, rec_context='{"source": "' + "x" * 1000 + '"}'),
+            "expect_column_value_lengths_to_be_between(rec_context)",
+            "rec_context has 1014 characters, outside 0..1000",
+            id="raw-long-rec-context",
+        ),
+        *(
+            pytest.param(
+                "user_events",
+                event_row(event_id="e9", **{column: "x" * (high + 1)}),
+                f"expect_column_value_lengths_to_be_between({column})",
+                f"{column} has {high + 1} characters, outside {low}..{high}",
+                id=f"long-{column}",
+            )
+            for column, low, high in [
+                ("session_id", 1, 128),
+                ("surface", 1, 32),
+                ("device", 1, 32),
+                ("rec_table_version", 1, 64),
+                ("rec_source", 1, 64),
+                ("rec_variant", 1, 64),
+            ]
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e" * 129),
+            "expect_column_value_lengths_to_be_between(event_id)",
+            "event_id has 129 characters, outside 1..128",
+            id="long-event-id",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", session_id=""),
+            "expect_column_value_lengths_to_be_between(session_id)",
+            "session_id has 0 characters, outside 1..128",
+            id="empty-session-id",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", country="BEL"),
+            "expect_column_value_lengths_to_be_between(country)",
+            "country has 3 characters, outside 2..2",
+            id="three-letter-country",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", dwell_seconds=1e27),
+            "expect_column_values_to_be_between(dwell_seconds)",
+            "dwell_seconds 1e+27 is above 86400 (one day)",
+            id="dwell-1e27",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", dwell_seconds=float("inf")),
+            "expect_column_values_to_be_between(dwell_seconds)",
+            "dwell_seconds inf is above 86400 (one day)",
+            id="infinite-dwell",
+        ),
+        pytest.param(
+            "user_events",
+            event_row(event_id="e9", position=10_001),
+            "expect_column_values_to_be_between(position)",
+            "position 10001 is above 10000",
+            id="position-beyond-10000",
+        ),
+        pytest.param(
             "items",
             item_row(item_id=12, title="x" * 301),
             "expect_column_value_lengths_to_be_between(title)",
@@ -382,6 +450,35 @@ def test_bad_rows_keep_input_order_and_index() -> None:
     ]
 
 
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_ids_are_positive_even_without_known_ids(column: str) -> None:
+    frame = _frame([*events_clean(), event_row(event_id="e9", **{column: 0})], USER_EVENTS.names)
+
+    result = validate(frame, "user_events", now=NOW)
+
+    assert result.bad[["_check", "_reason"]].values.tolist() == [
+        [f"expect_column_values_to_be_between({column})", f"{column} 0 is not a positive id"]
+    ]
+
+
+def test_every_event_field_is_bounded() -> None:
+    """Each canonical event column has a bound beyond presence: a length, a range or a set."""
+    from validation import suites
+
+    suite = suites.build("user_events", NOW)
+    bounded = {
+        check.source
+        for check in suite.checks
+        if check.expectation
+        in {
+            "ExpectColumnValueLengthsToBeBetween",
+            "ExpectColumnValuesToBeBetween",
+            "ExpectColumnValuesToBeInSet",
+        }
+    }
+    assert set(USER_EVENTS.names) <= bounded
+
+
 def test_reference_checks_run_only_when_ids_are_given() -> None:
     frame = _frame([*events_clean(), event_row(event_id="e9", user_id=42)], USER_EVENTS.names)
 
@@ -485,3 +582,176 @@ def test_no_bad_rows_is_silent(caplog: Any) -> None:
         enforce_threshold("items", 0, 0, 0.01)
 
     assert caplog.records == []
+
+
+# --- write-audit-publish: a batch above the threshold stays out of the tables models train on ---
+
+HELD_BAD_ROWS = 135
+"""Unknown-user interactions that put batch 1 of the world above the 1% threshold (see
+test_ingest's threshold test: 135 of 13,484 rows is 1.001%)."""
+
+PUBLISHED = ("items", "users", "subscriptions")
+
+
+def hold_first_batch(world: Settings) -> tuple[Lake, str]:
+    """Batch 1 of the world with too many bad rows, ingested and validated: held (and why)."""
+    from test_ingest import B1, insert, interaction
+
+    from pipelines.ingest import ingest
+    from pipelines.validate import validate_batch
+
+    insert(
+        world,
+        "experience_interactions",
+        *[interaction(user_id=99_999) for _ in range(HELD_BAD_ROWS)],
+    )
+    ingest(B1, world)
+    with pytest.raises(ValidationFailed, match=re.escape("above the 1.00% threshold")) as failed:
+        validate_batch(B1, world)
+    return Lake(world.lake), str(failed.value)
+
+
+def published_events(lake: Lake) -> pd.DataFrame:
+    from test_ingest import lake_events
+
+    return lake_events(lake)
+
+
+def test_a_held_batch_publishes_nothing_later_runs_read(world: Settings) -> None:
+    from test_ingest import B1, KEY1, WORLD_EVENTS
+
+    from features.interactions import load_events
+    from inbo import tables
+    from pipelines.hourly import batch_events
+    from pipelines.validate import latest_validated_batch, read_report
+
+    lake, message = hold_first_batch(world)
+
+    assert len(published_events(lake)) == 0
+    for name in PUBLISHED:
+        assert not lake.fs.exists(lake.path(name, {"batch": KEY1})), name
+    assert message.endswith(
+        f"The batch's rows are held under {lake.path('held')}, out of the tables later runs "
+        f"read: re-run it once fixed, or publish it as it is with `inbo validate --accept {KEY1}`"
+    )
+    nightly, _ = load_events(lake, B1 - timedelta(days=30), B1)
+    assert nightly.empty
+    assert batch_events(lake, "", KEY1).empty  # the hourly increment
+    with pytest.raises(DataNotFound):
+        latest_validated_batch(lake)
+
+    report = read_report(lake, KEY1)
+    assert report.status == "held"
+    assert report.held["user_events"] == WORLD_EVENTS == report.passed["user_events"]
+    assert set(report.held) == {"user_events", *PUBLISHED}
+    held = lake.read_batch(tables.held("user_events"), KEY1)
+    assert len(held) == WORLD_EVENTS
+    assert len(lake.read_batch(tables.held("items"), KEY1)) == report.passed["items"]
+
+
+def test_accept_publishes_a_held_batch_once_and_records_who_and_when(
+    world: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from test_ingest import B1, KEY1, WORLD_EVENTS
+
+    from inbo import tables
+    from pipelines.validate import accept_batch, latest_validated_batch, read_report, validate_batch
+
+    lake, _ = hold_first_batch(world)
+    before = datetime.now(UTC)
+
+    with caplog.at_level(logging.INFO, logger="pipelines.validate"):
+        accepted = accept_batch(KEY1, "alice", world)
+
+    assert accepted.status == "accepted"
+    assert accepted.accepted_by == "alice"
+    assert accepted.accepted_at is not None
+    assert before <= datetime.fromisoformat(accepted.accepted_at) <= datetime.now(UTC)
+    assert accepted.held == {}
+    assert read_report(lake, KEY1) == accepted
+    (logged,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged == (
+        f"batch {KEY1} accepted by alice: {WORLD_EVENTS:,} user_events held above the "
+        "quarantine threshold are published (bad shares users 0.00%, items 0.00%, "
+        "user_events 1.00%)"
+    )
+    events = published_events(lake)
+    assert len(events) == WORLD_EVENTS
+    for name in PUBLISHED:
+        assert lake.exists(name, {"batch": KEY1}, "part"), name
+    assert lake.files(tables.HELD_ROOT) == []
+    assert latest_validated_batch(lake) == KEY1
+
+    # Idempotent: a second acceptance (by anyone) changes nothing, and a re-run of the accepted
+    # batch (same rows, same verdict) keeps it published instead of failing it again.
+    assert accept_batch(KEY1, "bob", world) == accepted
+    rerun = validate_batch(B1, world)
+    assert (rerun.status, rerun.accepted_by, rerun.accepted_at) == (
+        "accepted",
+        "alice",
+        accepted.accepted_at,
+    )
+    pd.testing.assert_frame_equal(published_events(lake), events)
+
+
+def test_a_held_batch_that_passes_on_rerun_publishes_and_a_failing_rerun_holds_again(
+    world: Settings,
+) -> None:
+    from test_ingest import B1, KEY1, WORLD_EVENTS
+
+    from inbo import tables
+    from pipelines.validate import read_report, validate_batch
+
+    lake, _ = hold_first_batch(world)
+    assert len(published_events(lake)) == 0
+    lenient = Settings(var_dir=world.var_dir, quarantine_threshold=0.02)
+
+    assert validate_batch(B1, lenient).status == "passed"
+    assert len(published_events(lake)) == WORLD_EVENTS
+    assert lake.files(tables.HELD_ROOT) == []
+
+    with pytest.raises(ValidationFailed):
+        validate_batch(B1, world)
+    assert read_report(lake, KEY1).status == "held"
+    assert len(published_events(lake)) == 0
+    for name in PUBLISHED:
+        assert not lake.fs.exists(lake.path(name, {"batch": KEY1})), name
+
+
+def test_accept_refuses_what_it_cannot_accept(world: Settings) -> None:
+    from test_ingest import B1, KEY1
+
+    from pipelines.ingest import ingest
+    from pipelines.validate import accept_batch, validate_batch
+
+    with pytest.raises(DataNotFound, match="was not validated"):
+        accept_batch(KEY1, "alice", world)
+    ingest(B1, world)
+    passed = validate_batch(B1, world)
+    assert accept_batch(KEY1, "alice", world) == passed  # nothing held: nothing to do
+
+
+def test_cli_accept(world: Settings, live_redis: Settings) -> None:
+    from test_cli import one_error_line
+    from test_cli import run as inbo
+    from test_ingest import KEY1
+
+    from pipelines.validate import read_report
+
+    lake, _ = hold_first_batch(live_redis)
+
+    result = inbo("validate", "--accept", KEY1, "--by", "alice")
+    assert result.returncode == 0, result.stderr
+    assert f"batch {KEY1} accepted by alice" in result.stdout
+    assert read_report(lake, KEY1).status == "accepted"
+    again = inbo("validate", "--accept", KEY1)
+    assert again.returncode == 0, again.stderr
+    assert f"batch {KEY1} was accepted by alice" in again.stdout
+
+    unknown = inbo("validate", "--accept", "20261121T0000Z")
+    assert unknown.returncode == 1
+    assert "was not validated" in one_error_line(unknown)
+    malformed = inbo("validate", "--accept", "yesterday")
+    assert malformed.returncode == 2
+    assert "--accept: 'yesterday' is not a batch key" in malformed.stderr
+    assert "Traceback" not in malformed.stderr

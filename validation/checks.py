@@ -118,6 +118,11 @@ def _percent(share: float, threshold: float) -> str:
     return f"{share:.{decimals}%}"
 
 
+def exceeds(bad: int, total: int, threshold: float) -> bool:
+    """Whether `bad` of `total` rows is a share above `threshold`: the batch fails."""
+    return bad > 0 and bad / max(total, 1) > threshold
+
+
 def enforce_threshold(
     table: str, bad: int, total: int, threshold: float, quarantine: str | None = None
 ) -> None:
@@ -127,9 +132,9 @@ def enforce_threshold(
     """
     if bad <= 0:
         return
-    share = bad / total
+    share = bad / max(total, 1)
     summary = f"{table}: {bad:,} of {total:,} rows ({_percent(share, threshold)}) failed validation"
     where = f"; see {quarantine}" if quarantine else ""
-    if share > threshold:
+    if exceeds(bad, total, threshold):
         raise ValidationFailed(f"{summary}, above the {threshold:.2%} threshold{where}")
     log.warning("%s, within the %.2f%% threshold%s", summary, threshold * 100, where)

@@ -24,6 +24,30 @@ from inbo.schemas import EVENT_TYPES, ITEMS, USER_EVENTS, USERS
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 """Timestamps before this are clock or parsing errors, not history."""
 
+MAX_ID = 2**63 - 1
+"""Ids are positive 64-bit integers (the lake's `int64`)."""
+MAX_DWELL_SECONDS = 86_400.0
+"""One day. A dwell, or the seconds a reading session lasted, beyond that is a timer left running
+or a unit error (the app sends milliseconds), not reading; the demo's longest is under an hour."""
+MAX_POSITION = 10_000
+"""Slots into a feed, an email or search results: the app shows a few hundred per session at
+most, and the lake's `int32` would overflow at 2**31."""
+TEXT_LENGTHS: dict[str, tuple[int, int]] = {
+    "event_id": (1, 128),  # "ei-<id>" or "rp-<user>-<item>-<timestamp>": under 60
+    "session_id": (1, 128),  # the app's hex ids are 16 characters, a UUID 36
+    "surface": (1, 32),  # feed, email, search, reader
+    "device": (1, 32),  # ios, android, web
+    "country": (2, 2),  # ISO 3166-1 alpha-2, as in the users table
+    "rec_table_version": (1, 64),  # <batch>-<hash>: 21 characters
+    "rec_source": (1, 64),  # a candidate source's name
+    "rec_variant": (1, 64),  # an A/B variant's name
+}
+"""Bounds on the free text of canonical events: generous next to what the app writes, tight
+enough that a runaway value (a megabyte in a session id) never reaches the lake."""
+MAX_REC_CONTEXT = 1_000
+"""Characters of the app's raw `rec_context` JSON: its three short fields take under 100; the
+fields themselves are bounded again once split (`TEXT_LENGTHS`)."""
+
 RAW_COLUMNS: tuple[str, ...] = tuple(app_schema.experience_interactions.columns.keys())
 """The app's raw interaction columns (`inbo.app_schema`), each of which the raw suite expects."""
 
@@ -123,6 +147,20 @@ def length(column: str, low: int, high: int) -> Check:
     )
 
 
+def at_most(column: str, high: float, low: float = 0, what: str = "") -> Check:
+    """`column` in [low, high]: below reads "is negative" (low 0), above names the bound."""
+    above = f"is above {high:g}" + (f" ({what})" if what else "")
+
+    def reason(value: Any) -> str:
+        return f"{column} {value} {'is negative' if value < low else above}"
+
+    return between(column, reason, low, high)
+
+
+def positive_id(column: str) -> Check:
+    return between(column, lambda v: f"{column} {_show(v)} is not a positive id", 1, MAX_ID)
+
+
 def flag(name: str, source: str, derive: Derive, reason: Reason) -> Check:
     """Expect the derived boolean column `name` (computed from `source`) to be True."""
     return Check("ExpectColumnValuesToBeInSet", name, source, reason, {"value_set": [True]}, derive)
@@ -173,6 +211,7 @@ def experience_interactions() -> Suite:
         ),
         matches("dwell_ms", NON_NEGATIVE_NUMBER, "a non-negative number"),
         matches("position", NON_NEGATIVE_INTEGER, "a non-negative integer"),
+        length("rec_context", 0, MAX_REC_CONTEXT),
     ]
     return Suite("experience_interactions", tuple(checks))
 
@@ -194,9 +233,12 @@ def user_events(
         *references,
         not_future("ts", now),
         not_ancient("ts"),
-        between("dwell_seconds", lambda v: f"dwell_seconds {v} is negative", low=0),
+        positive_id("user_id"),
+        positive_id("item_id"),
+        at_most("dwell_seconds", MAX_DWELL_SECONDS, what="one day"),
         between("read_fraction", lambda v: f"read_fraction {v} is not between 0 and 1", 0, 1),
-        between("position", lambda v: f"position {v} is negative", low=0),
+        at_most("position", MAX_POSITION),
+        *(length(column, low, high) for column, (low, high) in TEXT_LENGTHS.items()),
     ]
     return Suite("user_events", tuple(checks), timestamps=("ts",))
 
