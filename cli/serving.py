@@ -52,13 +52,13 @@ def recs(
     from pipelines.publish.steps import read_recs
 
     settings = get_settings()
-    shown = catalogue(settings)
+    shown = None if as_json else catalogue(settings)  # the raw payload needs no reason texts
     result = read_recs(user_id, settings, catalogue=shown)
     if not result["personal"] and not known_user(settings, user_id):
         raise UnknownUser(
             f"unknown user {user_id}: not in the users table (apps would show the fallback list)"
         )
-    if as_json:
+    if shown is None:
         console.print_json(json.dumps(result["payload"]))
         return
     console.print(recs_table(result, shown, limit))
@@ -193,9 +193,10 @@ def duration(seconds: float) -> str:
 
 @app.command(rich_help_panel=PANEL)
 def status() -> None:
-    """The live table, how fresh it is, and the last hourly refresh."""
+    """The live table, how fresh it is, the last ingest's completeness, the last hourly refresh."""
     from inbo.settings import get_settings
     from pipelines.hourly import latest_refresh
+    from pipelines.ingest import latest_report
     from pipelines.publish.steps import table_versions
 
     settings = get_settings()
@@ -206,6 +207,16 @@ def status() -> None:
     else:
         table.add_row("live table", f"{live.version} ({live.users or 0:,} users)")
         table.add_row("published", str(live.created_at))
+    ingested = latest_report(settings)
+    if ingested is not None:
+        table.add_row("last ingest", f"batch {ingested.batch} from {ingested.source}")
+        for name, found in ingested.completeness.items():
+            missing = found["missing_rows"]
+            table.add_row(
+                f"  {name}",
+                f"{found['extracted_rows']:,} of {found['app_rows']:,} app rows extracted"
+                + (f"; {missing:,} missing: {', '.join(found['missing'])}" if missing else ""),
+            )
     last = latest_refresh(settings)
     if last is None:
         table.add_row("last hourly refresh", "none yet")

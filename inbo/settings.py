@@ -105,11 +105,6 @@ class Settings(BaseSettings):
         description="How much worse (nDCG@10) a challenger may be and still be promoted.",
     )
 
-    ingest_lookback_seconds: int = Field(
-        3600,
-        ge=0,
-        description="How far back each batch re-reads reading progress, for rows committed late.",
-    )
     ingest_gap_days: float = Field(
         7.0,
         gt=0,

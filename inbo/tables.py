@@ -90,5 +90,7 @@ HOURLY_REPORTS = "_reports/hourly"
 RECONCILE_REPORTS = "_reports/reconcile"
 WATERMARKS = "_state/watermarks"
 """Per source table: each batch's planned watermark range and the head (`_head.json`)."""
+LEDGERS = "_state/ledgers"
+"""Per source: the version of each mutable row last taken (`pipelines.extract`), one snapshot."""
 COUNTER_BACKUPS = Table("_backups/item_counters")
 """The app's counters as they were before a repair, one file per backup id."""

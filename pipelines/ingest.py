@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ from pipelines.app.sources import (
     as_strings,
     open_source,
 )
-from pipelines.extract import extract_raw, landed_raw, plan_watermarks
+from pipelines.extract import completeness, completeness_json, extract_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class IngestReport:
     converted: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
     checks: dict[str, int] = field(default_factory=dict)
+    completeness: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per app table: its rows up to the head against the rows some batch extracted."""
 
     @property
     def conversion_rate(self) -> float:
@@ -71,6 +74,13 @@ def read_report(lake: Lake, batch: str) -> IngestReport:
     raw = json.loads(lake.read_json(tables.INGEST_REPORTS, batch))
     raw.pop("conversion_rate", None)
     return IngestReport(**raw)
+
+
+def latest_report(settings: Settings) -> IngestReport | None:
+    """The report of the newest batch ingested, None before any."""
+    lake = Lake(settings.lake)
+    batches = sorted(lake.names(tables.INGEST_REPORTS))
+    return read_report(lake, batches[-1]) if batches else None
 
 
 # --- parsing helpers: each returns the parsed column and the mask of values that failed to parse ---
@@ -539,10 +549,9 @@ def ingest(
     source = source or open_source("appdb", settings.app_db)
     lake = Lake(settings.lake)
     batch = batch_key(interval_end)
-    plan = plan_watermarks(lake, source, batch, interval_end)
+    plan, raw = extract_batch(lake, source, batch, interval_end, settings.ingest_gap_days)
     report = IngestReport(batch=batch, source=source.name, watermarks=plan)
-
-    raw = landed_raw(lake, batch) or extract_raw(lake, source, batch, plan, interval_end)
+    report.completeness = completeness_json(completeness(lake, source, plan, batch))
     report.extracted = {name: len(frame) for name, frame in raw.items()}
 
     raw_bad, raw["experience_interactions"] = check_raw_interactions(raw["experience_interactions"])

@@ -58,6 +58,9 @@ from pipelines.app.counters import (
     open_counters,
 )
 from pipelines.app.sources import Watermark
+from pipelines.extract import INTERACTIONS, read_head
+from pipelines.validate import HELD
+from pipelines.validate import read_report as read_validation
 
 if TYPE_CHECKING:
     import redis
@@ -150,12 +153,14 @@ def restore_counters(backup: str, settings: Settings | None = None) -> int:
 def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]:
     """Validated app-database batches, and per app table the watermark ranges the lake lacks."""
     plans = _manifests(lake)
-    validated = set(lake.names(tables.VALIDATE_REPORTS))
-    if batch not in plans or batch not in validated:
+    reported = set(lake.names(tables.VALIDATE_REPORTS))
+    if batch not in plans or batch not in reported:
         raise DataNotFound(
             f"batch {batch} was not ingested from the app database and validated: run "
             "`inbo ingest` and `inbo validate` for it first"
         )
+    # a held batch's rows are not in the lake yet: the app's rows of its range are pending
+    validated = {key for key in reported if read_validation(lake, key).status != HELD}
     pending: dict[str, list[Range]] = {}
     for table in {name for plan in plans.values() for name in plan}:
         marks = {key: plan[table] for key, plan in plans.items() if table in plan}
@@ -166,6 +171,8 @@ def _coverage(lake: Lake, batch: str) -> tuple[set[str], dict[str, list[Range]]]
             if key not in validated and m["high"] not in (None, m["low"])
         ]
         pending[table] = [(max(highs, key=_order, default=None), None), *unvalidated]
+    gaps = read_head(lake, f"{tables.WATERMARKS}/appdb").open_gaps
+    pending.setdefault(INTERACTIONS, []).extend((first - 1, last) for first, last in gaps)
     return validated & set(plans), pending
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +111,71 @@ def test_recs_for_known_unknown_and_rollback(published: Settings) -> None:
     nothing_before = run("rollback")
     assert nothing_before.returncode == 1
     assert "nothing to roll back" in one_error_line(nothing_before)
+
+
+# --- configuration and services that cannot work: one line, never a traceback or a hang ---
+
+
+def test_a_redis_port_out_of_range_is_a_config_error(settings: Settings) -> None:
+    result = run("recs", "1", INBO_REDIS_URL="redis://127.0.0.1:99999/0")
+    assert result.returncode == 2
+    assert "INBO_REDIS_URL" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("lake_url", "says"),
+    [("s3://bucket/lake", "s3fs"), ("nosuch://bucket/lake", "not a usable fsspec URL")],
+)
+def test_a_lake_url_that_cannot_be_opened_is_a_config_error(
+    world: Settings, lake_url: str, says: str
+) -> None:
+    assert importlib.util.find_spec("s3fs") is None  # the case is a lake library not installed
+    result = run("ingest", "--date", "2026-11-20", INBO_LAKE_URL=lake_url)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "INBO_LAKE_URL" in line and says in line
+
+
+def test_a_var_dir_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # unwritable even for root, unlike a chmod
+    result = run("simulate", "--users", "10", INBO_VAR_DIR=str(blocker / "var"))
+    assert result.returncode == 2
+    assert "INBO_VAR_DIR" in one_error_line(result)
+
+
+def test_an_mlflow_that_never_answers_fails_fast(settings: Settings) -> None:
+    """A server that accepts connections and never replies: before, MLflow retried for ~250 s."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        result = run("models", INBO_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    assert result.returncode == 3
+    assert "MLflow at" in one_error_line(result)
+
+
+def test_recs_works_for_a_read_only_acl_user(
+    settings: Settings, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frontend's user that may only GET (no PING, no writes) reads its recommendations."""
+    import redis
+    from test_faults import NIGHT1, write_batch
+
+    from pipelines.publish import steps
+
+    monkeypatch.setenv("INBO_REDIS_URL", redis_server)
+    writer = settings.model_copy(update={"redis_url": redis_server})
+    recs = write_batch(writer, NIGHT1, seed=1)
+    steps.publish_table(NIGHT1, writer)
+    admin = redis.Redis.from_url(redis_server)
+    admin.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+get"])
+    try:
+        host = redis_server.removeprefix("redis://")
+        user = int(recs["user_id"].iloc[0])
+        result = run("recs", str(user), "--json", INBO_REDIS_URL=f"redis://reader:pw@{host}")
+    finally:
+        admin.acl_deluser("reader")
+        admin.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads(result.stdout)
+    expected = recs.loc[recs["user_id"] == user].sort_values("rank")["item_id"].tolist()
+    assert payload["items"] == expected

@@ -12,10 +12,11 @@ Raw rows come back as strings: the app's types are not trusted until validation 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -29,17 +30,21 @@ Watermark = int | str
 
 @dataclass(frozen=True)
 class IncrementalTable:
-    """An app table read by watermark: `column` orders rows, `time_column` bounds the interval."""
+    """An app table read by watermark: `column` orders rows, `time_column` bounds the interval,
+    `key` names a row (with `column`, a version of a mutable row)."""
 
     name: str
     column: str
     time_column: str
+    key: tuple[str, ...]
 
 
 INCREMENTAL_TABLES: tuple[IncrementalTable, ...] = (
-    IncrementalTable("experience_interactions", column="id", time_column="recorded_at"),
-    IncrementalTable("reading_progress", column="updated_at", time_column="updated_at"),
+    IncrementalTable("experience_interactions", "id", "recorded_at", key=("id",)),
+    IncrementalTable("reading_progress", "updated_at", "updated_at", key=("user_id", "issue_id")),
 )
+LOOKUP_CHUNK = 500
+"""Ids or keys per lookup query: far below any driver's parameter limit."""
 
 SNAPSHOT_TABLES: dict[str, str] = {
     "users": "created_at",
@@ -62,6 +67,21 @@ class Source(Protocol):
     def read_snapshot(self, table: str, until: datetime) -> pd.DataFrame: ...
 
 
+@runtime_checkable
+class LooksUpRows(Source, Protocol):
+    """A source whose rows can be looked up by id or key, so rows committed late are found.
+
+    The app database is one; dropped files are not (they are read by name order)."""
+
+    def read_ids(self, table: IncrementalTable, runs: Sequence[Sequence[int]]) -> pd.DataFrame: ...
+
+    def versions(self, table: IncrementalTable, high: Watermark) -> pd.DataFrame: ...
+
+    def read_keys(self, table: IncrementalTable, keys: pd.DataFrame) -> pd.DataFrame: ...
+
+    def count_rows(self, table: IncrementalTable, high: Watermark) -> int: ...
+
+
 def as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     """Every column as nullable strings; timestamps in ISO format so they survive a round trip."""
     out = pd.DataFrame(index=frame.index)
@@ -81,6 +101,17 @@ def _as_text(value: object) -> str | None:
     if isinstance(value, list | tuple | np.ndarray):
         return ",".join(map(str, value))
     return None if pd.isna(value) else str(value)
+
+
+def _concat_strings(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [frame for frame in frames if not frame.empty]
+    return as_strings(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+
+
+def _as_key(value: object) -> object:
+    """A key read back as text: an integer again when it is one (Postgres compares types)."""
+    text = str(value)
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -162,6 +193,55 @@ class AppDbSource:
             f"SELECT * FROM {table.name} WHERE {where} ORDER BY {table.column}", params
         )
         return as_strings(frame)
+
+    def read_ids(self, table: IncrementalTable, runs: Sequence[Sequence[int]]) -> pd.DataFrame:
+        """Rows whose id falls in one of the inclusive [first, last] `runs` (the gap set)."""
+        frames = []
+        for start in range(0, len(runs), LOOKUP_CHUNK):
+            params: dict[str, object] = {}
+            clauses = []
+            for n, (first, last) in enumerate(runs[start : start + LOOKUP_CHUNK]):
+                params[f"a{n}"], params[f"b{n}"] = int(first), int(last)
+                clauses.append(f"(id BETWEEN :a{n} AND :b{n})")
+            frames.append(
+                self._query(f"SELECT * FROM {table.name} WHERE {' OR '.join(clauses)}", params)
+            )
+        return _concat_strings(frames)
+
+    def versions(self, table: IncrementalTable, high: Watermark) -> pd.DataFrame:
+        """Key and version of every row whose version is at or below `high` (the sweep)."""
+        columns = ", ".join([*table.key, table.column])
+        frame = self._query(
+            f"SELECT {columns} FROM {table.name} WHERE {table.column} <= :high",
+            {"high": pd.Timestamp(high).to_pydatetime()},
+        )
+        return as_strings(frame)
+
+    def read_keys(self, table: IncrementalTable, keys: pd.DataFrame) -> pd.DataFrame:
+        """Current rows of the given keys, in chunks."""
+        frames = []
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys.iloc[start : start + LOOKUP_CHUNK]
+            params: dict[str, object] = {}
+            clauses = []
+            for n, row in enumerate(chunk.itertuples(index=False)):
+                terms = []
+                for column, value in zip(table.key, row, strict=True):
+                    params[f"{column}{n}"] = _as_key(value)
+                    terms.append(f"{column} = :{column}{n}")
+                clauses.append("(" + " AND ".join(terms) + ")")
+            frames.append(
+                self._query(f"SELECT * FROM {table.name} WHERE {' OR '.join(clauses)}", params)
+            )
+        return _concat_strings(frames)
+
+    def count_rows(self, table: IncrementalTable, high: Watermark) -> int:
+        """Rows whose watermark column is at or below `high`."""
+        frame = self._query(
+            f"SELECT COUNT(*) AS n FROM {table.name} WHERE {table.column} <= :high",
+            {"high": high if table.column == "id" else pd.Timestamp(high).to_pydatetime()},
+        )
+        return int(frame["n"].iloc[0])
 
     def read_snapshot(self, table: str, until: datetime) -> pd.DataFrame:
         column = SNAPSHOT_TABLES[table]
