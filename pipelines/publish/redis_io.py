@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.cluster import RedisCluster
 
 from inbo.errors import DataNotFound, PublishError
-from pipelines.publish.contract import PIPELINE_BATCH, SCAN_COUNT, Keys
+from pipelines.publish.contract import PIPELINE_BATCH, Keys
 
 if TYPE_CHECKING:
     import redis
@@ -83,11 +83,6 @@ def in_chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def scan(client: redis.Redis, pattern: str) -> set[str]:
-    """Key names matching `pattern`; a set because SCAN may return a key more than once."""
-    return {text(name) for name in client.scan_iter(match=pattern, count=SCAN_COUNT)}
-
-
 def reproducible_sample(items: list[str], size: int, *, seed: str) -> list[str]:
     """A reproducible sample: the same version always checks the same users."""
     return items if len(items) <= size else random.Random(seed).sample(items, size)
@@ -102,14 +97,14 @@ def read_meta(client: redis.Redis, keys: Keys, version: str) -> dict[str, Any]:
     raw = client.get(keys.meta(version))
     if raw is None:
         raise PublishError(
-            f"version {version} does not exist or has expired (no {keys.meta(version)})"
+            f"version {version} does not exist or was deleted (no {keys.meta(version)})"
         )
     meta: dict[str, Any] = json.loads(raw)
     return meta
 
 
 def write_meta(client: redis.Redis, keys: Keys, meta: dict[str, Any]) -> None:
-    client.set(keys.meta(meta["version"]), json.dumps(meta), keepttl=True)
+    client.set(keys.meta(meta["version"]), json.dumps(meta))
 
 
 def live_version(client: redis.Redis, keys: Keys) -> str:
