@@ -7,6 +7,7 @@ exclusive low with no second look, so a row below it was read by no batch.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -284,6 +285,8 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
     yield uri.replace("postgresql://", "postgresql+psycopg://", 1)
     server.cleanup()
+    # its exit hook logs once more, after pytest has closed the streams: that line is noise
+    logging.getLogger("pgserver").disabled = True
 
 
 @pytest.fixture
