@@ -124,6 +124,55 @@ def bench_hourly(
     console.print(f"written to {out}")
 
 
+@app.command("bench-publish", rich_help_panel=PANEL)
+def bench_publish(
+    users: Annotated[int, typer.Option(min=100, help="Users in the published table.")] = 100_000,
+    holding: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=1,
+            help="Keys Redis holds (retired versions) before the timed publishes; repeatable. "
+            "Default: 200000 and 1500000.",
+        ),
+    ] = None,
+    shards: Annotated[int, typer.Option(min=1, max=999, help="Score shard files.")] = 8,
+    per_user: Annotated[int, typer.Option(min=1, help="Items per user.")] = 50,
+    items: Annotated[int, typer.Option(min=100, help="Item ids the lists draw from.")] = 50_000,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed publishes per measurement.")] = 3,
+    write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+) -> None:
+    """Time a publish against the keys Redis holds, and reads during a publish, AOF on and off.
+
+    Uses its own embedded Redis under <var>/bench/, emptied before and after the run.
+    """
+    from inbo.settings import get_settings
+    from pipelines.offline.bench_publish import (
+        PublishParams,
+        as_json,
+        format_report,
+        run_publish_bench,
+        write_doc,
+    )
+
+    params = PublishParams(
+        users=users,
+        holding=tuple(holding or PublishParams.holding),
+        shards=shards,
+        per_user=per_user,
+        items=items,
+        repeats=repeats,
+    )
+    settings = get_settings()
+    report = run_publish_bench(settings, params)
+    print(format_report(report))
+    out = settings.reports_dir / "bench-publish.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(as_json(report))
+    console.print(f"written to {out}")
+    if write:
+        write_doc(report)
+
+
 @app.command(rich_help_panel=PANEL)
 def bench(
     users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 100_000,

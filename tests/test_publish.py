@@ -38,6 +38,7 @@ from inbo.services import redis_binary, redis_client
 from inbo.settings import REPO_ROOT, Settings
 from inbo.shards import shard_key, user_shard
 from models.base import TrainingData
+from pipelines.offline.synthetic import make_fallback, make_recs
 from pipelines.publish.contract import LIVE, RETIRED, ROLLED_BACK, STAGING_HORIZON_SECONDS, Keys
 from pipelines.publish.index import owned_keys
 from pipelines.publish.lifecycle import (
@@ -67,8 +68,6 @@ from pipelines.publish.versions import begin_table, refresh_users, stage_shard, 
 GENERATED_AT = datetime(2026, 11, 26, 2, 13, 7, tzinfo=UTC)
 WINDOW = 3600
 """Rollback window of these tests (INBO_VERSION_TTL_SECONDS), seconds."""
-CODES = ["because_you_read", "popular_in_category", "continue_reading", "trending"]
-SOURCE = {r.code: r.source for r in REASONS}
 
 
 @pytest.fixture(scope="module")
@@ -83,45 +82,6 @@ def client(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Itera
 @pytest.fixture
 def prefix() -> str:
     return f"test{uuid.uuid4().hex[:8]}"
-
-
-def make_recs(users: int, per_user: int, seed: int = 0, first: int = 1) -> pd.DataFrame:
-    """`per_user` distinct items per user with reasons and the refs they need, rows shuffled."""
-    rng = np.random.default_rng(seed)
-    rows = users * per_user
-    codes = rng.choice(CODES, rows)
-    refs = np.where(
-        codes == "because_you_read",
-        rng.integers(1, 1000, rows),
-        np.where(codes == "continue_reading", rng.integers(1, 100, rows), -1),
-    )
-    frame = pd.DataFrame(
-        {
-            "user_id": np.repeat(np.arange(first, first + users), per_user),
-            "rank": np.tile(np.arange(1, per_user + 1), users).astype("int32"),
-            "item_id": np.concatenate(
-                [rng.choice(1000, per_user, replace=False) for _ in range(users)]
-            ),
-            "score": rng.random(rows),
-            "source": [SOURCE[c] for c in codes],
-            "reason_code": codes,
-            "reason_ref": pd.array(np.where(refs < 0, None, refs), dtype="Int64"),
-        }
-    )
-    return frame.sample(frac=1.0, random_state=seed, ignore_index=True)
-
-
-def make_fallback(size: int = 10) -> pd.DataFrame:
-    """Like scoring's: trending items and no reason_ref column."""
-    return pd.DataFrame(
-        {
-            "rank": np.arange(1, size + 1, dtype="int32"),
-            "item_id": np.arange(500, 500 + size),
-            "score": np.linspace(1.0, 0.1, size),
-            "source": "popularity",
-            "reason_code": "trending",
-        }
-    )
 
 
 def make_similar(items: int, per_item: int, seed: int = 0, first: int = 1) -> pd.DataFrame:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -277,21 +278,10 @@ def publish_stages(
     if not live_version(env):
         publish_all(home, env, params, date)
     readings = home / "logs" / "reads.json"
-    stop = home / "logs" / "reads.stop"
-    stop.unlink(missing_ok=True)
-    reader = subprocess.Popen(
-        [
-            sys.executable, "-m", "pipelines.offline.bench_steps", "read", "--users", str(params.users),
-            "--rate", str(READER_RATE), "--stop-file", str(stop), "--out", str(readings),
-        ],
-        env=env, cwd=REPO_ROOT,
-    )  # fmt: skip
-    time.sleep(2.0)  # the reader is connected and reading the current table before staging starts
-    before = redis_memory(env)
-    run = publish_all(home, env, params, date)
-    after = redis_memory(env)
-    stop.touch()
-    reader.wait(timeout=60)
+    with frontend_reader(readings, env, params.users):
+        before = redis_memory(env)
+        run = publish_all(home, env, params, date)
+        after = redis_memory(env)
     report.reads = json.loads(readings.read_text())
     report.read_phases = phase_latencies(np.load(readings.with_suffix(".npy")), run.windows)
     shard_stage = next(stage for stage in run.stages if stage.name == "publish shards")
@@ -307,6 +297,29 @@ def publish_stages(
         **key_memory(env, int(run.users)),
     }
     return run.stages
+
+
+@contextmanager
+def frontend_reader(readings: Path, env: dict[str, str], users: int) -> Iterator[None]:
+    """While the block runs, a separate process reads random users' rows (pointer + GET) at
+    `READER_RATE`; once the block is over, `readings` holds its summary and `readings` with the
+    suffix `.npy` every read (start, epoch seconds; latency, ms)."""
+    stop = readings.with_suffix(".stop")
+    stop.unlink(missing_ok=True)
+    readings.parent.mkdir(parents=True, exist_ok=True)
+    reader = subprocess.Popen(
+        [
+            sys.executable, "-m", "pipelines.offline.bench_steps", "read", "--users", str(users),
+            "--rate", str(READER_RATE), "--stop-file", str(stop), "--out", str(readings),
+        ],
+        env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    time.sleep(2.0)  # the reader is connected and reading the current table before the block
+    try:
+        yield
+    finally:
+        stop.touch()
+        reader.wait(timeout=60)
 
 
 @dataclass(frozen=True)
