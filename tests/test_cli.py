@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from inbo.services import stop_redis
 from inbo.settings import Settings
 
 INBO = str(Path(sys.executable).with_name("inbo"))
@@ -130,7 +131,10 @@ def test_a_lake_url_that_cannot_be_opened_is_a_config_error(
     world: Settings, lake_url: str, says: str
 ) -> None:
     assert importlib.util.find_spec("s3fs") is None  # the case is a lake library not installed
-    result = run("ingest", "--date", "2026-11-20", INBO_LAKE_URL=lake_url)
+    try:
+        result = run("ingest", "--date", "2026-11-20", INBO_LAKE_URL=lake_url)
+    finally:
+        stop_redis(world)  # the ingest lock started the embedded server before the lake failed
     assert result.returncode == 2
     line = one_error_line(result)
     assert "INBO_LAKE_URL" in line and says in line
