@@ -623,15 +623,21 @@ def _publish_lines(report: BenchReport) -> list[str]:
 
 def write_doc(report: BenchReport, doc: Path = DOC) -> None:
     """Replace (or append) this world's section under "Scale" in `doc`; other sections stay."""
-    start = f"<!-- scale-bench {report.params.world} -->"
-    end = f"<!-- /scale-bench {report.params.world} -->"
-    section = f"{start}\n{format_report(report)}\n{end}"
+    heading = "\n\n## Scale\n\nSee `inbo bench --help`.\n"
+    replace_section(doc, f"scale-bench {report.params.world}", format_report(report), heading)
+
+
+def replace_section(doc: Path, marker: str, body: str, heading: str = "") -> None:
+    """Put `body` between `<!-- marker -->` and `<!-- /marker -->` in `doc`, replacing what a
+    previous run wrote there, or append it (after `heading`, if the doc lacks it)."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    section = f"{start}\n{body}\n{end}"
     text = doc.read_text()
     if start in text:
         before, rest = text.split(start, 1)
         text = before + section + rest.split(end, 1)[1]
     else:
-        if "## Scale" not in text:
-            text = text.rstrip("\n") + "\n\n## Scale\n\nSee `inbo bench --help`.\n"
+        if heading and heading.strip().splitlines()[0] not in text:
+            text = text.rstrip("\n") + heading
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)

@@ -42,7 +42,13 @@ from inbo.errors import InboError
 from inbo.lake import Lake, batch_key
 from inbo.services import ensure_redis, redis_connection, stop_redis
 from inbo.settings import REPO_ROOT, Settings
-from pipelines.offline.bench import READER_RATE, frontend_reader, machine_info, phase_latencies
+from pipelines.offline.bench import (
+    READER_RATE,
+    frontend_reader,
+    machine_info,
+    phase_latencies,
+    replace_section,
+)
 from pipelines.offline.synthetic import make_fallback, make_recs, write_score_output
 from pipelines.publish import steps as publish
 from pipelines.publish.contract import Keys
@@ -516,15 +522,7 @@ def format_report(report: PublishBenchReport) -> str:
 
 def write_doc(report: PublishBenchReport, doc: Path = DOC) -> None:
     """Replace (or append) this bench's section in `doc`; other sections stay."""
-    start, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
-    section = f"{start}\n{format_report(report)}\n{end}"
-    text = doc.read_text()
-    if start in text:
-        before, rest = text.split(start, 1)
-        text = before + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
+    replace_section(doc, SECTION, format_report(report))
 
 
 def as_json(report: PublishBenchReport) -> str:
