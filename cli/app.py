@@ -32,6 +32,14 @@ DateOption = Annotated[
         help="End of the batch's data interval (YYYY-MM-DD, midnight UTC). Default: today.",
     ),
 ]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as one JSON document (shapes: docs/cli-json.md)."
+    ),
+]
+"""Every reporting command takes `--json`; its output is one JSON document on stdout."""
+
 AtOption = Annotated[
     str | None,
     typer.Option(
@@ -80,6 +88,32 @@ def hour_end(at: str | None) -> datetime:
             f"{at!r} is not a time like 2026-11-26T14:00", param_hint="--at"
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def print_json(data: object) -> None:
+    """One JSON document on stdout: dataclasses, datetimes, paths and enums as plain values.
+
+    Plain `print`, not rich, so the output is byte-for-byte JSON whatever the terminal width.
+    """
+    import json
+
+    print(json.dumps(data, default=_plain, indent=2))
+
+
+def _plain(value: object) -> object:
+    from dataclasses import asdict, is_dataclass
+    from enum import Enum
+    from pathlib import PurePath
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def confirm(action: str, yes: bool) -> None:
