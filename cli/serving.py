@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+import logging
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from cli.app import app, confirm, console, flatten
+from cli.app import JsonOption, app, confirm, console, flatten, print_json
+from inbo.errors import InboError, ServiceUnavailable
 
 if TYPE_CHECKING:
+    from pipelines.health import Health
     from pipelines.publish.reader import UserRecs
+
+log = logging.getLogger(__name__)
 
 
 PANEL = "Serving"
@@ -20,23 +25,39 @@ PANEL = "Serving"
 @app.command(rich_help_panel=PANEL)
 def services(
     stop: Annotated[bool, typer.Option(help="Stop the embedded Redis server.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Start (or reuse) the embedded services and print where everything is."""
-    from inbo.services import ensure_redis, service_status, stop_redis
+    """Start (or reuse) the embedded services and print where everything is.
+
+    Exit code 0 when every service can be used, 3 when one is down (an external Redis or MLflow
+    server that does not answer).
+    """
+    from inbo.services import ensure_redis, service_status, services_up, stop_redis
     from inbo.settings import REPO_ROOT, get_settings
 
     settings = get_settings()
     if stop:
         stopped = stop_redis(settings)
-        console.print("embedded Redis stopped" if stopped else "no embedded Redis was running")
+        if as_json:
+            print_json({"stopped": stopped})
+        else:
+            console.print("embedded Redis stopped" if stopped else "no embedded Redis was running")
         return
-    ensure_redis(settings)
-    table = Table(title="INBO services", show_header=False)
-    for key, value in flatten(service_status(settings)).items():
-        table.add_row(key, str(value))
-    table.add_row("lake", settings.lake)
-    table.add_row("airflow home", str(REPO_ROOT))
-    console.print(table)
+    try:
+        ensure_redis(settings)
+    except InboError as exc:  # reported below, as the service's state
+        log.debug("Redis did not start: %s", exc)
+    found = {**service_status(settings), "lake": settings.lake, "airflow_home": str(REPO_ROOT)}
+    up = services_up(found)
+    if as_json:
+        print_json({"state": "up" if up else "down", **found})
+    else:
+        table = Table(title="INBO services", show_header=False)
+        for key, value in flatten(found).items():
+            table.add_row(key, str(value))
+        console.print(table)
+    if not up:
+        raise typer.Exit(ServiceUnavailable.exit_code)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -192,42 +213,62 @@ def duration(seconds: float) -> str:
 
 
 @app.command(rich_help_panel=PANEL)
-def status() -> None:
-    """The live table, how fresh it is, the last ingest's completeness, the last hourly refresh."""
-    from inbo.settings import get_settings
-    from pipelines.hourly import latest_refresh
-    from pipelines.ingest import latest_report
-    from pipelines.publish.steps import table_versions
+def status(as_json: JsonOption = False) -> None:
+    """The live table, how fresh it is, the last ingest's completeness, the last hourly refresh.
 
-    settings = get_settings()
-    live = next((row for row in table_versions(settings) if row.live), None)
-    table = Table(title="INBO recommendations", show_header=False)
-    if live is None:
-        table.add_row("live table", "none yet: run `inbo demo` or the inbo_nightly DAG")
+    Exit code 0 when healthy, 1 when stale (the newest data in the live table is older than
+    INBO_STALE_AFTER_SECONDS), 3 when down (Redis not running or no table live). Never starts
+    the embedded Redis.
+    """
+    from pipelines.health import State, check_health
+
+    health = check_health()
+    if as_json:
+        print_json(health)
     else:
-        table.add_row("live table", f"{live.version} ({live.users or 0:,} users)")
-        table.add_row("published", str(live.created_at))
-    ingested = latest_report(settings)
+        console.print(status_table(health))
+    if health.state is not State.HEALTHY:
+        raise typer.Exit(health.state.exit_code)
+
+
+def status_table(health: Health) -> Table:
+    colour = {"healthy": "green", "stale": "yellow", "down": "red"}[health.state.value]
+    table = Table(title="INBO recommendations", show_header=False)
+    table.add_row("state", f"[{colour}]{health.state.value}[/{colour}]")
+    for reason in health.reasons:
+        table.add_row("  why", reason)
+    live = health.live
+    if live is not None:
+        table.add_row("live table", f"{live.version} ({live.users:,} users)")
+        table.add_row("went live", str(live.activated_at))
+        table.add_row(
+            "newest data", f"to {live.data_through} ({duration(live.data_age_seconds)} ago)"
+        )
+    ingested = health.last_ingest
     if ingested is not None:
-        table.add_row("last ingest", f"batch {ingested.batch} from {ingested.source}")
-        for name, found in ingested.completeness.items():
+        table.add_row("last ingest", f"batch {ingested['batch']} from {ingested['source']}")
+        for name, found in ingested["completeness"].items():
             missing = found["missing_rows"]
             table.add_row(
                 f"  {name}",
                 f"{found['extracted_rows']:,} of {found['app_rows']:,} app rows extracted"
                 + (f"; {missing:,} missing: {', '.join(found['missing'])}" if missing else ""),
             )
-    last = latest_refresh(settings)
-    if last is None:
-        table.add_row("last hourly refresh", "none yet")
-    else:
-        table.add_row("last hourly refresh", f"batch {last.batch}: {last.status}")
-        if last.published_at:
-            table.add_row("  rows written", f"{last.users:,} users at {last.published_at}")
-        if last.freshness_seconds is not None:
+    if live is not None:
+        table.add_row("last hourly refresh", _refresh_line(health.last_refresh))
+        last = health.last_refresh or {}
+        if last.get("published_at"):
+            table.add_row("  rows written", f"{last['users']:,} users at {last['published_at']}")
+        if last.get("freshness_seconds") is not None:
             table.add_row(
                 "  freshness",
-                f"{last.freshness_seconds:,.1f} s from the newest event "
-                f"({last.newest_event_at}) to live",
+                f"{duration(last['freshness_seconds'])} from the newest event "
+                f"({last['newest_event_at']}) to live",
             )
-    console.print(table)
+    return table
+
+
+def _refresh_line(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return "none on this table yet"
+    return f"batch {last['batch']}: {last['status']}"

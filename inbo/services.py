@@ -158,9 +158,32 @@ def redis_connection(settings: Settings, *, read_only: bool = False) -> Iterator
     one line and Airflow retries the task. `read_only` skips the PING: a frontend's ACL user with
     GET rights only can read tables through it.
     """
+    with _session(ensure_redis(settings), read_only=read_only) as client:
+        yield client
+
+
+@contextmanager
+def running_redis(settings: Settings) -> Iterator[redis.Redis]:
+    """`redis_connection` that never starts the embedded server, for reports on the platform's
+    state (`inbo status`): a server that is not running is then the answer, a `ServiceUnavailable`.
+    """
+    url = settings.redis_url
+    if not url:
+        redis_dir = _redis_dir(settings)
+        recorded = _recorded_url(redis_dir)
+        if not recorded or _our_server_info(recorded, redis_dir) is None:
+            raise ServiceUnavailable(
+                f"the embedded Redis under {redis_dir} is not running; `inbo services` starts it"
+            )
+        url = recorded
+    with _session(url, read_only=False) as client:
+        yield client
+
+
+@contextmanager
+def _session(url: str, *, read_only: bool) -> Iterator[redis.Redis]:
     import redis
 
-    url = ensure_redis(settings)
     client = _connect(url, ping=not read_only)
     try:
         yield client
@@ -181,9 +204,33 @@ def service_status(settings: Settings) -> dict[str, Any]:
     """
     return {
         "redis": _redis_status(settings),
-        "mlflow": {"uri": masked_url(settings.mlflow_uri), **_sqlite_file(settings.mlflow_uri)},
+        "mlflow": {"uri": masked_url(settings.mlflow_uri), **_mlflow_status(settings.mlflow_uri)},
         "app_db": {"url": masked_url(settings.app_db), **_sqlite_file(settings.app_db)},
     }
+
+
+def services_up(status: dict[str, Any]) -> bool:
+    """Whether every service `service_status` reported can be used: Redis running, a tracking
+    server answering (a file-backed MLflow or app DB is created on first use)."""
+    return bool(status["redis"]["running"]) and status["mlflow"].get("reachable", True)
+
+
+def probe_http(url: str, timeout: float) -> str | None:
+    """None if `url` answers with a success status within `timeout`, else why not."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except (OSError, ValueError) as exc:  # URLError, HTTPError and timeouts are OSErrors
+        return str(getattr(exc, "reason", exc))
+
+
+def _mlflow_status(uri: str) -> dict[str, Any]:
+    if not uri.startswith(("http://", "https://")):
+        return _sqlite_file(uri)
+    error = probe_http(f"{uri.rstrip('/')}/health", CONNECT_TIMEOUT_SECONDS)
+    return {"reachable": error is None, **({"error": error} if error else {})}
 
 
 def redis_binary(name: str = "redis-server") -> Path:

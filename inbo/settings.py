@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     version_ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long a superseded table version stays for rollback."
     )
+    stale_after_seconds: int = Field(
+        26 * 3600,
+        ge=60,
+        description="Age of the newest data in the live table past which `inbo status` says stale.",
+    )
     popularity_half_life_days: float = Field(
         7.0, gt=0, description="Half-life of the time decay in popularity scores."
     )

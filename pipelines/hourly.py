@@ -296,13 +296,18 @@ def read_score(lake: Lake, batch: str) -> HourlyScore:
     return HourlyScore(**json.loads(lake.read_json(tables.HOURLY_SCORE_REPORTS, batch)))
 
 
-def latest_refresh(settings: Settings | None = None) -> HourlyPublish | None:
-    """The newest hourly publish report, for `inbo status` (None before the first run)."""
+def latest_refresh(
+    settings: Settings | None = None, *, version: str | None = None, after: str = ""
+) -> HourlyPublish | None:
+    """The newest hourly publish report (None before the first run); with `version`, the newest
+    that refreshed that table version, looking only at batches after `after` (the batch the
+    version was built from: none before it can have refreshed it)."""
     lake = Lake((settings or get_settings()).lake)
-    reports = lake.names(tables.HOURLY_REPORTS)
-    if not reports:
-        return None
-    return HourlyPublish(**json.loads(lake.read_json(tables.HOURLY_REPORTS, reports[-1])))
+    for name in reversed([n for n in lake.names(tables.HOURLY_REPORTS) if n > after]):
+        report = HourlyPublish(**json.loads(lake.read_json(tables.HOURLY_REPORTS, name)))
+        if version is None or report.version == version:
+            return report
+    return None
 
 
 def _since(lake: Lake, batch: str, live: LiveTable) -> str:

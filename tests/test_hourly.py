@@ -380,6 +380,28 @@ def test_a_new_nightly_version_is_caught_up_by_the_next_run(
     assert report.users == 2
 
 
+def test_status_shows_the_refreshes_of_the_live_table_not_of_a_retired_one(
+    hourly: Settings, world_end: datetime
+) -> None:
+    from pipelines.health import check_health
+    from pipelines.publish.steps import publish_table, sample_users
+
+    user = sample_users(1, hourly)[0]
+    add_rows(
+        hourly,
+        "experience_interactions",
+        [interaction(user, 3, "click", world_end + timedelta(minutes=20))],
+    )
+    refreshed = run_hourly(world_end + timedelta(hours=1))
+    shown = check_health(hourly).last_refresh
+    assert refreshed.status == "published"
+    assert shown is not None and shown["version"] == refreshed.version
+
+    publish_table(world_end, hourly)  # a new nightly version goes live, nothing refreshed it yet
+
+    assert check_health(hourly).last_refresh is None
+
+
 def test_the_hourly_dag_runs_end_to_end_through_airflow_after_the_nightly(
     hourly: Settings, world_end: datetime
 ) -> None:
