@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.app import app, confirm, console, hour_end
+from cli.app import JsonOption, app, confirm, console, hour_end, print_json
 
 if TYPE_CHECKING:
     from pipelines.reconcile import ReconcileReport
@@ -34,6 +34,7 @@ def reconcile(
             "Default: the newest validated batch.",
         ),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Compare the app's per-item Redis counters with the warehouse; repair or restore them."""
     from inbo.errors import InboError
@@ -45,9 +46,16 @@ def reconcile(
         confirm("rewrite the app's counters in Redis", yes)
     if restore:
         restored = restore_counters(restore)
+        if as_json:
+            print_json({"backup": restore, "items_restored": restored})
+            return
         console.print(f"restored the counters of {restored:,} items from backup {restore}")
         return
-    figures, worst = reconcile_tables(reconcile_counters(reconcile_end(at), repair=repair))
+    report = reconcile_counters(reconcile_end(at), repair=repair)
+    if as_json:
+        print(report.to_json())
+        return
+    figures, worst = reconcile_tables(report)
     console.print(figures)
     if worst.row_count:
         console.print(worst)
@@ -110,17 +118,22 @@ def bench_hourly(
     users: Annotated[int, typer.Option(min=100, help="Users in the bench world.")] = 200_000,
     items: Annotated[int, typer.Option(min=10, help="Newsletter issues.")] = 5_000,
     days: Annotated[int, typer.Option(min=2, help="Days of traffic before the timed hour.")] = 3,
+    as_json: JsonOption = False,
 ) -> None:
     """Time one hourly refresh over a busy hour after a nightly run (world built once, reused)."""
     from inbo.settings import get_settings
-    from pipelines.offline.bench_hourly import as_json, format_result, run_hourly_bench
+    from pipelines.offline.bench_hourly import as_json as result_json
+    from pipelines.offline.bench_hourly import format_result, run_hourly_bench
 
     settings = get_settings()
     result = run_hourly_bench(settings, users, items, days)
-    print(format_result(result))
     out = settings.reports_dir / "bench-hourly.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(as_json(result))
+    out.write_text(result_json(result))
+    if as_json:
+        print(result_json(result))
+        return
+    print(format_result(result))
     console.print(f"written to {out}")
 
 
@@ -140,6 +153,7 @@ def bench_publish(
     items: Annotated[int, typer.Option(min=100, help="Item ids the lists draw from.")] = 50_000,
     repeats: Annotated[int, typer.Option(min=1, help="Timed publishes per measurement.")] = 3,
     write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Time a publish against the keys Redis holds, and reads during a publish, AOF on and off.
 
@@ -148,7 +162,6 @@ def bench_publish(
     from inbo.settings import get_settings
     from pipelines.offline.bench_publish import (
         PublishParams,
-        as_json,
         format_report,
         run_publish_bench,
         write_doc,
@@ -163,14 +176,19 @@ def bench_publish(
         repeats=repeats,
     )
     settings = get_settings()
+    from pipelines.offline.bench_publish import as_json as report_json
+
     report = run_publish_bench(settings, params)
-    print(format_report(report))
     out = settings.reports_dir / "bench-publish.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(as_json(report))
-    console.print(f"written to {out}")
+    out.write_text(report_json(report))
     if write:
         write_doc(report)
+    if as_json:
+        print(report_json(report))
+        return
+    print(format_report(report))
+    console.print(f"written to {out}")
 
 
 @app.command(rich_help_panel=PANEL)
@@ -196,6 +214,7 @@ def bench(
         bool, typer.Option(help="Run the held-out evaluation and gate (else: promote directly).")
     ] = True,
     write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Time the nightly pipeline on a large world: stage wall times, peak RSS, publish, reads.
 
@@ -217,6 +236,9 @@ def bench(
         label_days=label_days,
     )
     report = run_bench(params)
-    print(format_report(report))
     if write:
         write_doc(report)
+    if as_json:
+        print_json(report)
+        return
+    print(format_report(report))

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 
-from cli.app import AtOption, DateOption, app, console, err, hour_end, interval_end
+from cli.app import (
+    AtOption,
+    DateOption,
+    JsonOption,
+    app,
+    console,
+    err,
+    hour_end,
+    interval_end,
+    print_json,
+)
 
 PANEL = "Pipeline steps"
 
@@ -43,6 +51,7 @@ def simulate(
             help="Keep the app running this many hours past --date (for hourly runs).",
         ),
     ] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate a demo world into the app database and the app's counters (replaces what is there)."""
     from rich.progress import Progress
@@ -68,6 +77,9 @@ def simulate(
             counters=counters,
             counter_drift=counter_drift,
         )
+    if as_json:
+        print_json(summary)
+        return
     console.print(
         f"simulated {summary.users:,} users, {summary.newsletter_issues:,} issues, "
         f"{summary.experience_interactions:,} interactions and {summary.reading_progress:,} "
@@ -76,11 +88,23 @@ def simulate(
 
 
 @app.command(rich_help_panel=PANEL)
-def ingest(date: DateOption = None) -> None:
+def ingest(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Extract the batch from the app database and stage canonical tables."""
     from pipelines.ingest import ingest_exclusive
 
-    console.print_json(ingest_exclusive(interval_end(date)).to_json())
+    report = ingest_exclusive(interval_end(date))
+    if as_json:
+        print(report.to_json())
+        return
+    console.print(
+        f"ingested batch {report.batch} from {report.source}: extracted {counts(report.extracted)}; "
+        f"quarantined {counts(report.quarantined) or 'none'}"
+    )
+
+
+def counts(by_table: dict[str, int]) -> str:
+    """`table=1,234, ...` for the tables with a count above zero."""
+    return ", ".join(f"{name}={count:,}" for name, count in by_table.items() if count)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -99,6 +123,7 @@ def validate(
         str | None,
         typer.Option("--by", help="Who accepts, for the record (with --accept). Default: you."),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the Great Expectations suites on the staged batch; quarantine what fails, and hold
     the batch out of the lake when too much does (until it passes or is accepted)."""
@@ -107,19 +132,25 @@ def validate(
             raise typer.BadParameter(
                 "--accept names its batch; leave --date out", param_hint="--date"
             )
-        accept_held(accept, by or _operator())
+        accept_held(accept, by or _operator(), as_json)
         return
     if by is not None:
         raise typer.BadParameter("only with --accept", param_hint="--by")
     from pipelines.validate import validate_exclusive
 
     report = validate_exclusive(interval_end(date))
-    console.print_json(report.to_json())
+    if as_json:
+        print(report.to_json())
+        return
+    console.print(
+        f"validated batch {report.batch}: {report.status}; passed {counts(report.passed)}; "
+        f"quarantined {counts(report.quarantined) or 'none'}"
+    )
     for table, page in report.data_docs.items():
         console.print(f"Data Docs ({table}): {page}")
 
 
-def accept_held(batch: str, by: str) -> None:
+def accept_held(batch: str, by: str, as_json: bool) -> None:
     """`inbo validate --accept BATCH`: publish a held batch, or say why there is nothing to do."""
     from datetime import UTC, datetime
 
@@ -134,7 +165,9 @@ def accept_held(batch: str, by: str) -> None:
         ) from None
     started = datetime.now(UTC).isoformat()
     report = accept_exclusive(batch, by)
-    console.print_json(report.to_json())
+    if as_json:
+        print(report.to_json())
+        return
     if report.status != ACCEPTED:
         console.print(f"batch {batch} passed validation: nothing to accept")
     elif report.accepted_at is not None and report.accepted_at >= started:
@@ -157,54 +190,88 @@ def _operator() -> str:
 
 
 @app.command(rich_help_panel=PANEL)
-def features(date: DateOption = None) -> None:
+def features(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Build the batch's interaction and continue-reading tables."""
     from features.interactions import build_interactions
 
-    console.print(build_interactions(interval_end(date)))
+    built = build_interactions(interval_end(date))
+    if as_json:
+        print_json(built)
+        return
+    console.print(
+        f"batch {built.batch}: {built.pairs:,} user-item pairs from {built.events:,} events "
+        f"({built.duplicates:,} duplicates dropped), {built.users:,} users, {built.items:,} items, "
+        f"{built.continue_reading:,} continue-reading rows"
+    )
 
 
 @app.command(rich_help_panel=PANEL)
-def embed(date: DateOption = None) -> None:
+def embed(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Encode new or changed issues with MiniLM (cached by content hash)."""
     from features.embeddings import build_embeddings
 
-    console.print(build_embeddings(interval_end(date)))
+    built = build_embeddings(interval_end(date))
+    if as_json:
+        print_json(built)
+        return
+    console.print(
+        f"batch {built.batch}: {built.items:,} issues, {built.encoded:,} encoded with {built.model}, "
+        f"{built.reused:,} reused from the cache, in {built.seconds:.1f} s"
+    )
 
 
 @app.command(rich_help_panel=PANEL)
-def train(date: DateOption = None) -> None:
+def train(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Fit the batch's models (baselines, content, ALS, reranker) and log them to MLflow."""
     from pipelines.train import train_all
 
-    for trained in train_all(interval_end(date)):
-        console.print(trained)
+    trained = train_all(interval_end(date))
+    if as_json:
+        print_json(trained)
+        return
+    for run in trained:
+        console.print(f"batch {run.batch}: MLflow run {run.run_id}, models in {run.directory}")
 
 
 @app.command(rich_help_panel=PANEL)
-def gate(date: DateOption = None) -> None:
+def gate(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Evaluate challenger and champion on the held-out window, register, promote if not worse."""
     from pipelines.promotion import gate_batch
 
-    for kind, decision in gate_batch(interval_end(date)).items():
+    decisions = gate_batch(interval_end(date))
+    if as_json:
+        print_json(decisions)
+        return
+    for kind, decision in decisions.items():
         verdict = "promoted" if decision.promoted else "kept the champion"
         console.print(f"{kind}: version {decision.challenger} {verdict} ({decision.reason})")
 
 
 @app.command(rich_help_panel=PANEL)
-def score(date: DateOption = None) -> None:
+def score(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Write every user's top-N and the fallback list to the lake."""
     from pipelines.score import score_users
 
-    console.print(score_users(interval_end(date)))
+    scored = score_users(interval_end(date))
+    if as_json:
+        print_json(scored)
+        return
+    console.print(
+        f"batch {scored.batch}: {scored.rows:,} rows for {scored.users:,} users in "
+        f"{scored.shards} shards, fallback of {scored.fallback_items} items; models: "
+        + ", ".join(f"{kind} {name}" for kind, name in scored.models.items())
+    )
 
 
 @app.command(rich_help_panel=PANEL)
-def publish(date: DateOption = None) -> None:
+def publish(date: DateOption = None, as_json: JsonOption = False) -> None:
     """Stage the batch's table in Redis, verify it, then switch readers to it."""
     from pipelines.publish.steps import publish_table
 
     published = publish_table(interval_end(date))
+    if as_json:
+        print_json(published)
+        return
     console.print(
         f"live table version: {published.version} (previous: {published.previous or 'none'})"
     )
@@ -213,14 +280,14 @@ def publish(date: DateOption = None) -> None:
 @app.command(rich_help_panel=PANEL)
 def refresh(
     at: AtOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the hourly refresh in this process: the steps of the inbo_hourly DAG, in order."""
     from pipelines.hourly import refresh as run_refresh
 
     run = run_refresh(hour_end(at))
     if as_json:
-        console.print_json(json.dumps(asdict(run)))
+        print_json(run)
         return
     for step, seconds in run.step_seconds.items():
         console.print(f"step {step} {seconds:.2f} s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,7 +62,9 @@ def services(
 @app.command(rich_help_panel=PANEL)
 def recs(
     user_id: Annotated[int, typer.Argument(help="The user to read recommendations for.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw payload.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw payload, exactly as Redis holds it.")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, help="Rows to show (the payload keeps all).")] = 10,
 ) -> None:
     """Read a user's recommendations from Redis, exactly as a frontend does."""
@@ -80,7 +81,7 @@ def recs(
             f"unknown user {user_id}: not in the users table (apps would show the fallback list)"
         )
     if shown is None:
-        console.print_json(json.dumps(result["payload"]))
+        print_json(result["payload"])
         return
     console.print(recs_table(result, shown, limit))
 
@@ -101,7 +102,10 @@ def recs_table(result: UserRecs, catalogue: dict[int, dict[str, str]], limit: in
 
 
 @app.command(rich_help_panel=PANEL)
-def similar(item_id: Annotated[int, typer.Argument()]) -> None:
+def similar(
+    item_id: Annotated[int, typer.Argument(help="The issue whose similar issues to list.")],
+    as_json: JsonOption = False,
+) -> None:
     """An issue's "more like this" list from the live Redis table."""
     from inbo.errors import InboError
     from inbo.settings import get_settings
@@ -112,6 +116,9 @@ def similar(item_id: Annotated[int, typer.Argument()]) -> None:
     found = read_similar(item_id, settings)
     if not found:
         raise InboError(f"item {item_id} has no 'more like this' row in the live table")
+    if as_json:
+        print_json(found)
+        return
     named = titles(settings)
     table = Table(
         "rank", "item", "score", "title", title=f"more like {item_id}: {named.get(item_id, '')}"
@@ -134,14 +141,18 @@ def rollback(
     list_versions: Annotated[
         bool, typer.Option("--list", help="List the versions kept in Redis (as `inbo versions`).")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Switch readers back to an earlier table version."""
     from pipelines.publish.steps import rollback_table
 
     if list_versions:
-        versions_list()
+        versions_list(as_json)
         return
     before, after = rollback_table(to)
+    if as_json:
+        print_json({"from": before, "to": after})
+        return
     console.print(f"rolled back: {before} -> {after}")
 
 
@@ -150,17 +161,20 @@ app.add_typer(versions_app, name="versions", rich_help_panel=PANEL)
 
 
 @versions_app.callback(invoke_without_command=True)
-def versions(ctx: typer.Context) -> None:
+def versions(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the table versions kept in Redis (the default), or delete one."""
     if ctx.invoked_subcommand is None:
-        versions_list()
+        versions_list(as_json)
 
 
 @versions_app.command("list")
-def versions_list() -> None:
+def versions_list(as_json: JsonOption = False) -> None:
     """Every version with its state, users, and when garbage collection may delete it."""
     from pipelines.publish.steps import table_versions
 
+    if as_json:
+        print_json(table_versions())
+        return
     table = Table("version", "created at", "status", "users", "live", "deletable in")
     for row in table_versions():
         table.add_row(
@@ -178,21 +192,29 @@ def versions_list() -> None:
 def versions_delete(
     version: Annotated[str, typer.Argument(help="A version that is not live.")],
     yes: Annotated[bool, typer.Option("--yes", help="Confirm the deletion.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Delete a version that is not live now, whatever its state (its keys, then its record)."""
     from pipelines.publish.steps import remove_version
 
     confirm(f"delete table version {version} from Redis", yes)
-    console.print(f"deleted {version}: {remove_version(version):,} keys")
+    deleted = remove_version(version)
+    if as_json:
+        print_json({"version": version, "keys_deleted": deleted})
+        return
+    console.print(f"deleted {version}: {deleted:,} keys")
 
 
 @app.command(rich_help_panel=PANEL)
-def gc() -> None:
+def gc(as_json: JsonOption = False) -> None:
     """Delete every table version past its time: former live ones after the rollback window
     (INBO_VERSION_TTL_SECONDS), ones that never went live after a day, half-deleted ones."""
     from pipelines.publish.steps import collect_garbage
 
     deleted = collect_garbage()
+    if as_json:
+        print_json({"deleted": deleted})
+        return
     console.print(
         f"deleted {len(deleted)} versions" + (f": {', '.join(deleted)}" if deleted else "")
     )

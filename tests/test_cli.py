@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,40 @@ def test_help_lists_every_command() -> None:
         "demo",
     ):
         assert command in result.stdout
+
+
+REPORTS_NOTHING = {"demo", "airflow"}
+"""Commands with no result to hand a script: the demo is a show for people, `airflow` runs the UI."""
+
+
+def test_every_reporting_command_takes_json_and_every_option_has_help() -> None:
+    import typer.main
+
+    from cli.main import app
+
+    def commands(group: Any, prefix: str = "") -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, command in group.commands.items():
+            found[prefix + name] = command
+            if hasattr(command, "commands"):  # a group: `inbo versions list`
+                found.update(commands(command, f"{prefix}{name} "))
+        return found
+
+    every = commands(typer.main.get_group(app))
+    assert every["status"] and every["versions list"]
+    without_json = {
+        name
+        for name, command in every.items()
+        if not any("--json" in param.opts for param in command.params)
+    }
+    assert without_json == REPORTS_NOTHING
+    undocumented = [
+        f"{name} {param.name}"
+        for name, command in every.items()
+        for param in command.params
+        if param.param_type_name == "option" and not param.help
+    ]
+    assert undocumented == []
 
 
 def test_start_up_imports_no_heavy_library() -> None:
@@ -90,10 +125,12 @@ def test_a_malformed_date_is_a_usage_error(settings: Settings) -> None:
 @pytest.fixture
 def published(world: Settings, live_redis: Settings, world_end) -> Settings:
     """The world run through every step with the same functions the CLI calls."""
-    date = f"{world_end:%Y-%m-%d}"
+    date, batch = f"{world_end:%Y-%m-%d}", f"{world_end:%Y%m%dT%H%MZ}"
     for command in ("ingest", "validate", "features", "train", "score", "publish"):
-        result = run(command, "--date", date)
+        result = run(command, "--date", date, "--json")
         assert result.returncode == 0, (command, result.stderr[-2000:])
+        report = json.loads(result.stdout)  # one JSON document, nothing else on stdout
+        assert (report[0] if isinstance(report, list) else report).get("batch", "") in {"", batch}
     return live_redis
 
 

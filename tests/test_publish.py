@@ -216,6 +216,30 @@ def test_round_trip_reads_ranked_items_and_fallback(client: redis.Redis, prefix:
     ] == [(version, LIVE, True, 30)]
 
 
+def test_a_reader_leaves_out_unknown_items_and_gives_no_sentence_for_a_missing_ref(
+    client: redis.Redis, prefix: str
+) -> None:
+    """The contract's rule for an app whose catalogue lacks an item or a reason's ref."""
+    recs = make_recs(users=3, per_user=5, items=50)
+    publish(client, prefix, recs)
+    rows = recs[recs.user_id == 2].sort_values("rank")
+    catalogue = {
+        int(item): {"title": f"t{item}", "publisher": "p", "category": "c"}
+        for item in range(1, 50)
+    }
+    gone = int(rows["item_id"].iloc[1])
+    read = rows[rows.reason_code == "because_you_read"]["reason_ref"].iloc[0]  # seed 0: user 2
+    del catalogue[gone], catalogue[int(read)]  # has four `because_you_read` rows
+
+    items = read_user_recs(client, prefix, 2, catalogue)["items"]
+
+    shown = rows[rows.item_id != gone]
+    assert [i["item_id"] for i in items] == shown["item_id"].tolist()
+    assert [i["rank"] for i in items] == shown["rank"].tolist()  # published ranks kept
+    assert [i["reason"] is None for i in items] == [ref == read for ref in expected_refs(shown)]
+    assert items[-1]["reason"] == "Trending on INBO this week"
+
+
 def test_every_payload_and_meta_match_the_published_schemas(
     client: redis.Redis, prefix: str
 ) -> None:

@@ -7,16 +7,19 @@ the reason templates, which apps cache per version.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from inbo.errors import UnknownUser
+from inbo.errors import DataNotFound, UnknownUser
 from inbo.reasons import Catalogue, Reason, render
 from pipelines.publish.contract import Keys, reasons_of
 from pipelines.publish.redis_io import live_version, read_meta
 
 if TYPE_CHECKING:
     import redis
+
+log = logging.getLogger(__name__)
 
 
 class RecItem(TypedDict):
@@ -112,13 +115,21 @@ def read_similar_items(client: redis.Redis, prefix: str, item_id: int) -> Simila
 def decode_items(
     payload: dict[str, Any], reasons: Sequence[Reason], catalogue: Catalogue | None = None
 ) -> list[RecItem]:
-    """A packed user or fallback payload as one record per item, rank = position."""
+    """A packed user or fallback payload as one record per item, rank = position.
+
+    With a `catalogue`, as the contract tells apps to: an item the catalogue does not know (taken
+    down since the table was scored) is left out, the others keep their published rank; a reason
+    whose sentence names something the catalogue lacks (the issue a `because_you_read` refers
+    to) gets no sentence (`reason` None) rather than a broken one.
+    """
     decoded: list[RecItem] = []
     for rank, (item, index, ref) in enumerate(
         zip(payload["items"], payload["reasons"], payload["refs"], strict=True), 1
     ):
+        if catalogue is not None and item not in catalogue:
+            log.warning("item %s is not in the catalogue: not shown", item)
+            continue
         reason = reasons[index]
-        text = None if catalogue is None else render(reason.template, ref, item, catalogue)
         decoded.append(
             {
                 "item_id": item,
@@ -126,7 +137,15 @@ def decode_items(
                 "source": reason.source,
                 "reason_code": reason.code,
                 "reason_ref": ref,
-                "reason": text,
+                "reason": None if catalogue is None else _sentence(reason, ref, item, catalogue),
             }
         )
     return decoded
+
+
+def _sentence(reason: Reason, ref: int | None, item: int, catalogue: Catalogue) -> str | None:
+    try:
+        return render(reason.template, ref, item, catalogue)
+    except DataNotFound as exc:
+        log.warning("no sentence for item %s: %s", item, exc)
+        return None
