@@ -20,12 +20,12 @@ switch vs. writes into the live version); a new nightly version is caught up by 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from common import REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
+from common import REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS, batch_end
 from inbo.settings import get_settings
 
 REPAIR_CONFIRMATION = "repair"
@@ -59,42 +59,42 @@ REPAIR_CONFIRMATION = "repair"
 )
 def inbo_hourly() -> None:
     @task
-    def ingest(data_interval_end: datetime | None = None) -> dict[str, object]:
+    def ingest() -> dict[str, object]:
         from pipelines.ingest import ingest_exclusive
 
-        report = ingest_exclusive(data_interval_end)
+        report = ingest_exclusive(batch_end())
         return {"batch": report.batch, "extracted": report.extracted}
 
     @task(outlets=[USER_EVENTS])
-    def validate(_: dict[str, object], data_interval_end: datetime | None = None) -> dict:
+    def validate(_: dict[str, object]) -> dict:
         from pipelines.validate import validate_exclusive
 
-        report = validate_exclusive(data_interval_end)
+        report = validate_exclusive(batch_end())
         return {"passed": report.passed, "quarantined": report.quarantined}
 
     @task
-    def build_activity(_: dict, data_interval_end: datetime | None = None) -> int:
+    def build_activity(_: dict) -> int:
         from features.activity import build_activity
 
-        return build_activity(data_interval_end).items
+        return build_activity(batch_end()).items
 
     @task
-    def embed_new_items(_: dict, data_interval_end: datetime | None = None) -> int:
+    def embed_new_items(_: dict) -> int:
         from features.embeddings import embed_new_items
 
-        return embed_new_items(data_interval_end).encoded
+        return embed_new_items(batch_end()).encoded
 
     @task
-    def score_active_users(_: int, __: int, data_interval_end: datetime | None = None) -> int:
+    def score_active_users(_: int, __: int) -> int:
         from pipelines.hourly import score_active_users
 
-        return score_active_users(data_interval_end).users_scored
+        return score_active_users(batch_end()).users_scored
 
     @task(outlets=[REDIS_TABLE])
-    def publish_active_users(_: int, data_interval_end: datetime | None = None) -> dict:
+    def publish_active_users(_: int) -> dict:
         from pipelines.hourly import publish_active_users
 
-        report = publish_active_users(data_interval_end)
+        report = publish_active_users(batch_end())
         return {
             "status": report.status,
             "users": report.users,
@@ -102,7 +102,7 @@ def inbo_hourly() -> None:
         }
 
     @task
-    def reconcile_counters(_: dict, data_interval_end: datetime | None = None) -> dict:
+    def reconcile_counters(_: dict) -> dict:
         from pipelines.reconcile import reconcile_counters
 
         params = get_current_context()["params"]
@@ -111,7 +111,7 @@ def inbo_hourly() -> None:
             raise ValueError(
                 f"repair_counters needs confirm='{REPAIR_CONFIRMATION}'; nothing was written"
             )
-        report = reconcile_counters(data_interval_end, repair=repair)
+        report = reconcile_counters(batch_end(), repair=repair)
         return {
             "inconsistency_rate": report.inconsistency_rate,
             "inconsistent_items": report.inconsistent_items,

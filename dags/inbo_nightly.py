@@ -21,19 +21,26 @@ and what crashed runs left, through each version's key index).
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
 executor. A retried shard or writer task rewrites its own lake file and Redis keys, nothing else.
 
-Each task calls one library function with the run's data interval; big data moves through the
+Each task calls one library function with the end of the run's batch (`common.batch_end`); big data moves through the
 lake, XCom carries only small summaries and MLflow run ids. Re-running a date gives the same tables.
 Each task's function has the task's name, in the module the task imports it from.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from common import INTERACTIONS, RECS, REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS
+from common import (
+    INTERACTIONS,
+    RECS,
+    REDIS_TABLE,
+    RETRY_TRANSIENT_ONLY,
+    USER_EVENTS,
+    batch_end,
+)
 from inbo.settings import get_settings
 
 WRITERS = get_settings().publish_parallel
@@ -57,10 +64,10 @@ tasks with `.partial`, so a worker whose environment says otherwise still splits
 )
 def inbo_nightly() -> None:
     @task
-    def ingest(data_interval_end: datetime | None = None) -> dict[str, object]:
+    def ingest() -> dict[str, object]:
         from pipelines.ingest import ingest_exclusive
 
-        report = ingest_exclusive(data_interval_end)
+        report = ingest_exclusive(batch_end())
         return {
             "batch": report.batch,
             "extracted": report.extracted,
@@ -68,12 +75,10 @@ def inbo_nightly() -> None:
         }
 
     @task(outlets=[USER_EVENTS])
-    def validate(
-        _: dict[str, object], data_interval_end: datetime | None = None
-    ) -> dict[str, object]:
+    def validate(_: dict[str, object]) -> dict[str, object]:
         from pipelines.validate import validate_exclusive
 
-        report = validate_exclusive(data_interval_end)
+        report = validate_exclusive(batch_end())
         return {
             "passed": report.passed,
             "quarantined": report.quarantined,
@@ -81,77 +86,70 @@ def inbo_nightly() -> None:
         }
 
     @task(outlets=[INTERACTIONS])
-    def build_interactions(_: dict[str, object], data_interval_end: datetime | None = None) -> int:
+    def build_interactions(_: dict[str, object]) -> int:
         from features.interactions import build_interactions
 
-        return build_interactions(data_interval_end).pairs
+        return build_interactions(batch_end()).pairs
 
     @task
-    def build_embeddings(_: int, data_interval_end: datetime | None = None) -> int:
+    def build_embeddings(_: int) -> int:
         from features.embeddings import build_embeddings
 
-        return build_embeddings(data_interval_end).encoded
+        return build_embeddings(batch_end()).encoded
 
     @task
-    def fit_baselines(_: int, data_interval_end: datetime | None = None) -> str:
+    def fit_baselines(_: int) -> str:
         from pipelines.train import fit_baselines
 
-        return fit_baselines(data_interval_end).run_id
+        return fit_baselines(batch_end()).run_id
 
     @task
-    def train_als(_: int, data_interval_end: datetime | None = None) -> str:
+    def train_als(_: int) -> str:
         from pipelines.train import train_als
 
-        return train_als(data_interval_end).run_id
+        return train_als(batch_end()).run_id
 
     @task
-    def train_reranker(_: str, __: str, data_interval_end: datetime | None = None) -> str:
+    def train_reranker(_: str, __: str) -> str:
         from pipelines.train import train_reranker
 
-        return train_reranker(data_interval_end).run_id
+        return train_reranker(batch_end()).run_id
 
     @task
-    def evaluate_holdout(_: str, data_interval_end: datetime | None = None) -> dict[str, float]:
+    def evaluate_holdout(_: str) -> dict[str, float]:
         from pipelines.promotion import evaluate_holdout
 
-        return evaluate_holdout(data_interval_end).scores
+        return evaluate_holdout(batch_end()).scores
 
     @task
     def register_and_gate(
         scores: dict[str, float],
         als_run: str,
         reranker_run: str,
-        data_interval_end: datetime | None = None,
     ) -> dict[str, object]:
         from pipelines.promotion import register_and_gate
 
-        decisions = register_and_gate(data_interval_end, als_run, reranker_run, scores)
+        decisions = register_and_gate(batch_end(), als_run, reranker_run, scores)
         return {kind: decision.promoted for kind, decision in decisions.items()}
 
     @task
-    def prepare_scoring(
-        _: dict[str, object], data_interval_end: datetime | None = None
-    ) -> list[int]:
+    def prepare_scoring(_: dict[str, object]) -> list[int]:
         """The shards to map over: 0 .. INBO_SCORE_SHARDS - 1, fixed in the batch's plan."""
         from pipelines.score import prepare_scoring
 
-        return list(range(prepare_scoring(data_interval_end).shards))
+        return list(range(prepare_scoring(batch_end()).shards))
 
     @task(outlets=[RECS])
-    def score_shard(
-        shard: int, all_shards: list[int], data_interval_end: datetime | None = None
-    ) -> int:
+    def score_shard(shard: int, all_shards: list[int]) -> int:
         from pipelines.score import score_shard
 
-        return score_shard(data_interval_end, shard, len(all_shards)).users
+        return score_shard(batch_end(), shard, len(all_shards)).users
 
     @task
-    def begin_publish(
-        _: list[int], all_shards: list[int], data_interval_end: datetime | None = None
-    ) -> str:
+    def begin_publish(_: list[int], all_shards: list[int]) -> str:
         from pipelines.publish.steps import begin_publish
 
-        return begin_publish(data_interval_end, len(all_shards))
+        return begin_publish(batch_end(), len(all_shards))
 
     @task
     def publish_shards(
@@ -159,20 +157,17 @@ def inbo_nightly() -> None:
         writers: int,
         version: str,
         all_shards: list[int],
-        data_interval_end: datetime | None = None,
     ) -> int:
         from pipelines.publish.steps import publish_shards
 
-        reports = publish_shards(data_interval_end, version, writer, writers, len(all_shards))
+        reports = publish_shards(batch_end(), version, writer, writers, len(all_shards))
         return sum(report.users for report in reports)
 
     @task
-    def verify_version(
-        version: str, _: list[int], data_interval_end: datetime | None = None
-    ) -> str:
+    def verify_version(version: str, _: list[int]) -> str:
         from pipelines.publish.steps import verify_version
 
-        return verify_version(data_interval_end, version)
+        return verify_version(batch_end(), version)
 
     @task(outlets=[REDIS_TABLE])
     def activate_version(version: str) -> str:
