@@ -3,10 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export AIRFLOW_HOME := $(CURDIR)
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: install demo test test-fast test-e2e lint format clean
+.PHONY: install demo airflow test test-fast test-e2e lint format clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +18,9 @@ install: $(STAMP) ## create .venv and install the pinned requirements
 
 demo: install ## generate a demo world, run the nightly DAG through Airflow, print recommendations
 	$(BIN)/inbo demo
+
+airflow: install ## the Airflow UI (http://localhost:8080, no login) and scheduler on dags/, until Ctrl-C
+	$(BIN)/inbo airflow
 
 test: install ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest

@@ -1,30 +1,32 @@
 """`inbo demo`: a demo world, the nightly and one hourly run through Airflow, and what they published.
 
-The DAGs run as `airflow dags test` subprocesses, as an operator would run them; this module only
-starts them and renders their results, it never imports Airflow.
+Airflow runs as it does in production: its own api-server, scheduler and DAG processor (`cli.airflow`),
+the runs triggered through the REST API and followed task by task; so their durations and task
+logs in the UI are the real ones. This module never imports Airflow.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from cli.airflow import DEFAULT_PORT, AirflowApi, airflow_services, follow_run, free_port
 from cli.app import app, console, err, interval_end
 from cli.operations import reconcile
 from cli.pipeline import simulate
 from cli.serving import recs, status
 from inbo.errors import InboError
-from inbo.settings import REPO_ROOT, Settings, get_settings
+from inbo.settings import Settings, get_settings
 
 PANEL = "Demo"
+MANUAL_RUNS_ONLY = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+"""The demo's scheduler runs the demo's runs only, none of the schedules' own."""
 
 
 @app.command(rich_help_panel=PANEL)
@@ -53,14 +55,15 @@ def demo(
         hours_after=1,
     )
     redis_url = ensure_redis(settings)
-    log_path = run_airflow_dag("inbo_nightly", end, settings)
-    console.print(f"[green]inbo_nightly succeeded[/green] (Airflow log: {log_path})")
-    console.print(run_summary(settings, end))
-    for user_id in sample_users(3, settings):
-        recs(user_id, as_json=False, limit=5)
     hour = end + timedelta(hours=1)
-    log_path = run_airflow_dag("inbo_hourly", hour, settings)
-    console.print(f"\n[green]inbo_hourly succeeded[/green] (Airflow log: {log_path})")
+    err.print("starting Airflow (api-server, scheduler, dag-processor) ...")
+    with airflow_services(settings, free_port(), extra_env=MANUAL_RUNS_ONLY) as api:
+        run_dag(api, "inbo_nightly", end, settings)
+        console.print(run_summary(settings, end))
+        for user_id in sample_users(3, settings):
+            recs(user_id, as_json=False, limit=5)
+        console.print()
+        run_dag(api, "inbo_hourly", hour, settings)
     status()
     console.print(
         f"(the demo replays the hour to {hour:%H:%M} UTC today, so freshness also counts the time "
@@ -71,52 +74,14 @@ def demo(
     print(next_steps(redis_url, end, settings))
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """The environment for an Airflow command: this repo's airflow.cfg and DAGs, with Airflow's
-    own state (metadata DB, logs) under the settings' var dir, so a run on another var dir (a
-    test's, a benchmark's) never touches the demo's. Values the caller set explicitly win."""
-    env = dict(os.environ)
-    airflow_state = settings.var_dir / "airflow"
-    env.setdefault("AIRFLOW_HOME", str(REPO_ROOT))
-    env.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
-    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
-    env.setdefault(
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_state / 'airflow.db'}"
-    )
-    env.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(airflow_state / "logs"))
-    env.setdefault(
-        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY",
-        str(airflow_state / "logs" / "dag_processor"),
-    )
-    env["INBO_VAR_DIR"] = str(settings.var_dir)
-    env.setdefault("GX_ANALYTICS_ENABLED", "False")
-    return env
-
-
-def run_airflow_dag(dag_id: str, end: datetime, settings: Settings) -> Path:
-    """`airflow dags test` for the batch ending at `end`; Airflow's output goes to a log file."""
-    log_dir = settings.var_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (settings.var_dir / "airflow").mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{dag_id}-{end:%Y%m%dT%H%M}.log"
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    env = airflow_env(settings)
-    with log_path.open("w") as log_file:
-        err.print("preparing the Airflow database ...")
-        _run([airflow, "db", "migrate"], env, log_file, log_path)
-        err.print(f"running {dag_id} for the interval ending {end:%Y-%m-%d %H:%M} UTC ...")
-        _run([airflow, "dags", "test", dag_id, end.isoformat()], env, log_file, log_path)
-    return log_path
-
-
-def _run(command: list[str], env: dict[str, str], log_file: IO[str], log_path: Path) -> None:
-    result = subprocess.run(
-        command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-    )
-    if result.returncode != 0:
-        raise InboError(
-            f"`{' '.join(command[1:])}` failed (exit {result.returncode}); see {log_path}"
-        )
+def run_dag(api: AirflowApi, dag_id: str, end: datetime, settings: Settings) -> None:
+    """Trigger `dag_id` for the batch ending at `end` and follow it until it finishes."""
+    err.print(f"running {dag_id} for the interval ending {end:%Y-%m-%d %H:%M} UTC ...")
+    run_id = api.run_dag(dag_id, end)
+    if follow_run(api, dag_id, run_id) != "success":
+        logs = settings.var_dir / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        raise InboError(f"{dag_id} failed; task logs in {logs}")
+    console.print(f"[green]{dag_id} succeeded[/green]")
 
 
 def run_summary(settings: Settings, end: datetime) -> Table:
@@ -157,8 +122,8 @@ def next_steps(redis_url: str, end: datetime, settings: Settings) -> str:
             "Where to look next:",
             f"  recommendations  {venv}/inbo recs <USER_ID>",
             f"  redis-cli        {redis_cli_example(redis_url, settings.redis_prefix)}",
-            f"  Airflow UI       AIRFLOW_HOME={REPO_ROOT} {venv}/airflow standalone   (http://localhost:8080)",
+            f"  Airflow UI       {venv}/inbo airflow   (http://localhost:{DEFAULT_PORT}, no login)",
             f"  MLflow UI        {venv}/mlflow ui --backend-store-uri {settings.mlflow_uri} --port 5000",
-            f"  re-run the DAG   AIRFLOW_HOME={REPO_ROOT} {venv}/airflow dags test inbo_nightly {end:%Y-%m-%d}",
+            f"  re-run the DAG   Trigger inbo_nightly in the Airflow UI, logical date {end:%Y-%m-%d}",
         ]
     )

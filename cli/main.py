@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cli import demo, ml, operations, pipeline, serving  # noqa: F401  (they register commands)
+from cli import airflow, demo, ml, operations, pipeline, serving  # noqa: F401  (they register commands)
 from cli.app import app
 from inbo.errors import ConfigError, InboError
 

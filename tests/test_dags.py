@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
@@ -185,3 +186,19 @@ def test_the_hourly_schedule_comes_from_the_settings() -> None:
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "*/10 * * * *"
+
+
+def test_a_run_without_data_interval_takes_the_last_tick_at_or_before_run_after() -> None:
+    """A REST trigger without a logical date has no data interval in Airflow 3; its batch ends at
+    the schedule's last tick (`common.batch_end`), a tick itself included."""
+    sys.path.insert(0, str(REPO_ROOT / "dags"))
+    try:
+        from common import last_tick
+    finally:
+        sys.path.remove(str(REPO_ROOT / "dags"))
+    at = datetime(2026, 11, 20, 6, 51, 30, tzinfo=UTC)
+    assert last_tick("0 0 * * *", at) == datetime(2026, 11, 20, tzinfo=UTC)
+    assert last_tick("0 0 * * *", datetime(2026, 11, 20, tzinfo=UTC)) == datetime(
+        2026, 11, 20, tzinfo=UTC
+    )
+    assert last_tick("*/10 * * * *", at) == datetime(2026, 11, 20, 6, 50, tzinfo=UTC)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -163,8 +164,32 @@ def test_recommendations_follow_the_simulated_tastes(
     assert hits > 2 * catalogue_share, (hits, catalogue_share)
 
 
-def test_demo_command_runs_the_dag_through_the_airflow_cli(settings: Settings) -> None:
-    """`inbo demo` end to end in a subprocess: simulate, `airflow dags test`, read back."""
+def test_a_run_without_a_logical_date_processes_the_last_complete_batch(
+    airflow_db: None, world: Settings, live_redis: Settings, world_end: datetime
+) -> None:
+    """What a REST trigger with an empty body makes in Airflow 3: a run with no logical date and
+    no data interval. Its tasks take the batch that ended at the schedule's last tick before
+    `run_after` (the hourly's ingest runs here; the rest are marked successful)."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    from pipelines.ingest import read_report
+
+    dags = REPO_ROOT / "dags"
+    dag = BundleDagBag(dag_folder=str(dags), bundle_path=dags).get_dag("inbo_hourly")
+    run = dag.test(
+        run_after=world_end + timedelta(hours=6, minutes=51),
+        logical_date=None,
+        mark_success_pattern=r"(?!ingest$).*",
+    )
+    assert str(run.state) == "success"
+    last_hour = world_end + timedelta(hours=6)
+    report = read_report(Lake(live_redis.lake), batch_key(last_hour))
+    assert report.batch == batch_key(last_hour) and sum(report.extracted.values()) > 0
+
+
+def test_demo_command_runs_the_dags_through_an_airflow_scheduler(settings: Settings) -> None:
+    """`inbo demo` end to end in a subprocess: simulate, Airflow's services, the runs triggered
+    through the REST API and reported task by task, read back; no Airflow process outlives it."""
     inbo = str(Path(sys.executable).with_name("inbo"))
     env = {**os.environ, "INBO_VAR_DIR": str(settings.var_dir)}
     out = subprocess.run(
@@ -179,5 +204,20 @@ def test_demo_command_runs_the_dag_through_the_airflow_cli(settings: Settings) -
     stop_redis(settings)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "inbo_nightly succeeded" in out.stdout
+    assert re.search(r"^  activate_version +success +\d+\.\d s$", out.stderr, re.MULTILINE)
     assert "personal, table" in out.stdout
     assert "Where to look next" in out.stdout
+    assert not airflow_processes_under(settings.var_dir)
+
+
+def airflow_processes_under(var_dir: Path) -> list[int]:
+    """Processes whose environment points INBO_VAR_DIR at `var_dir`: the demo's Airflow."""
+    marker = f"INBO_VAR_DIR={var_dir}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
