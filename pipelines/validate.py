@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -28,6 +29,8 @@ from inbo.locks import INGEST, platform_lock
 from inbo.settings import Settings, get_settings
 from pipelines.ingest import check_counts, quarantine_rows, write_quarantine
 from pipelines.ingest import read_report as read_ingest_report
+from validation import ValidationResult
+from validation.docs import Verdict, record
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     extracted, ingest_bad = _ingest_counts(lake, batch)
     previous = _previous_report(lake, batch)
     report = ValidationReport(batch=batch)
-    docs_dir = settings.reports_dir / "data_docs"
+    results: dict[str, ValidationResult] = {}
     known: dict[str, set[int]] = {}
     frames: dict[str, pd.DataFrame] = {}
     bad_frames = []
@@ -179,7 +182,7 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     for table, sources in SOURCES.items():
         schema = schemas.BY_NAME[table]
         staged = lake.read_batch(tables.staging(table), batch)
-        result = validate(staged, table, now=interval_end, docs_dir=docs_dir, **known)
+        results[table] = result = validate(staged, table, now=interval_end, **known)
         frames[table] = good = schemas.conform(result.good, schema)
         if table in KNOWN_IDS:
             id_column, argument = KNOWN_IDS[table]
@@ -199,8 +202,6 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
         report.passed[table] = len(good)
         report.quarantined[table] = len(result.bad)
         report.bad_share[table] = bad_rows[table] / max(extracted_rows[table], 1)
-        if result.docs_path is not None:
-            report.data_docs[table] = str(result.docs_path)
     frames["subscriptions"] = validated_subscriptions(
         lake, batch, known.get("known_user_ids", set())
     )
@@ -217,6 +218,12 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
     elif above:
         report.status = HELD
         report.held = {name: len(frame) for name, frame in frames.items()}
+    verdicts = [
+        (results[t], Verdict(batch, report.status, bad_rows[t], extracted_rows[t], threshold))
+        for t in SOURCES
+    ]
+    pages = record(verdicts, interval_end, *history_dirs(settings))
+    report.data_docs = {table: str(page) for table, page in pages.items()}
     if report.status == HELD:
         _hold(lake, batch, frames)
         _unpublish(lake, batch)
@@ -261,6 +268,11 @@ def validate_batch(interval_end: datetime, settings: Settings | None = None) -> 
             f"`inbo validate --accept {batch}`"
         ) from None
     return report
+
+
+def history_dirs(settings: Settings) -> tuple[Path, Path]:
+    """Great Expectations' stores (every batch's validation results) and the Data Docs site."""
+    return settings.var_dir / "great_expectations", settings.reports_dir / "data_docs"
 
 
 def validate_exclusive(

@@ -9,7 +9,6 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inbo.errors import ValidationFailed
@@ -17,6 +16,9 @@ from inbo.errors import ValidationFailed
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResult,
+    )
 
     from validation.engine import Failure
 
@@ -37,8 +39,8 @@ class ValidationResult:
     """GE's overall verdict (False as soon as one expectation failed)."""
     statistics: dict[str, Any]
     """GE's counts of evaluated, successful and unsuccessful expectations."""
-    docs_path: Path | None = None
-    """index.html of the Data Docs site, when `docs_dir` was given."""
+    outcome: ExpectationSuiteValidationResult
+    """GE's result, kept in the validation history by `validation.docs.record`."""
 
 
 def validate(
@@ -48,7 +50,6 @@ def validate(
     known_user_ids: Collection[int] | None = None,
     known_item_ids: Collection[int] | None = None,
     now: datetime | None = None,
-    docs_dir: Path | None = None,
 ) -> ValidationResult:
     """Run the Great Expectations suite `suite` over `frame` and split its rows; never drops one.
 
@@ -56,7 +57,7 @@ def validate(
     (most basic first: missing column, null, type, set, duplicate, reference, range). Of rows
     sharing a value that must be unique, the first stays good and later copies are bad.
     Pass the batch's interval end as `now` so a rerun gives the same split; the default is the
-    clock. With `docs_dir`, GE Data Docs for this run are written to `<docs_dir>/<suite>/`.
+    clock. Nothing is written: `validation.docs.record` keeps the result and renders its page.
     """
     import numpy as np
 
@@ -65,7 +66,7 @@ def validate(
     now = now or datetime.now(UTC)
     spec = suites.build(suite, now, known_user_ids, known_item_ids)
     positional = frame.reset_index(drop=True)
-    run = engine.run(spec, positional, now, docs_dir)
+    run = engine.run(spec, positional, now)
     failed = _first_failures(positional, run.failures)
     is_bad = np.zeros(len(frame), dtype=bool)
     is_bad[failed.index.to_numpy()] = True
@@ -74,9 +75,7 @@ def validate(
         _check=failed["_check"].to_numpy(), _reason=failed["_reason"].to_numpy()
     )
     log.info("%s: %d of %d rows failed validation", suite, len(bad), len(frame))
-    return ValidationResult(
-        suite, good, bad, len(frame), run.success, run.statistics, run.docs_path
-    )
+    return ValidationResult(suite, good, bad, len(frame), run.success, run.statistics, run.outcome)
 
 
 def _first_failures(frame: pd.DataFrame, failures: list[Failure]) -> pd.DataFrame:
@@ -110,7 +109,7 @@ def _rows(frame: pd.DataFrame, failure: Failure) -> np.ndarray:
     return rows
 
 
-def _percent(share: float, threshold: float) -> str:
+def percent(share: float, threshold: float) -> str:
     """`share` as a percentage with enough decimals to tell it from `threshold` (1.001% vs 1.00%)."""
     for decimals in range(2, 6):
         if f"{share:.{decimals}%}" != f"{threshold:.{decimals}%}":
@@ -133,7 +132,7 @@ def enforce_threshold(
     if bad <= 0:
         return
     share = bad / max(total, 1)
-    summary = f"{table}: {bad:,} of {total:,} rows ({_percent(share, threshold)}) failed validation"
+    summary = f"{table}: {bad:,} of {total:,} rows ({percent(share, threshold)}) failed validation"
     where = f"; see {quarantine}" if quarantine else ""
     if exceeds(bad, total, threshold):
         raise ValidationFailed(f"{summary}, above the {threshold:.2%} threshold{where}")

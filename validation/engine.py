@@ -1,4 +1,4 @@
-"""Great Expectations plumbing: an ephemeral context, one suite, one run, optional Data Docs.
+"""Great Expectations plumbing: a quiet context, one suite, one run kept in memory.
 
 great_expectations is imported inside functions: it takes about two seconds and logs at INFO on
 import, and `validation` is imported on DAG-parse and CLI start-up paths.
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SITE = "inbo"
-"""Name of the Data Docs site written under `<docs_dir>/<suite>`."""
-
 
 @dataclass(frozen=True)
 class Failure:
@@ -43,36 +40,37 @@ class Failure:
 
 @dataclass(frozen=True)
 class Run:
-    """What `run` learned: GE's verdict, its statistics and the failures in suite order."""
+    """What `run` learned: GE's verdict, its statistics, the failures in suite order, and GE's
+    result itself (for `validation.docs.record`)."""
 
     success: bool
     statistics: dict[str, Any]
     failures: list[Failure]
-    docs_path: Path | None
+    outcome: ExpectationSuiteValidationResult
 
 
-def run(suite: Suite, frame: pd.DataFrame, run_time: datetime, docs_dir: Path | None = None) -> Run:
-    """Validate `frame` (which must have a positional index) against `suite`.
+def run(suite: Suite, frame: pd.DataFrame, run_time: datetime) -> Run:
+    """Validate `frame` (which must have a positional index) against `suite`, in memory.
 
     Checks on a missing column are left out; the suite's column-exists check covers them.
-    `run_time` names the run, so a rerun of a batch rewrites the same Data Docs page. Docs go to
-    `<docs_dir>/<suite>`: GE's index builder deletes pages whose results are not in the context,
-    and an ephemeral context holds only this run, so a shared folder would keep only one suite.
+    `run_time` is the run's time in GE's result, so a rerun of a batch gives the same one.
     """
-    _quiet()
+    quiet()
+    import great_expectations as gx
+
     checks = [c for c in suite.checks if c.table_level or c.source in frame.columns]
-    site = docs_dir / suite.name if docs_dir is not None else None
-    context = _context(site)
-    definition, order = _definition(context, suite.name, checks)
+    definition, order = _definition(context(), suite.name, checks)
     data = _checked_frame(suite, checks, frame)
-    result = _execute(context, definition, data, run_time, site)
+    run_id = gx.RunIdentifier(run_name=suite.name, run_time=run_time)
+    result = definition.run(
+        batch_parameters={"dataframe": data}, result_format="COMPLETE", run_id=run_id
+    )
     failed = [_failure(suite.name, checks, order, r) for r in result.results if not r.success]
-    docs_path = site / "index.html" if site is not None else None
     in_order = [failure for _, failure in sorted(failed, key=lambda pair: pair[0])]
-    return Run(bool(result.success), dict(result.statistics), in_order, docs_path)
+    return Run(bool(result.success), dict(result.statistics), in_order, result)
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """No analytics, and GE's INFO chatter (some of it from loggers it sets to INFO) off."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -83,28 +81,27 @@ def _quiet() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _context(site: Path | None) -> AbstractDataContext:
-    """An in-memory context without progress bars; with a filesystem docs site if asked."""
+def context(
+    stores: Path | None = None, sites: dict[str, dict[str, Any]] | None = None
+) -> AbstractDataContext:
+    """A context without progress bars or analytics: in memory, or over the filesystem stores
+    under `stores` (which then keep what is saved to them), with the Data Docs `sites`."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
+        FilesystemStoreBackendDefaults,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
 
-    sites = {}
-    if site is not None:
-        sites[SITE] = {
-            "class_name": "SiteBuilder",
-            "store_backend": {
-                "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str(site),
-            },
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        }
+    defaults = (
+        InMemoryStoreBackendDefaults()
+        if stores is None
+        else FilesystemStoreBackendDefaults(root_directory=str(stores))
+    )
     config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(),
-        data_docs_sites=sites,
+        store_backend_defaults=defaults,
+        data_docs_sites=sites or {},
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
@@ -143,33 +140,6 @@ def _utc(suite: str, column: pd.Series) -> pd.Series:
         return pd.to_datetime(column, utc=True)
     except (TypeError, ValueError) as exc:
         raise SourceError(f"{suite}: {column.name} is not a timestamp column: {exc}") from None
-
-
-def _execute(
-    context: AbstractDataContext,
-    definition: ValidationDefinition,
-    frame: pd.DataFrame,
-    run_time: datetime,
-    site: Path | None,
-) -> ExpectationSuiteValidationResult:
-    """COMPLETE results, so every failing row's index is listed; a checkpoint when docs are due."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
-    batch = {"dataframe": frame}
-    run_id = gx.RunIdentifier(run_name=definition.name, run_time=run_time)
-    if site is None:
-        return definition.run(batch_parameters=batch, result_format="COMPLETE", run_id=run_id)
-    checkpoint = gx.Checkpoint(
-        name=definition.name,
-        validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
-        result_format="COMPLETE",
-    )
-    result = context.checkpoints.add(checkpoint).run(batch_parameters=batch, run_id=run_id)
-    (validation,) = result.run_results.values()
-    log.info("wrote Data Docs for %s under %s", definition.name, site)
-    return validation
 
 
 def _failure(
