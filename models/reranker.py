@@ -3,8 +3,9 @@
 Candidate generation proposes a few hundred items per user from several sources whose scores are
 not comparable; the reranker learns, from what users were actually shown and engaged with, how to
 weigh those scores against item, user and (user, item) features (`features.ranking.FEATURES`).
-It is saved as LightGBM's own text model plus a small JSON of params, so any process with
-lightgbm can load it, and it explains a score feature by feature (`contributions`) for
+It is saved as LightGBM's own text model plus a small JSON of params and a few rows of its
+training inputs (the input example MLflow shows beside the registered booster), so any process
+with lightgbm can load it, and it explains a score feature by feature (`contributions`) for
 `inbo explain USER ITEM`.
 """
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.txt"
 PARAMS_FILE = "params.json"
+EXAMPLE_FILE = "example.json"
+EXAMPLE_ROWS = 5
+"""Training rows kept as the model's input example: real feature values, no user or item ids."""
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
@@ -52,6 +56,7 @@ class Reranker:
         self.features = tuple(features)
         self.params = {**DEFAULT_PARAMS, **params}
         self.booster: Any = None  # lightgbm.Booster once fitted or loaded
+        self.example = pd.DataFrame(columns=list(self.features), dtype="float64")
 
     def fit(self, examples: pd.DataFrame) -> Self:
         """Learn from labelled examples (`user_id`, `FEATURES`, `label`); one group per user.
@@ -61,13 +66,15 @@ class Reranker:
         import lightgbm as lgb
 
         ordered = useful_groups(examples)
+        inputs = feature_matrix(ordered, self.features)
         ranker = lgb.LGBMRanker(**self.params)
         ranker.fit(
-            feature_matrix(ordered, self.features),
+            inputs,
             ordered[LABEL].to_numpy(dtype=np.int32),
             group=ordered.groupby("user_id", sort=False).size().to_numpy(),
         )
         self.booster = ranker.booster_
+        self.example = inputs.head(EXAMPLE_ROWS).reset_index(drop=True)
         log.info(
             "reranker fitted on %d rows, %d users, %d positive",
             len(ordered),
@@ -113,25 +120,35 @@ class Reranker:
         return pd.DataFrame(values, columns=[*self.features, BIAS], index=frame.index)
 
     def save(self, directory: Path) -> None:
-        """LightGBM's text model and the params: loadable by `Reranker.load` in any process."""
+        """LightGBM's text model, the params and the input example: loadable by `Reranker.load`."""
         booster = self._fitted()
         directory.mkdir(parents=True, exist_ok=True)
         booster.save_model(str(directory / MODEL_FILE))
         payload = {"features": list(self.features), "params": self.params}
         (directory / PARAMS_FILE).write_text(json.dumps(payload, indent=2))
+        self.example.to_json(directory / EXAMPLE_FILE, orient="split", index=False)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         import lightgbm as lgb
 
         payload = json.loads((directory / PARAMS_FILE).read_text())
-        model = cls(tuple(payload["features"]), **payload["params"])
-        model.booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
-        if tuple(model.booster.feature_name()) != model.features:
+        booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
+        if tuple(booster.feature_name()) != tuple(payload["features"]):
             raise ValueError(
-                f"{directory / MODEL_FILE} was trained on {model.booster.feature_name()}, "
-                f"but {PARAMS_FILE} lists {list(model.features)}; save the model again"
+                f"{directory / MODEL_FILE} was trained on {booster.feature_name()}, "
+                f"but {PARAMS_FILE} lists {payload['features']}; save the model again"
             )
+        example = pd.read_json(directory / EXAMPLE_FILE, orient="split", dtype=False)
+        return cls.from_parts(booster, payload["params"], example)
+
+    @classmethod
+    def from_parts(cls, booster: Any, params: dict[str, Any], example: pd.DataFrame) -> Self:
+        """A fitted reranker from a booster (its feature names are the features), e.g. the one
+        MLflow's LightGBM flavor loads from the registry."""
+        model = cls(tuple(booster.feature_name()), **params)
+        model.booster = booster
+        model.example = feature_matrix(example, model.features)
         return model
 
     def _fitted(self) -> Any:

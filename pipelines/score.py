@@ -102,11 +102,9 @@ def pinned_parts(
     """The ALS and reranker of exactly these registry versions (None where not given)."""
     als = reranker = None
     if "als" in versions:
-        als = ALSModel.load(registry.download(settings, "als", str(versions["als"]))[0])
+        als = registry.load_als(settings, str(versions["als"]))
     if "reranker" in versions:
-        reranker = Reranker.load(
-            registry.download(settings, "reranker", str(versions["reranker"]))[0]
-        )
+        reranker = registry.load_reranker(settings, str(versions["reranker"]))
     return als, reranker
 
 

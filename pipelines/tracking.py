@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,23 @@ from inbo.settings import REPO_ROOT, Settings
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "inbo-nightly"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The tag MLflow 3's UI reads to open an experiment as model training, not the GenAI traces view."""
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """What a run recorded, as the gate reads it to describe a registered version."""
+
+    run_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def metric_key(column: str, k: int) -> str:
+    """A metric's MLflow name with its list length: the evaluation's `ndcg_at_k` is `ndcg_at_10`."""
+    return column.replace("_at_k", f"_at_{k}")
 
 
 def git_commit() -> str:
@@ -68,15 +87,25 @@ def _probe(uri: str) -> None:
         ) from None
 
 
-def _experiment_id(settings: Settings, name: str) -> str:
-    import mlflow
+def experiment_id(settings: Settings, name: str) -> str:
+    """The id of experiment `name`, created (artifacts under var/) and typed if it is new.
 
-    connect(settings)
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    return str(mlflow.create_experiment(name, artifact_location=settings.mlflow_artifacts.as_uri()))
+    An experiment created before it carried the kind tag is tagged now, so it too opens as model
+    training in the MLflow UI.
+    """
+    client = connect(settings)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        return str(
+            client.create_experiment(
+                name, artifact_location=settings.mlflow_artifacts.as_uri(), tags=EXPERIMENT_KIND
+            )
+        )
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return str(found.experiment_id)
 
 
 def log_step_run(
@@ -87,22 +116,25 @@ def log_step_run(
     metrics: Mapping[str, float],
     artifacts: Path | None = None,
     experiment: str = EXPERIMENT,
+    tags: Mapping[str, str] | None = None,
 ) -> str:
     """Log one pipeline step's run for `batch` (in `experiment`) and return its run id."""
     import mlflow
 
-    experiment_id = _experiment_id(settings, experiment)
+    experiment = experiment_id(settings, experiment)
     existing = mlflow.search_runs(
-        [experiment_id],
+        [experiment],
         filter_string=f"tags.step = '{step}' and tags.batch = '{batch}'",
         output_format="list",
         max_results=1,
     )
     run_id = existing[0].info.run_id if existing else None
     with mlflow.start_run(
-        run_id=run_id, experiment_id=experiment_id, run_name=f"{step}-{batch}"
+        run_id=run_id, experiment_id=experiment, run_name=f"{step}-{batch}"
     ) as run:
-        mlflow.set_tags({"step": step, "batch": batch, "mlflow.source.git.commit": git_commit()})
+        mlflow.set_tags(
+            {"step": step, "batch": batch, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+        )
         if run_id is None:
             mlflow.log_params(dict(params))
         mlflow.log_metrics(dict(metrics))
@@ -124,3 +156,28 @@ def step_run_id(settings: Settings, step: str, batch: str) -> str | None:
         max_results=1,
     )
     return str(found[0].info.run_id) if found else None
+
+
+def log_to_run(
+    settings: Settings, run_id: str, params: Mapping[str, object], metrics: Mapping[str, float]
+) -> None:
+    """Add params and metrics to a finished run (held-out scores on the run of their model).
+
+    Params the run already has are left alone: MLflow refuses to change a param, and a re-run of
+    the evaluation for the same batch logs the same values.
+    """
+    from mlflow.entities import Metric, Param
+
+    client = connect(settings)
+    logged = client.get_run(run_id).data.params
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(name, float(value), now, 0) for name, value in metrics.items()],
+        params=[Param(name, str(value)) for name, value in params.items() if name not in logged],
+    )
+
+
+def read_run(settings: Settings, run_id: str) -> LoggedRun:
+    data = connect(settings).get_run(run_id).data
+    return LoggedRun(run_id, dict(data.params), dict(data.metrics), dict(data.tags))

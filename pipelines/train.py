@@ -134,6 +134,8 @@ def train_reranker(interval_end: datetime, settings: Settings | None = None) -> 
             step="reranker",
             batch=batch,
             params={
+                **reranker.params,
+                "features": len(reranker.features),
                 "label_days": settings.reranker_label_days,
                 "max_users": settings.reranker_max_users,
                 **window_params(settings, interval_end),

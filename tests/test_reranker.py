@@ -356,6 +356,31 @@ def test_save_and_load_in_a_fresh_process_gives_identical_scores(
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), model.score(held_out))
     assert Reranker.load(tmp_path / "model").params == model.params
+    pd.testing.assert_frame_equal(Reranker.load(tmp_path / "model").example, model.example)
+
+
+def test_a_registered_reranker_is_lightgbms_flavor_and_scores_the_same(
+    planted: tuple[Reranker, pd.DataFrame], settings: Settings, tmp_path: Path
+) -> None:
+    """Logged with `mlflow.lightgbm` (signature over FEATURES, a real input example), loaded back
+    through the registry for publishing with identical scores."""
+    import mlflow
+
+    from pipelines import registry
+    from pipelines.tracking import log_step_run
+
+    model, held_out = planted
+    model.save(tmp_path / "reranker")
+    run_id = log_step_run(settings, "reranker", "b1", model.params, {"examples": 4000.0})
+    version = registry.register(settings, "reranker", run_id, tmp_path / "reranker", "b1")
+    info = mlflow.models.get_model_info(f"models:/inbo-reranker/{version}")
+    assert "lightgbm" in info.flavors
+    assert info.signature.inputs.input_names() == list(FEATURES)
+    loaded = registry.load_reranker(settings, str(version))
+    np.testing.assert_array_equal(loaded.score(held_out), model.score(held_out))
+    assert loaded.params == model.params and loaded.features == model.features
+    booster = mlflow.lightgbm.load_model(f"models:/inbo-reranker/{version}")
+    np.testing.assert_allclose(booster.predict(held_out[list(FEATURES)]), model.score(held_out))
 
 
 def test_no_positive_examples_is_a_named_error() -> None:

@@ -52,10 +52,10 @@ from pipelines.offline.movielens import (
     genre_vectors,
     tune_als,
 )
+from pipelines.offline.names import Dataset
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("demo", "movielens-100k", "mind")
 EXPERIMENT = "inbo-evaluation"
 
 
@@ -125,16 +125,18 @@ def run_benchmark(
 
 
 def build_benchmark(dataset: str, path: Path | None, k: int, settings: Settings) -> Benchmark:
-    """The split and models of `dataset` (one of `DATASETS`)."""
-    if dataset == "movielens-100k":
+    """The split and models of `dataset` (a `Dataset` name)."""
+    if dataset == Dataset.MOVIELENS_100K:
         return movielens_benchmark(path, k, settings)
-    if dataset == "demo":
+    if dataset == Dataset.DEMO:
         return demo_benchmark(settings)
-    if dataset == "mind":
+    if dataset == Dataset.MIND:
         if path is None:
             raise ConfigError("the mind benchmark needs the folder of news.tsv and behaviors.tsv")
         return mind_benchmark(path, settings)
-    raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    raise ConfigError(
+        f"unknown dataset {dataset!r}; choose one of {', '.join(d.value for d in Dataset)}"
+    )
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -316,24 +318,15 @@ def log_runs(table: pd.DataFrame, bench: Benchmark, settings: Settings) -> list[
     """One MLflow run per model row in the "inbo-evaluation" experiment; returns the run ids."""
     import mlflow
 
-    from pipelines.tracking import connect, git_commit
+    from pipelines.tracking import experiment_id, git_commit, metric_key
 
-    connect(settings)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = mlflow.create_experiment(
-            EXPERIMENT, artifact_location=settings.mlflow_artifacts.as_uri()
-        )
-    else:
-        experiment_id = experiment.experiment_id
+    experiment = experiment_id(settings, EXPERIMENT)
+    k = int(table.attrs.get("k", m.DEFAULT_K))
     invocation = uuid.uuid4().hex[:12]
     train = bench.split.train
     run_ids = []
     for model, row in table.iterrows():
-        with mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"{bench.dataset}/{model}"
-        ) as run:
+        with mlflow.start_run(experiment_id=experiment, run_name=f"{bench.dataset}/{model}") as run:
             mlflow.set_tags(
                 {
                     "dataset": bench.dataset,
@@ -345,7 +338,7 @@ def log_runs(table: pd.DataFrame, bench: Benchmark, settings: Settings) -> list[
             )
             mlflow.log_params(
                 {
-                    "k": table.attrs.get("k", m.DEFAULT_K),
+                    "k": k,
                     "as_of": pd.Timestamp(train.as_of).isoformat(),
                     "train_pairs": len(train.interactions),
                     "truth_pairs": len(bench.split.truth),
@@ -356,7 +349,11 @@ def log_runs(table: pd.DataFrame, bench: Benchmark, settings: Settings) -> list[
                 }
             )
             mlflow.log_metrics(
-                {name: float(value) for name, value in row.items() if np.isfinite(value)}
+                {
+                    metric_key(str(name), k): float(value)
+                    for name, value in row.items()
+                    if np.isfinite(value)
+                }
             )
             for file_name, text in bench.artifacts.get(str(model), {}).items():
                 mlflow.log_text(text, file_name)
