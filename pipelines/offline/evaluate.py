@@ -318,7 +318,7 @@ def log_runs(table: pd.DataFrame, bench: Benchmark, settings: Settings) -> list[
     """One MLflow run per model row in the "inbo-evaluation" experiment; returns the run ids."""
     import mlflow
 
-    from pipelines.tracking import experiment_id, git_commit, metric_key
+    from pipelines.tracking import experiment_id, git_commit
 
     experiment = experiment_id(settings, EXPERIMENT)
     k = int(table.attrs.get("k", m.DEFAULT_K))
@@ -349,11 +349,7 @@ def log_runs(table: pd.DataFrame, bench: Benchmark, settings: Settings) -> list[
                 }
             )
             mlflow.log_metrics(
-                {
-                    metric_key(str(name), k): float(value)
-                    for name, value in row.items()
-                    if np.isfinite(value)
-                }
+                {name: float(value) for name, value in row.items() if np.isfinite(value)}
             )
             for file_name, text in bench.artifacts.get(str(model), {}).items():
                 mlflow.log_text(text, file_name)
