@@ -136,7 +136,8 @@ def airflow_services(
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[AirflowApi]:
     """Migrate the metadata DB, start SERVICES, yield a REST client once the API answers; stop
-    them on the way out (SIGTERM to each one's process group, SIGKILL after a grace period)."""
+    them on the way out, also on SIGTERM (SIGTERM to each one's process group, SIGKILL after a
+    grace period)."""
     env = {**airflow_env(settings, port), **(extra_env or {})}
     log_dir = services_log_dir(settings)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,9 @@ def airflow_services(
                 start_new_session=True,
             )
         stack.callback(_stop, processes)
+        # `kill` as well as Ctrl-C stops the services: they run in their own sessions
+        stack.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         api = AirflowApi(f"http://127.0.0.1:{port}", processes, log_dir)
         api.wait_until_up()
         yield api
