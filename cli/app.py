@@ -26,10 +26,11 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
 DateOption = Annotated[
-    str | None,
+    datetime | None,
     typer.Option(
         "--date",
-        help="End of the batch's data interval (YYYY-MM-DD, midnight UTC). Default: today.",
+        formats=["%Y-%m-%d"],
+        help="End of the batch's data interval (midnight UTC of that day). Default: today.",
     ),
 ]
 JsonOption = Annotated[
@@ -40,10 +41,14 @@ JsonOption = Annotated[
 ]
 """Every reporting command takes `--json`; its output is one JSON document on stdout."""
 
+AT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]
+"""What `--at` accepts: a UTC time like 2026-11-26T14:00 (an offset is converted to UTC)."""
+
 AtOption = Annotated[
-    str | None,
+    datetime | None,
     typer.Option(
         "--at",
+        formats=AT_FORMATS,
         help="End of the interval (UTC, e.g. 2026-11-26T14:00). Default: the latest tick of "
         "INBO_HOURLY_SCHEDULE.",
     ),
@@ -57,20 +62,13 @@ def main_options(
     logs.configure(verbose)
 
 
-def interval_end(date: str | None) -> datetime:
-    """The batch end for `--date`, midnight UTC; today's midnight when not given."""
-    if date is None:
-        now = datetime.now(UTC)
-        return datetime(now.year, now.month, now.day, tzinfo=UTC)
-    try:
-        return datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{date!r} is not a date like 2026-11-26", param_hint="--date"
-        ) from None
+def interval_end(date: datetime | None) -> datetime:
+    """The batch end for `--date`: midnight UTC of that day; today's when not given."""
+    day = date or datetime.now(UTC)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def hour_end(at: str | None) -> datetime:
+def hour_end(at: datetime | None) -> datetime:
     """The interval end for `--at` (UTC); by default the latest tick of `INBO_HOURLY_SCHEDULE`."""
     if at is None:
         from croniter import croniter
@@ -81,13 +79,7 @@ def hour_end(at: str | None) -> datetime:
             datetime
         )
         return latest
-    try:
-        moment = datetime.fromisoformat(at)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{at!r} is not a time like 2026-11-26T14:00", param_hint="--at"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def print_json(data: object) -> None:

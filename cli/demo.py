@@ -51,7 +51,7 @@ def demo(
         seed=seed,
         dirty_share=0.001,
         counter_drift=0.0002,
-        date=f"{end:%Y-%m-%d}",
+        date=end,
         hours_after=1,
     )
     redis_url = ensure_redis(settings)
@@ -69,7 +69,7 @@ def demo(
         f"(the demo replays the hour to {hour:%H:%M} UTC today, so freshness also counts the time "
         "since then; `inbo bench-hourly` times a refresh on its own)"
     )
-    reconcile(repair=False, restore=None, yes=False, at=hour.isoformat())
+    reconcile(repair=False, restore=None, yes=False, at=hour)
     console.print(f"\ndemo finished in {time.monotonic() - started:.0f} s\n")
     print(next_steps(redis_url, end, settings))
 

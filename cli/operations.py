@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.app import JsonOption, app, confirm, console, hour_end, print_json
+from cli.app import AT_FORMATS, JsonOption, app, confirm, console, hour_end, print_json
 
 if TYPE_CHECKING:
     from pipelines.reconcile import ReconcileReport
@@ -27,9 +27,10 @@ def reconcile(
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair or --restore.")] = False,
     at: Annotated[
-        str | None,
+        datetime | None,
         typer.Option(
             "--at",
+            formats=AT_FORMATS,
             help="End of the validated batch to check at (UTC, 2026-11-26 or 2026-11-26T14:00). "
             "Default: the newest validated batch.",
         ),
@@ -61,7 +62,7 @@ def reconcile(
         console.print(worst)
 
 
-def reconcile_end(at: str | None) -> datetime:
+def reconcile_end(at: datetime | None) -> datetime:
     """`--at`, else the end of the newest validated batch."""
     if at is not None:
         return hour_end(at)

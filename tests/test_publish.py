@@ -224,8 +224,7 @@ def test_a_reader_leaves_out_unknown_items_and_gives_no_sentence_for_a_missing_r
     publish(client, prefix, recs)
     rows = recs[recs.user_id == 2].sort_values("rank")
     catalogue = {
-        int(item): {"title": f"t{item}", "publisher": "p", "category": "c"}
-        for item in range(1, 50)
+        int(item): {"title": f"t{item}", "publisher": "p", "category": "c"} for item in range(1, 50)
     }
     gone = int(rows["item_id"].iloc[1])
     read = rows[rows.reason_code == "because_you_read"]["reason_ref"].iloc[0]  # seed 0: user 2
