@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from cli import airflow, demo, ml, operations, pipeline, serving  # noqa: F401  (they register commands)
+from cli import (  # noqa: F401  (they register commands)
+    airflow,
+    demo,
+    ml,
+    monitoring,
+    operations,
+    pipeline,
+    serving,
+)
 from cli.app import app
 from inbo.errors import ConfigError, InboError
 
