@@ -74,9 +74,7 @@ def airflow_env(settings: Settings, port: int = DEFAULT_PORT) -> dict[str, str]:
     env.setdefault("AIRFLOW_HOME", str(REPO_ROOT))
     env.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
-    env.setdefault(
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_state / 'airflow.db'}"
-    )
+    env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", settings.airflow_db)
     env.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(airflow_state / "logs"))
     env.setdefault(
         "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY",

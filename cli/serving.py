@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.app import JsonOption, app, confirm, console, flatten, print_json
+from inbo.durations import duration
 from inbo.errors import InboError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -218,20 +219,6 @@ def gc(as_json: JsonOption = False) -> None:
     console.print(
         f"deleted {len(deleted)} versions" + (f": {', '.join(deleted)}" if deleted else "")
     )
-
-
-def duration(seconds: float) -> str:
-    """A duration as people read it: `5 d 3 h`, `5 h 20 min`, `4 min 10 s`, `12 s`."""
-    days, rest = divmod(round(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
 
 
 @app.command(rich_help_panel=PANEL)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins, default SQLite under var/."
     )
+    airflow_db_url: str = Field(
+        "",
+        description="Airflow's metadata DB, read by `inbo health`; AIRFLOW__DATABASE__SQL_ALCHEMY_CONN "
+        "wins, default SQLite under var/airflow.",
+    )
     quarantine_threshold: float = Field(
         0.01, ge=0.0, le=1.0, description="Bad-row share above which a batch fails."
     )
@@ -157,6 +162,11 @@ class Settings(BaseSettings):
     def mlflow_uri(self) -> str:
         explicit = os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow_tracking_uri
         return explicit or f"sqlite:///{self.var_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def airflow_db(self) -> str:
+        explicit = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or self.airflow_db_url
+        return explicit or f"sqlite:///{self.var_dir / 'airflow' / 'airflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:

@@ -133,6 +133,17 @@ def reconcile_counters(
     return report
 
 
+def latest_report(settings: Settings) -> ReconcileReport | None:
+    """The newest check's report, None before any."""
+    lake = Lake(settings.lake)
+    batches = sorted(lake.names(tables.RECONCILE_REPORTS))
+    if not batches:
+        return None
+    raw = json.loads(lake.read_json(tables.RECONCILE_REPORTS, batches[-1]))
+    raw.pop("within_target", None)
+    return ReconcileReport(**raw)
+
+
 def restore_counters(backup: str, settings: Settings | None = None) -> int:
     """Write the counters a repair backed up back exactly; returns how many items were restored."""
     settings = settings or get_settings()

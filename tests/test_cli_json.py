@@ -21,6 +21,7 @@ def result_types() -> dict[str, list[Any]]:
     from pipelines.health import Health, LiveTable
     from pipelines.hourly import HourlyPublish, HourlyScore, RefreshRun
     from pipelines.ingest import IngestReport
+    from pipelines.monitoring.health import Check, HealthReport
     from pipelines.promotion import Decision
     from pipelines.publish.lifecycle import VersionInfo
     from pipelines.publish.reader import SimilarItem, SimilarItems
@@ -32,6 +33,7 @@ def result_types() -> dict[str, list[Any]]:
 
     return {
         "inbo status --json": [Health, LiveTable],
+        "inbo health --json": [HealthReport, Check],
         "inbo similar ITEM --json": [SimilarItems, SimilarItem],
         "inbo versions --json": [VersionInfo],
         "inbo simulate --json": [SimulationSummary],

@@ -124,6 +124,27 @@ def test_nightly_dag_publishes_a_valid_table(nightly: Settings, world_end: datet
     assert read_pairs and not read_pairs & published_pairs, "an already-read issue was recommended"
 
 
+def test_health_sees_the_nightly_run_its_champions_and_its_batch(
+    nightly: Settings, world_end: datetime
+) -> None:
+    """`inbo health` reads the run from Airflow's own metadata DB, the champions from MLflow."""
+    from pipelines.monitoring.health import Level, check_components
+
+    airflow_db = f"sqlite:///{os.environ['AIRFLOW_HOME']}/var/airflow/airflow.db"  # airflow.cfg's
+    settings = nightly.model_copy(update={"airflow_db_url": airflow_db})
+    checks = {
+        c.name: c for c in check_components(settings, now=world_end + timedelta(hours=3)).checks
+    }
+
+    assert checks["nightly_run"].level is Level.OK, checks["nightly_run"].detail
+    assert checks["nightly_run"].detail.startswith("inbo_nightly success")
+    assert checks["mlflow_registry"].level is Level.OK
+    assert "als v" in checks["mlflow_registry"].detail
+    assert "reranker v" in checks["mlflow_registry"].detail
+    assert checks["live_table"].level is Level.OK and checks["redis"].level is Level.OK
+    assert checks["last_batch"].detail.startswith(batch_key(world_end))
+
+
 def test_rerunning_a_night_gives_the_same_table_and_keeps_the_previous_version(
     nightly: Settings, world_end: datetime
 ) -> None:
