@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.app import JsonOption, app, console, print_json
+from cli.app import JsonOption, app, console, err, print_json
 
 PANEL = "Monitoring"
 LEVEL_STYLE = {"ok": "green", "degraded": "yellow", "down": "red"}
@@ -28,3 +29,39 @@ def health(as_json: JsonOption = False) -> None:
             table.add_row(check.name, f"[{style}]{check.level}[/{style}]", check.detail)
         console.print(table)
     raise typer.Exit(report.level.exit_code)
+
+
+@app.command(rich_help_panel=PANEL)
+def exporter(
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default INBO_EXPORTER_PORT, 9150).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Serve Prometheus metrics (/metrics) and probes (/healthz, /readyz) until Ctrl-C."""
+    import signal
+
+    from inbo.errors import ConfigError
+    from inbo.settings import get_settings
+    from pipelines.monitoring.exporter import Exporter
+
+    settings = get_settings()
+    try:
+        server = Exporter(settings, host, port or settings.exporter_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port or settings.exporter_port}: {exc.strerror}"
+        ) from None
+    signal.signal(signal.SIGTERM, _interrupt)
+    err.print(f"exporter at {server.url}/metrics (probes /healthz, /readyz); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM (a supervisor stopping the exporter) ends it as Ctrl-C does."""
+    raise KeyboardInterrupt

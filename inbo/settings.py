@@ -133,6 +133,16 @@ class Settings(BaseSettings):
         600.0, ge=0, description="How long a step waits for a lock before failing (to be retried)."
     )
 
+    exporter_port: int = Field(
+        9150, ge=1, le=65535, description="Port of `inbo exporter` (/metrics, /healthz, /readyz)."
+    )
+    exporter_refresh_seconds: float = Field(
+        30.0, gt=0, description="How often the exporter re-reads the platform's state for /metrics."
+    )
+    anomaly_poll_seconds: float = Field(
+        60.0, gt=0, description="How often the exporter runs anomaly detection on new app events."
+    )
+
     @field_validator("redis_url", "app_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

@@ -173,7 +173,7 @@ def last_dag_runs(settings: Settings) -> dict[str, DagRun]:
     does not import Airflow); empty when there is no database yet."""
     from sqlalchemy import create_engine, inspect, text
 
-    if _missing_sqlite_file(settings.airflow_db):
+    if missing_sqlite_file(settings.airflow_db):
         return {}
     engine = create_engine(settings.airflow_db, connect_args=_connect_timeout(settings.airflow_db))
     try:
@@ -198,7 +198,7 @@ def check_mlflow_registry(settings: Settings, now: datetime) -> Check:
     """Each registered model has a `champion`: the next nightly scores with it."""
     from pipelines.registry import ModelKind, alias_version
 
-    if _missing_sqlite_file(settings.mlflow_uri):
+    if missing_sqlite_file(settings.mlflow_uri):
         return Check("mlflow_registry", Level.DEGRADED, f"no registry at {settings.mlflow_uri}")
     champions = {kind.value: alias_version(settings, kind.value, "champion") for kind in ModelKind}
     missing = sorted(kind for kind, version in champions.items() if version is None)
@@ -212,7 +212,7 @@ def check_app_database(settings: Settings, now: datetime) -> Check:
     """The app database answers: the next ingest reads it."""
     from sqlalchemy import create_engine, text
 
-    if _missing_sqlite_file(settings.app_db):
+    if missing_sqlite_file(settings.app_db):
         return Check("app_database", Level.DEGRADED, f"no database at {settings.app_db}")
     engine = create_engine(settings.app_db, connect_args=_connect_timeout(settings.app_db))
     try:
@@ -288,7 +288,7 @@ def schedule_period(expression: str) -> float:
     return float(ticks.get_next(float) - first)
 
 
-def _missing_sqlite_file(url: str) -> bool:
+def missing_sqlite_file(url: str) -> bool:
     """A SQLite URL whose file does not exist: connecting would create it, and checks only read."""
     from sqlalchemy import make_url
 
