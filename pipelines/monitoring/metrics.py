@@ -143,11 +143,13 @@ def dag_metrics(settings: Settings, now: datetime) -> list[Metric]:
     from pipelines.monitoring.health import last_dag_runs
 
     success = gauge("inbo_dag_last_run_success", "1 when a DAG's newest run succeeded.", ["dag"])
+    failed = gauge("inbo_dag_last_run_failed", "1 when a DAG's newest run failed.", ["dag"])
     age = gauge("inbo_dag_last_run_age_seconds", "Time since a DAG's newest run.", ["dag"])
     for dag_id, run in sorted(last_dag_runs(settings).items()):
         success.add_metric([dag_id], 1 if run.state == "success" else 0)
+        failed.add_metric([dag_id], 1 if run.state == "failed" else 0)
         age.add_metric([dag_id], (now - run.run_after).total_seconds())
-    return [success, age]
+    return [success, failed, age]
 
 
 def model_metrics(settings: Settings, now: datetime) -> list[Metric]:
