@@ -117,10 +117,16 @@ def next_steps(redis_url: str, end: datetime, settings: Settings) -> str:
     from pipelines.publish.steps import redis_cli_example
 
     venv = Path(sys.executable).parent
+    dashboard = settings.reports_dir / "dashboard" / "index.html"
     return "\n".join(
         [
             "Where to look next:",
             f"  recommendations  {venv}/inbo recs <USER_ID>",
+            f"  health           {venv}/inbo health   (exit 0 ok, 1 degraded, 2 down)",
+            f"  metrics          {venv}/inbo exporter (http://localhost:{settings.exporter_port}"
+            "/metrics, /healthz, /readyz)",
+            "  alert rules      monitoring/alerts.yml (prometheus --config.file=monitoring/prometheus.yml)",
+            *([f"  dashboard        {dashboard}"] if dashboard.exists() else []),
             f"  redis-cli        {redis_cli_example(redis_url, settings.redis_prefix)}",
             f"  Airflow UI       {venv}/inbo airflow   (http://localhost:{DEFAULT_PORT}, no login)",
             f"  MLflow UI        {venv}/mlflow ui --backend-store-uri {settings.mlflow_uri} --port 5000",
