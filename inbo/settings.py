@@ -142,6 +142,39 @@ class Settings(BaseSettings):
     anomaly_poll_seconds: float = Field(
         60.0, gt=0, description="How often the exporter runs anomaly detection on new app events."
     )
+    dashboard_days: int = Field(
+        14, ge=1, le=90, description="Days (and nights) of history the analytics dashboard shows."
+    )
+    dashboard_sample_users: int = Field(
+        20_000,
+        ge=100,
+        description="Users sampled (seeded) for the dashboard's per-user numbers on big nights.",
+    )
+    anomaly_history_days: int = Field(
+        14,
+        ge=1,
+        le=56,
+        description="Days of per-minute history the anomaly baseline is built from (held in memory).",
+    )
+    anomaly_smooth_minutes: int = Field(
+        2, ge=0, le=30, description="Neighbouring minutes (each side) the baseline averages over."
+    )
+    anomaly_window_minutes: int = Field(
+        5, ge=1, le=60, description="Longest run of recent minutes an anomaly test sums over."
+    )
+    anomaly_threshold: float = Field(
+        7.0, gt=0, description="Score (-log10 tail probability) from which a series is anomalous."
+    )
+
+    alert_webhook_url: str = Field(
+        "", description="Webhook (Slack-compatible JSON) Airflow alerts post to; empty: log only."
+    )
+    nightly_deadline_minutes: float = Field(
+        240.0, gt=0, description="Minutes after it is queued by which a nightly run must finish."
+    )
+    hourly_deadline_minutes: float = Field(
+        45.0, gt=0, description="Minutes after it is queued by which an hourly run must finish."
+    )
 
     @field_validator("redis_url", "app_redis_url")
     @classmethod
