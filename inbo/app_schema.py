@@ -57,6 +57,7 @@ newsletter_issues = Table(
     Column("language", String),
     Column("published_at", DateTime, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    Index("ix_newsletter_issues_published_at", "published_at"),  # anomaly detection's polls
 )
 
 subscriptions = Table(

@@ -1,0 +1,442 @@
+"""Anomaly detection over the app's per-minute series, run continuously by the exporter.
+
+What is watched (`AnomalyMonitor.series_names`, a bounded set): events per kind
+(`events:<kind>`), `impressions`, the click-through rate per surface and candidate source
+(`ctr:<surface>:<source>`, clicks over impressions recorded in the same minutes), issues published
+per minute (`new_issues`), and two sparse series from the lake's batch reports: the worst bad-row
+share of the newest validated batch (`quarantine_rate`) and the users of the newest hourly
+publish (`published_users`). The per-minute series are read by `recorded_at` (`published_at`
+for issues) from the app database, incrementally: a poll reads what was recorded since the
+previous one, re-reading `LATE_OVERLAP_MINUTES` for rows committed late.
+
+Why this method:
+- Baseline: for each minute, the counts over the neighbouring minutes (±`anomaly_smooth_minutes`,
+  so sparse counts carry information) at the same minute of the day over the past
+  `anomaly_history_days`, days on the same weekday counted `WEEKDAY_WEIGHT` times (the
+  minute-of-week component), averaged with a trimmed mean (`TRIM` cut from each end). It is
+  robust like a median (an incident day or a bot burst in the history is trimmed away) but,
+  unlike a median, is not biased on sparse integer counts (the median of Poisson(0.3) is 0).
+- Test: counts in the last 1..`anomaly_window_minutes` complete minutes against the baseline's
+  sum, scored with a negative binomial tail probability whose variance `a*mu + b*mu**2` is fitted
+  per series from the history (`a`: events arriving in clusters, e.g. a user subscribing to five
+  publishers at once; `b`: the baseline's own relative error, e.g. a growing audience); rates with
+  a beta-binomial whose overdispersion is fitted the same way. Pure Poisson/binomial tails would
+  raise alarms on busy series whose baseline is a few percent off. Both tails are tested: a drop
+  (an outage) and a burst (a bot) are both incidents. The score is -log10 of the smallest tail
+  probability over the windows, so one minute of a total outage and five minutes of a partial one
+  are both caught, and detection takes at most the window.
+- Threshold: a series is active from score `anomaly_threshold` and stays active until its score
+  falls below half of it (no flapping episodes). About 25 series x 10080 minutes x 5 windows is
+  ~1e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves well under one false alarm
+  per clean week when the model fits; `inbo bench-anomaly` measures it on a simulated week.
+- Batch series arrive once per run: the newest value is compared with the median and MAD of the
+  previous ones (a robust z-score past `SPARSE_Z`).
+
+State is in memory and bounded: one ring of `anomaly_history_days` + 1 days of minute counts per
+counter, seeded from the app database on the first poll so the exporter is useful right after a
+restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import optimize, stats
+from sqlalchemy import Engine, func, select
+
+from inbo import app_schema
+from inbo.errors import DataNotFound
+from inbo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MINUTES_PER_DAY = 1440
+LATE_OVERLAP_MINUTES = 2
+"""Minutes re-read on every poll, for rows committed after a later row was read."""
+WEEKDAY_WEIGHT = 3
+"""How many times a past day on the same weekday counts in the baseline (minute of the week)."""
+TRIM = 0.2
+"""Share of the past days cut from each end before averaging: outliers and incidents."""
+SPARSE_Z = 6.0
+"""Robust z-score past which a batch series (quarantine rate, published users) is anomalous."""
+SPARSE_HISTORY = 48
+"""Batch reports a sparse series compares with."""
+SURFACES: tuple[str, ...] = ("feed", "email", "search")
+CANDIDATE_SOURCES: tuple[str, ...] = ("recent", "popularity", "subscriptions", "explore", "search")
+NO_SOURCE = "none"
+"""Source label of impressions without a `rec_context` (email and search slots)."""
+OTHER = "other"
+"""Label of a surface or source outside the known set: keeps the label set bounded."""
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """A series out of its seasonal band: since `start`, `observed` against `expected` in the
+    window that scored highest (counts, or a ratio for `ctr:*`), `score` = -log10 tail p."""
+
+    series: str
+    start: datetime
+    observed: float
+    expected: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The per-minute counters the series are built from, in ring row order."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def bounded(cls) -> Counters:
+        kinds = [f"events:{k}" for k in app_schema.INTERACTION_KINDS if k != "impression"]
+        pairs = [
+            f"{part}:{surface}:{source}"
+            for surface in (*SURFACES, OTHER)
+            for source in (*CANDIDATE_SOURCES, NO_SOURCE, OTHER)
+            for part in ("clicks", "shown")
+        ]
+        return cls((*kinds, "impressions", "new_issues", *pairs))
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def ctr_key(surface: Any, context: Any) -> str:
+    """`<surface>:<source>` of an impression or click, from bounded label sets."""
+    surface = surface if surface in SURFACES else OTHER
+    source = _source(context) if isinstance(context, str) and context else NO_SOURCE
+    return f"{surface}:{source}"
+
+
+@lru_cache(maxsize=4096)
+def _source(context: str) -> str:
+    try:
+        found = json.loads(context)
+    except ValueError:
+        return OTHER
+    source = found.get("source") if isinstance(found, dict) else None
+    return source if source in CANDIDATE_SOURCES else OTHER
+
+
+def minute_of(moment: datetime) -> int:
+    """Minutes since the epoch of a naive-UTC (or aware) moment, floored."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return int((moment - datetime(1970, 1, 1)).total_seconds() // 60)
+
+
+def moment_of(minute: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(minutes=minute)
+
+
+def read_minutes(engine: Engine, counters: Counters, lo: int, hi: int) -> np.ndarray:
+    """Counts per counter and minute in [lo, hi) (minutes since the epoch), from the app DB."""
+    out = np.zeros((len(counters.names), hi - lo))
+    table = app_schema.experience_interactions
+    bucket = _minute_bucket(engine, table.c.recorded_at)
+    query = (
+        select(bucket, table.c.kind, table.c.surface, table.c.rec_context, func.count())
+        .where(table.c.recorded_at >= _naive(lo), table.c.recorded_at < _naive(hi))
+        .group_by(bucket, table.c.kind, table.c.surface, table.c.rec_context)
+    )
+    issues = app_schema.newsletter_issues
+    issue_bucket = _minute_bucket(engine, issues.c.published_at)
+    issue_query = (
+        select(issue_bucket, func.count())
+        .where(issues.c.published_at >= _naive(lo), issues.c.published_at < _naive(hi))
+        .group_by(issue_bucket)
+    )
+    rows = {name: i for i, name in enumerate(counters.names)}
+    with engine.connect() as conn:
+        for stamp, kind, surface, context, count in conn.execute(query):
+            at = _bucket_minute(stamp) - lo
+            if kind == "impression":
+                out[rows["impressions"], at] += count
+                out[rows[f"shown:{ctr_key(surface, context)}"], at] += count
+            elif kind == "click":
+                out[rows["events:click"], at] += count
+                out[rows[f"clicks:{ctr_key(surface, context)}"], at] += count
+            elif f"events:{kind}" in rows:
+                out[rows[f"events:{kind}"], at] += count
+        for stamp, count in conn.execute(issue_query):
+            out[rows["new_issues"], _bucket_minute(stamp) - lo] += count
+    return out
+
+
+def _minute_bucket(engine: Engine, column: Any) -> Any:
+    if engine.dialect.name == "sqlite":
+        return func.substr(column, 1, 16)  # 'YYYY-MM-DD HH:MM' of SQLAlchemy's stored text
+    return func.date_trunc("minute", column)
+
+
+def _bucket_minute(stamp: Any) -> int:
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+    return minute_of(stamp)
+
+
+def _naive(minute: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(minutes=minute)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """How the expected value of a minute is formed from the ring of past minute counts."""
+
+    days: int
+    smooth: int
+
+    def expected(self, ring: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+        """Expected counts per counter (rows of `ring`) for each minute in `minutes`:
+        a weighted trimmed mean over past days of the smoothed same-minute counts."""
+        back = np.arange(1, self.days + 1)
+        weights = np.where(back % 7 == 0, WEEKDAY_WEIGHT, 1)
+        days = np.repeat(back, weights)
+        offsets = np.arange(-self.smooth, self.smooth + 1)
+        at = minutes[:, None, None] - days[None, :, None] * MINUTES_PER_DAY + offsets
+        smoothed = ring[:, at % ring.shape[1]].mean(axis=-1)  # counters x minutes x days
+        return np.asarray(stats.trim_mean(smoothed, TRIM, axis=-1))
+
+
+@dataclass(frozen=True)
+class Dispersion:
+    """Variance model of window counts per counter: var = a * mu + b * mu**2."""
+
+    a: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    def fit(cls, days: np.ndarray, window: int) -> Dispersion:
+        """From `days` (counters x days x minutes of day): residuals of window sums against the
+        in-sample seasonal mean, regressed on mu and mu**2 (non-negative least squares)."""
+        n_counters, n_days, n_minutes = days.shape
+        usable = n_minutes // window * window
+        sums = days[:, :, :usable].reshape(n_counters, n_days, -1, window).sum(axis=-1)
+        mu = np.asarray(stats.trim_mean(sums, TRIM, axis=1))
+        a, b = np.ones(n_counters), np.zeros(n_counters)
+        for row in range(n_counters):
+            m = np.broadcast_to(mu[row], sums[row].shape).ravel()
+            if m.sum() == 0:
+                continue
+            squared = (sums[row].ravel() - m) ** 2
+            (a[row], b[row]), _ = optimize.nnls(np.column_stack([m, m**2]), squared)
+        return cls(np.maximum(a, 1.0), b)
+
+
+def count_scores(observed: np.ndarray, mu: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """-log10 of the smaller tail probability of each observed count under a negative binomial
+    with mean `mu` and variance `a*mu + b*mu**2` (Poisson when a = 1, b = 0)."""
+    mu = np.maximum(mu, 1e-3)
+    variance = np.maximum(a * mu + b * mu**2, mu * (1 + 1e-9))
+    p = mu / variance
+    n = mu**2 / (variance - mu)
+    low = stats.nbinom.logcdf(observed, n, p)
+    # A burst is judged as if at least one event were due: on a near-silent series a handful of
+    # events at once is one user doing several things, not an incident.
+    floor = np.maximum(mu, 1.0)
+    high_var = np.maximum(a * floor + b * floor**2, floor * (1 + 1e-9))
+    high = stats.nbinom.logsf(observed - 1, floor**2 / (high_var - floor), floor / high_var)
+    return np.asarray(-np.minimum(low, high) / np.log(10))
+
+
+def ratio_scores(
+    clicks: np.ndarray, shown: np.ndarray, rate: np.ndarray, rho: np.ndarray
+) -> np.ndarray:
+    """-log10 of the smaller tail of clicks out of `shown` under a beta-binomial with mean
+    `rate` and intra-class correlation `rho` (binomial as rho -> 0); 0 where nothing was shown."""
+    rate = np.clip(rate, 1e-4, 1 - 1e-4)
+    rho = np.clip(rho, 1e-6, 0.5)
+    alpha, beta = rate * (1 / rho - 1), (1 - rate) * (1 / rho - 1)
+    trials = np.maximum(shown, 1).astype(np.int64)
+    k = np.minimum(clicks, trials)
+    low = stats.betabinom.logcdf(k, trials, alpha, beta)
+    high = stats.betabinom.logsf(k - 1, trials, alpha, beta)
+    return np.where(shown > 0, -np.minimum(low, high) / np.log(10), 0.0)
+
+
+def fit_rho(clicks: np.ndarray, shown: np.ndarray, window: int) -> float:
+    """Beta-binomial overdispersion of window click counts (days x minutes), by moments."""
+    usable = clicks.shape[1] // window * window
+    k = clicks[:, :usable].reshape(clicks.shape[0], -1, window).sum(axis=-1)
+    n = shown[:, :usable].reshape(shown.shape[0], -1, window).sum(axis=-1)
+    rate = np.asarray(stats.trim_mean(k, TRIM, axis=0)) / np.maximum(
+        np.asarray(stats.trim_mean(n, TRIM, axis=0)), 1e-9
+    )
+    expected = n * rate
+    spread = (n * (n - 1) * rate * (1 - rate)).sum()
+    if spread <= 0:
+        return 1e-6
+    excess = ((k - expected) ** 2).sum() - (expected * (1 - rate)).sum()
+    return float(max(excess / spread, 1e-6))
+
+
+@dataclass(frozen=True)
+class Score:
+    series: str
+    start_minute: int
+    observed: float
+    expected: float
+    score: float
+
+
+class AnomalyMonitor:
+    """Continuous detection over the app database's per-minute series (what the exporter runs)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from pipelines.app.database import app_engine
+
+        self.settings = settings
+        self.engine = app_engine(settings.app_db)
+        self.counters = Counters.bounded()
+        self.baseline = Baseline(settings.anomaly_history_days, settings.anomaly_smooth_minutes)
+        self.window = settings.anomaly_window_minutes
+        self.threshold = settings.anomaly_threshold
+        self.ring = np.zeros(
+            (len(self.counters.names), (settings.anomaly_history_days + 1) * MINUTES_PER_DAY)
+        )
+        self.read_to: int | None = None  # minutes before this are in the ring
+        self.fitted_at: int | None = None
+        self.dispersion = Dispersion(
+            np.ones(len(self.counters.names)), np.zeros(len(self.counters.names))
+        )
+        self.rho: dict[str, float] = {}
+        self.active: dict[str, Anomaly] = {}
+        self.series_names: list[str] = self._names(seen=set())
+
+    def poll(self, now: datetime | None = None) -> list[Anomaly]:
+        """Read rows recorded up to `now`, score the minutes completed since, return the
+        anomalies active now (a series stays active, with its first `start`, until it calms)."""
+        current = minute_of(now or datetime.now(UTC))
+        self._read(current)
+        if self.fitted_at is None or current - self.fitted_at >= MINUTES_PER_DAY:
+            self._fit(current)
+        scores = [*self._minute_scores(current - 1), *self._batch_scores()]
+        for found in scores:
+            held = self.active.get(found.series)
+            if found.score >= self.threshold or (held and found.score >= self.threshold / 2):
+                start = held.start if held else moment_of(found.start_minute)
+                self.active[found.series] = Anomaly(
+                    found.series, start, found.observed, found.expected, found.score
+                )
+            elif held:
+                log.info("anomaly on %s over (since %s)", found.series, held.start)
+                del self.active[found.series]
+        return list(self.active.values())
+
+    def _read(self, current: int) -> None:
+        span = self.ring.shape[1]
+        if self.read_to is None or current - self.read_to >= span:
+            lo = current - span + 1
+            self.ring[:] = 0
+        else:
+            lo = self.read_to - LATE_OVERLAP_MINUTES
+        counts = read_minutes(self.engine, self.counters, lo, current + 1)
+        self.ring[:, np.arange(lo, current + 1) % span] = counts
+        self.read_to = current
+
+    def _days(self, current: int) -> np.ndarray:
+        """The ring's whole past days before `current`, counters x days x minutes of day."""
+        days = self.baseline.days
+        first = (current // MINUTES_PER_DAY - days) * MINUTES_PER_DAY
+        at = np.arange(first, first + days * MINUTES_PER_DAY) % self.ring.shape[1]
+        return self.ring[:, at].reshape(len(self.counters.names), days, MINUTES_PER_DAY)
+
+    def _fit(self, current: int) -> None:
+        days = self._days(current)
+        self.dispersion = Dispersion.fit(days, self.window)
+        seen = set()
+        for pair in self._pairs():
+            shown = days[self.counters.index(f"shown:{pair}")]
+            if shown.sum() > 0:
+                seen.add(pair)
+                clicks = days[self.counters.index(f"clicks:{pair}")]
+                self.rho[pair] = fit_rho(clicks, shown, self.window)
+        self.series_names = self._names(seen)
+        self.fitted_at = current
+        log.debug("anomaly model fitted at %s on %d series", moment_of(current), len(seen))
+
+    def _pairs(self) -> list[str]:
+        return [n.removeprefix("shown:") for n in self.counters.names if n.startswith("shown:")]
+
+    def _names(self, seen: set[str]) -> list[str]:
+        counts = [n for n in self.counters.names if not n.startswith(("shown:", "clicks:"))]
+        ctr = [f"ctr:{pair}" for pair in self._pairs() if pair in seen]
+        return [*counts, *ctr, "quarantine_rate", "published_users"]
+
+    def _minute_scores(self, last: int) -> list[Score]:
+        minutes = np.arange(last - self.window + 1, last + 1)
+        span = self.ring.shape[1]
+        observed = np.cumsum(self.ring[:, minutes % span][:, ::-1], axis=1)  # counters x windows
+        expected = np.cumsum(self.baseline.expected(self.ring, minutes)[:, ::-1], axis=1)
+        rows = [self.counters.index(n) for n in self.series_names if n in self.counters.names]
+        a, b = self.dispersion.a[rows, None], self.dispersion.b[rows, None]
+        scored = count_scores(observed[rows], expected[rows], a, b)
+        out = [self._best(self.counters.names[r], s, observed[r], expected[r], last)
+               for r, s in zip(rows, scored, strict=True)]  # fmt: skip
+        pairs = [n.removeprefix("ctr:") for n in self.series_names if n.startswith("ctr:")]
+        if pairs:
+            clicks = np.array([observed[self.counters.index(f"clicks:{p}")] for p in pairs])
+            shown = np.array([observed[self.counters.index(f"shown:{p}")] for p in pairs])
+            base_clicks = np.array([expected[self.counters.index(f"clicks:{p}")] for p in pairs])
+            base_shown = np.array([expected[self.counters.index(f"shown:{p}")] for p in pairs])
+            rate = base_clicks / np.maximum(base_shown, 1e-9)
+            rho = np.array([[self.rho[p]] for p in pairs])
+            scored = ratio_scores(clicks, shown, rate, rho)
+            for p, s, k, n, r in zip(pairs, scored, clicks, shown, rate, strict=True):
+                ratio = np.where(n > 0, k / np.maximum(n, 1), 0.0)
+                out.append(self._best(f"ctr:{p}", s, ratio, r, last))
+        return out
+
+    @staticmethod
+    def _best(
+        series: str, scores: np.ndarray, observed: np.ndarray, expected: np.ndarray, last: int
+    ) -> Score:
+        """The window (1..W minutes back from `last`) with the highest score."""
+        w = int(np.argmax(scores))
+        return Score(series, last - w, float(observed[w]), float(expected[w]), float(scores[w]))
+
+    def _batch_scores(self) -> list[Score]:
+        """The newest quarantine rate and published users against the batches before them."""
+        out = []
+        for series, values in batch_series(self.settings).items():
+            if len(values) < 3:
+                continue
+            *before, (batch, value) = values
+            past = np.array([v for _, v in before])
+            median = float(np.median(past))
+            mad = float(stats.median_abs_deviation(past, scale="normal"))
+            z = abs(value - median) / max(mad, 0.05 * abs(median), 1e-3)
+            minute = minute_of(datetime.strptime(batch, "%Y%m%dT%H%MZ"))
+            out.append(Score(series, minute, value, median, z / SPARSE_Z * self.threshold))
+        return out
+
+
+def batch_series(settings: Settings) -> dict[str, list[tuple[str, float]]]:
+    """(batch, value) of the newest `SPARSE_HISTORY` batches: worst bad-row share per validated
+    batch, users per hourly publish that wrote a table; empty before any batch ran."""
+    from inbo import tables
+    from inbo.lake import Lake
+    from pipelines.hourly import PUBLISHED, HourlyPublish
+    from pipelines.validate import read_report
+
+    lake = Lake(settings.lake)
+    quarantine: list[tuple[str, float]] = []
+    published: list[tuple[str, float]] = []
+    try:
+        for batch in lake.names(tables.VALIDATE_REPORTS)[-SPARSE_HISTORY:]:
+            shares = read_report(lake, batch).bad_share.values()
+            quarantine.append((batch, max(shares, default=0.0)))
+        for name in lake.names(tables.HOURLY_REPORTS)[-SPARSE_HISTORY:]:
+            report = HourlyPublish(**json.loads(lake.read_json(tables.HOURLY_REPORTS, name)))
+            if report.status == PUBLISHED:
+                published.append((report.batch, float(report.users)))
+    except (DataNotFound, FileNotFoundError):
+        log.debug("no batch reports in %s yet", settings.lake)
+    return {"quarantine_rate": quarantine, "published_users": published}
