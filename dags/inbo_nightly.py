@@ -16,7 +16,12 @@ shard) -> `begin_publish` (reserve a Redis table version) -> `publish_shards` x
 `INBO_PUBLISH_PARALLEL` (Redis writers; each stages every n-th shard's users) -> `verify_version`
 -> `activate_version` (atomic pointer switch, only once every shard succeeded; the previous
 version stays for `inbo rollback`) -> `collect_garbage` (deletes versions past the rollback window
-and what crashed runs left, through each version's key index).
+and what crashed runs left, through each version's key index), and beside it `write_dashboard`
+(the analytics dashboard, `var/reports/dashboard/<batch>.html`; its path is in the task log).
+
+`write_dashboard` is a teardown: it runs once everything before it is done, even on a night that
+failed, and its own failure does not fail the run, so a broken chart never marks a published
+table failed.
 
 Shards are dynamically mapped tasks (`.partial().expand()`): the same DAG for 1 shard or 100, on any
 executor. A retried shard or writer task rewrites its own lake file and Redis keys, nothing else.
@@ -28,6 +33,7 @@ Each task's function has the task's name, in the module the task imports it from
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pendulum
@@ -42,6 +48,8 @@ from common import (
     batch_end,
 )
 from inbo.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 WRITERS = get_settings().publish_parallel
 """Publish tasks, each staging every WRITERS-th score shard: Redis writers at once. Passed to the
@@ -182,6 +190,14 @@ def inbo_nightly() -> None:
 
         return collect_garbage()
 
+    @task(retries=1)
+    def write_dashboard() -> str:
+        from pipelines.monitoring.dashboard import write_dashboard
+
+        path = write_dashboard(batch_end())
+        log.info("analytics dashboard: %s", path)
+        return str(path)
+
     pairs = build_interactions(validate(ingest()))
     vectors = build_embeddings(pairs)
     baselines = fit_baselines(vectors)
@@ -194,7 +210,9 @@ def inbo_nightly() -> None:
     published = publish_shards.partial(version=version, all_shards=shards, writers=WRITERS).expand(
         writer=list(range(WRITERS))
     )
-    collect_garbage(activate_version(verify_version(version, published)))
+    activated = activate_version(verify_version(version, published))
+    collect_garbage(activated)
+    activated >> write_dashboard().as_teardown()
 
 
 inbo_nightly()
