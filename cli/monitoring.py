@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.app import JsonOption, app, console, err, print_json
+from cli.app import JsonOption, app, console, err, interval_end, print_json
 
 PANEL = "Monitoring"
 LEVEL_STYLE = {"ok": "green", "degraded": "yellow", "down": "red"}
@@ -65,3 +66,39 @@ def exporter(
 def _interrupt(*_: object) -> None:
     """SIGTERM (a supervisor stopping the exporter) ends it as Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+@app.command(rich_help_panel=PANEL)
+def dashboard(
+    date: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=["%Y-%m-%d"],
+            help="Nightly batch ending at midnight UTC of that day. Default: the newest scored night.",
+        ),
+    ] = None,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default browser.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the analytics dashboard of a nightly batch (one offline HTML page) and print its path."""
+    from inbo.errors import DataNotFound
+    from pipelines.monitoring.dashboard import build_dashboard, latest_night
+
+    end = interval_end(date) if date else latest_night()
+    if end is None:
+        raise DataNotFound("no nightly batch was scored yet: run the nightly (or inbo score) first")
+    written = build_dashboard(end)
+    if as_json:
+        print_json(written)
+    else:
+        console.print(f"dashboard of batch {written.batch}: {written.figures} charts")
+        for title in written.failed:
+            err.print(f"[yellow]section {title} could not be drawn; see the page[/yellow]")
+        print(written.path)
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(written.path.as_uri())

@@ -21,6 +21,7 @@ def result_types() -> dict[str, list[Any]]:
     from pipelines.health import Health, LiveTable
     from pipelines.hourly import HourlyPublish, HourlyScore, RefreshRun
     from pipelines.ingest import IngestReport
+    from pipelines.monitoring.dashboard import Dashboard
     from pipelines.monitoring.health import Check, HealthReport
     from pipelines.promotion import Decision
     from pipelines.publish.lifecycle import VersionInfo
@@ -34,6 +35,7 @@ def result_types() -> dict[str, list[Any]]:
     return {
         "inbo status --json": [Health, LiveTable],
         "inbo health --json": [HealthReport, Check],
+        "inbo dashboard --json": [Dashboard],
         "inbo similar ITEM --json": [SimilarItems, SimilarItem],
         "inbo versions --json": [VersionInfo],
         "inbo simulate --json": [SimulationSummary],

@@ -64,7 +64,8 @@ class Section:
 
 @dataclass(frozen=True)
 class Dashboard:
-    """What `build_dashboard` wrote: the batch's page, the latest page, how many charts."""
+    """What `build_dashboard` wrote: the batch's page, the latest page, how many charts, and
+    the titles of the sections that could not be drawn."""
 
     batch: str
     path: Path
@@ -501,7 +502,7 @@ def publishing_section(lake: Lake, settings: Settings, batch: str) -> Section:
         "the table versions' meta records in Redis (nightly: created to activated) and the "
         "hourly refresh reports in the lake (`_reports/hourly`)",
     )
-    nightly = publish_times(settings)
+    nightly = publish_times(settings, batch)
     if nightly.empty:
         section.notes.append("No table version in Redis (none published, or all collected).")
     else:
@@ -515,11 +516,10 @@ def publishing_section(lake: Lake, settings: Settings, batch: str) -> Section:
                 title="Nightly publish: begin to activate, seconds",
             )
         )
-    hourly = hourly_reports(
-        lake, batch_key(batch_end(batch) - timedelta(days=settings.dashboard_days))
-    )
+    first = batch_key(batch_end(batch) - timedelta(days=settings.dashboard_days))
+    hourly = hourly_reports(lake, first, batch)
     if hourly.empty:
-        section.notes.append("No hourly refresh has published since these nights.")
+        section.notes.append("No hourly refresh published in these days.")
     else:
         section.figures.append(
             px.line(
@@ -534,8 +534,9 @@ def publishing_section(lake: Lake, settings: Settings, batch: str) -> Section:
     return section
 
 
-def publish_times(settings: Settings) -> pd.DataFrame:
-    """Each table version still in Redis: batch, status, users, seconds from created to activated."""
+def publish_times(settings: Settings, through: str) -> pd.DataFrame:
+    """Each table version still in Redis of a batch up to `through`: batch, status, users,
+    seconds from created to activated."""
     from inbo.services import running_redis
     from pipelines.publish.contract import Keys
     from pipelines.publish.lifecycle import list_versions
@@ -548,7 +549,7 @@ def publish_times(settings: Settings) -> pd.DataFrame:
             client, settings.redis_prefix, rollback_window_seconds=settings.version_ttl_seconds
         ):
             meta = read_meta(client, keys, info.version)
-            if not meta.get("activated_at"):
+            if not meta.get("activated_at") or meta["batch"] > through:
                 continue
             took = pd.Timestamp(meta["activated_at"]) - pd.Timestamp(meta["created_at"])
             rows.append(
@@ -563,14 +564,14 @@ def publish_times(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["version", "batch", "status", "users", "seconds"])
 
 
-def hourly_reports(lake: Lake, after: str) -> pd.DataFrame:
-    """The published hourly refreshes after batch `after`."""
+def hourly_reports(lake: Lake, after: str, through: str) -> pd.DataFrame:
+    """The published hourly refreshes of the batches after `after`, up to `through`."""
     from pipelines.hourly import PUBLISHED
 
     rows = [
         json.loads(lake.read_json(tables.HOURLY_REPORTS, n))
         for n in lake.names(tables.HOURLY_REPORTS)
-        if n > after
+        if after < n <= through
     ]
     frame = pd.DataFrame(
         [r for r in rows if r["status"] == PUBLISHED],
@@ -790,7 +791,7 @@ def build_dashboard(interval_end: datetime, settings: Settings | None = None) ->
             log.warning("dashboard section %s failed: %s", make.__name__, exc)
             title = make.__name__.removesuffix("_section").replace("_", " ")
             sections.append(Section(title, "", notes=[f"Could not be drawn: {exc}"]))
-            failed.append(make.__name__)
+            failed.append(title)
     folder = settings.reports_dir / "dashboard"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{batch}.html"
@@ -810,6 +811,13 @@ def build_dashboard(interval_end: datetime, settings: Settings | None = None) ->
         len(failed),
     )
     return Dashboard(batch, path, index, figures, [s.title for s in sections], failed)
+
+
+def latest_night(settings: Settings | None = None) -> datetime | None:
+    """The end of the newest nightly batch that was scored, None before any."""
+    settings = settings or get_settings()
+    batches = Lake(settings.lake).names(tables.SCORE_PLANS)
+    return batch_end(batches[-1]) if batches else None
 
 
 def write_dashboard(interval_end: datetime, settings: Settings | None = None) -> Path:
