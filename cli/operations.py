@@ -243,3 +243,48 @@ def bench(
         print_json(report)
         return
     print(format_report(report))
+
+
+@app.command("bench-anomaly", rich_help_panel=PANEL)
+def bench_anomaly(
+    users: Annotated[int, typer.Option(min=1000, help="Users in the bench world.")] = 60_000,
+    items: Annotated[
+        int, typer.Option(min=1000, help="Newsletter issues (new issues per minute follow).")
+    ] = 120_000,
+    history_days: Annotated[
+        int, typer.Option(min=7, max=56, help="Days of seasonal history before the clean week.")
+    ] = 14,
+    clean_days: Annotated[
+        int, typer.Option(min=1, help="Clean days replayed minute by minute.")
+    ] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed of the world and its incidents.")] = 7,
+    write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay a clean simulated week through the anomaly monitor (false alarms), then each
+    injected incident at the daily peak and trough (detection delay).
+
+    The world is simulated under <var>/bench/anomaly/ (replaced on every run).
+    """
+    from inbo.settings import get_settings
+    from pipelines.offline.bench_anomaly import (
+        AnomalyParams,
+        format_report,
+        run_anomaly_bench,
+        write_doc,
+    )
+    from pipelines.offline.bench_anomaly import as_json as report_json
+
+    settings = get_settings()
+    params = AnomalyParams(users, items, history_days, clean_days, seed)
+    report = run_anomaly_bench(settings, params)
+    out = settings.reports_dir / "bench-anomaly.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_json(report))
+    if write:
+        write_doc(report)
+    if as_json:
+        print(report_json(report))
+        return
+    print(format_report(report))
+    console.print(f"written to {out}")

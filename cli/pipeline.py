@@ -51,6 +51,16 @@ def simulate(
             help="Keep the app running this many hours past --date (for hourly runs).",
         ),
     ] = 0,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incident",
+            metavar="KIND@START[+DURATION]",
+            help="Inject an incident (repeatable): click-outage (80% of clicks lost, default 1 h), "
+            "bot-burst (one user, 3000 impressions, default 5 min) or broken-feed (no new issues, "
+            "default to the end), from START (UTC), e.g. click-outage@2026-11-20T14:00+30m.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Generate a demo world into the app database and the app's counters (replaces what is there)."""
@@ -58,8 +68,13 @@ def simulate(
 
     from inbo.settings import get_settings
     from pipelines.app.counters import open_counters
+    from pipelines.demo.incidents import Incident
     from pipelines.demo.simulate import simulate as run_simulation
 
+    try:
+        incidents = [Incident.parse(spec) for spec in incident or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--incident") from None
     settings = get_settings()
     end = interval_end(date)
     with open_counters(settings) as counters, Progress(console=err, transient=True) as progress:
@@ -76,6 +91,7 @@ def simulate(
             dirty_share=dirty_share,
             counters=counters,
             counter_drift=counter_drift,
+            incidents=incidents,
         )
     if as_json:
         print_json(summary)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ from pipelines.demo.arrays import sample_rows, seconds
 from pipelines.demo.audience import DEVICE_SHARE, DEVICES, MOBILE, VARIANTS
 from pipelines.demo.bulk_load import insert
 from pipelines.demo.world import Following, World
+
+if TYPE_CHECKING:
+    from pipelines.demo.incidents import Injector
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,12 @@ def play(
     progress: Callable[[int, int], None] | None,
     flaws: Flaws,
     app: app_counters.SimulatedApp | None,
+    injector: Injector,
 ) -> tuple[int, int]:
-    """Simulate and insert day by day; returns (interactions, reading_progress) rows written."""
+    """Simulate and insert day by day; returns (interactions, reading_progress) rows written.
+
+    The `injector`'s incidents act on each day's rows after the flaws, so neither changes the
+    random draws of the other or of the world."""
     start64 = np.datetime64(start, "us")
     end64 = start64 + days * DAY
     pending = _subscription_events(rng, world, start64, end64)
@@ -86,12 +94,12 @@ def play(
         )  # fmt: skip
         due, pending = _split_due(_concat([pending, events]), day_start + DAY)
         del events  # a day of rows is the biggest thing held: keep one copy of it, not two
-        rows = flaws.apply(due)
+        rows = injector.apply(flaws.apply(due), day_start, day_start + DAY)
         written += insert(conn, app_schema.experience_interactions, rows)
         conn.commit()
         if app is not None:
             app.record(app_counters.interaction_counts(rows["issue_id"], rows["kind"]))
-        reads.append(day_reads)
+        reads.append(injector.reads(day_reads))
         if progress is not None:
             progress(day + 1, days)
     log.debug("%d interactions recorded after the window are not written", len(pending["kind"]))
@@ -172,7 +180,7 @@ def _sessions(
         "device": device,
         "surface": surface,
         "lag": _upload_lag(rng, device),
-        "session_id": _hex_ids(rng, n),
+        "session_id": hex_ids(rng, n),
     }
 
 
@@ -275,7 +283,7 @@ def _responses(
     saved = clicked & (rng.random(n) < 0.03 + 0.12 * taste)
     shared = clicked & (rng.random(n) < (0.01 + 0.04 * taste) * (0.5 + world.quality[issue]))
     hidden = ~clicked & (surface == FEED) & (rng.random(n) < 0.02 * (1.0 - taste) ** 3)
-    context = _rec_context(time, shown["source"], world.variant[user], surface == FEED)
+    context = rec_context(time, shown["source"], world.variant[user], surface == FEED)
     parts = [
         _rows("impression", None, time, shown, context=context, position=True),
         _rows("email_open", opened, open_time, shown, position=True),
@@ -351,7 +359,7 @@ def _session_fields(
     return events
 
 
-def _rec_context(
+def rec_context(
     time: np.ndarray, source: np.ndarray, variant: np.ndarray, on_feed: np.ndarray
 ) -> np.ndarray:
     """JSON `rec_context` of feed slots: the live table version, candidate source, A/B variant."""
@@ -403,7 +411,7 @@ def _subscription_events(
                 "position": np.full(n, np.nan),
                 "rec_context": np.full(n, None, dtype=object),
                 "recorded_at": when + seconds(lag + 0.05 + rng.exponential(0.4, n)),
-                "session_id": _hex_ids(rng, n),
+                "session_id": hex_ids(rng, n),
                 "surface": np.full(n, surface, dtype=object),
                 "device": np.array(DEVICES, dtype=object)[device],
                 "country": world.country[user],
@@ -426,7 +434,7 @@ def _latest_progress(reads: list[Columns], end: np.datetime64) -> pd.DataFrame:
     )
 
 
-def _hex_ids(rng: np.random.Generator, count: int, width: int = 16) -> np.ndarray:
+def hex_ids(rng: np.random.Generator, count: int, width: int = 16) -> np.ndarray:
     """Random hex ids, built without a Python loop: digits as code points viewed as strings."""
     digits = HEX[rng.integers(0, 16, (count, width))].astype(np.uint32)
     return digits.view(f"<U{width}").ravel()

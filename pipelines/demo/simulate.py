@@ -15,7 +15,7 @@ nothing recorded at or after `end` exists yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from pipelines.demo import audience, catalogue
 from pipelines.demo.audience import VARIANTS
 from pipelines.demo.bulk_load import insert, tune_for_bulk_load
 from pipelines.demo.catalogue import CATEGORIES
+from pipelines.demo.incidents import Incident, Injector, bot_rows
 from pipelines.demo.play import Flaws, play
 from pipelines.demo.world import World
 
@@ -64,6 +65,7 @@ def simulate(
     counters: app_counters.CounterStore | None = None,
     counter_drift: float = 0.0,
     activity: float = 1.0,
+    incidents: Sequence[Incident] = (),
 ) -> SimulationSummary:
     """Replace the app database at `db_url` with a simulated world of `days` days up to `end`.
 
@@ -78,6 +80,10 @@ def simulate(
     `activity` scales every user's sessions per day: 1.0 is the demo's engaged audience (about 7
     interactions per user and day); a large audience that opens the app only now and then is
     nearer 0.085 (about 18M interactions for 1M users over 30 days).
+
+    `incidents` (`pipelines.demo.incidents`) break the app for a while: a click-tracking outage,
+    a bot burst, a broken publisher feed; the rows outside their windows stay those of the clean
+    run with the same seed.
     """
     if min(users, items, days) < 1:
         raise ValueError("users, items and days must all be at least 1")
@@ -96,6 +102,9 @@ def simulate(
     people["sessions_per_day"] *= activity
     subs = audience.subscriptions(rng, people, tastes, pubs, start, end)
     _write_truth(truth_dir, people, tastes, issues)
+    end64 = np.datetime64(end, "us")
+    injector = Injector.build(incidents, np.random.default_rng([seed, 3]), issues, end64)
+    published = injector.published(issues)
 
     engine = appdb.app_engine(db_url)
     try:
@@ -105,10 +114,11 @@ def simulate(
             tune_for_bulk_load(conn)
             insert(conn, app_schema.users, people)
             insert(conn, app_schema.publishers, pubs)
-            insert(conn, app_schema.newsletter_issues, issues)
+            insert(conn, app_schema.newsletter_issues, published)
             insert(conn, app_schema.subscriptions, subs)
             conn.commit()
             world = World.build(people, tastes, issues, subs, len(pubs), end)
+            injector = injector.with_bots(bot_rows(injector.rng, world, incidents, end64))
             flaws = Flaws(np.random.default_rng([seed, 1]), dirty_share)
             app = (
                 app_counters.SimulatedApp.replacing(
@@ -117,13 +127,13 @@ def simulate(
                 if counters is not None
                 else None
             )
-            events, reads = play(conn, rng, world, start, days, progress, flaws, app)
+            events, reads = play(conn, rng, world, start, days, progress, flaws, app, injector)
     finally:
         engine.dispose()
     if app is not None:
         app.write_truth(truth_dir)
     summary = SimulationSummary(
-        start, end, len(people), len(pubs), len(issues), len(subs), events, reads
+        start, end, len(people), len(pubs), len(published), len(subs), events, reads
     )
     log.debug("simulated %s", summary)
     return summary

@@ -47,7 +47,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import ndimage, optimize, stats
 from sqlalchemy import Engine, func, select
 
 from inbo import app_schema
@@ -67,6 +67,9 @@ SPARSE_Z = 6.0
 """Robust z-score past which a batch series (quarantine rate, published users) is anomalous."""
 SPARSE_HISTORY = 48
 """Batch reports a sparse series compares with."""
+RATE_SMOOTH_MINUTES = 30
+"""Neighbouring minutes (each side) a click-through rate's baseline pools: rates barely follow
+the clock, and clicks are too sparse at night for a narrow window."""
 SURFACES: tuple[str, ...] = ("feed", "email", "search")
 CANDIDATE_SOURCES: tuple[str, ...] = ("recent", "popularity", "subscriptions", "explore", "search")
 NO_SOURCE = "none"
@@ -231,50 +234,58 @@ class Dispersion:
 
 
 def count_scores(observed: np.ndarray, mu: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """-log10 of the smaller tail probability of each observed count under a negative binomial
-    with mean `mu` and variance `a*mu + b*mu**2` (Poisson when a = 1, b = 0)."""
-    mu = np.maximum(mu, 1e-3)
-    variance = np.maximum(a * mu + b * mu**2, mu * (1 + 1e-9))
-    p = mu / variance
-    n = mu**2 / (variance - mu)
-    low = stats.nbinom.logcdf(observed, n, p)
+    """-log10 of the smaller tail probability of each observed count under a scaled
+    (quasi-) Poisson: count / phi ~ Poisson(mu / phi), phi = a + b * mu the fitted dispersion.
+
+    The Poisson tails are taken through the gamma distribution so they are defined between
+    integers: P(X <= k) = P(Gamma(k + 1) > lam) and P(X >= k) = P(Gamma(k) <= lam)."""
+    phi = a + b * np.maximum(mu, 0.0)
+    k, lam = observed / phi, np.maximum(mu, 1e-3) / phi
+    low = stats.gamma.logsf(lam, k + 1)
     # A burst is judged as if at least one event were due: on a near-silent series a handful of
     # events at once is one user doing several things, not an incident.
-    floor = np.maximum(mu, 1.0)
-    high_var = np.maximum(a * floor + b * floor**2, floor * (1 + 1e-9))
-    high = stats.nbinom.logsf(observed - 1, floor**2 / (high_var - floor), floor / high_var)
+    up = np.maximum(mu, 1.0)
+    phi_up = a + b * up
+    high = np.where(
+        observed > 0, stats.gamma.logcdf(up / phi_up, np.maximum(observed / phi_up, 1e-9)), 0.0
+    )
     return np.asarray(-np.minimum(low, high) / np.log(10))
 
 
 def ratio_scores(
-    clicks: np.ndarray, shown: np.ndarray, rate: np.ndarray, rho: np.ndarray
+    clicks: np.ndarray, shown: np.ndarray, rate: np.ndarray, phi: np.ndarray
 ) -> np.ndarray:
-    """-log10 of the smaller tail of clicks out of `shown` under a beta-binomial with mean
-    `rate` and intra-class correlation `rho` (binomial as rho -> 0); 0 where nothing was shown."""
+    """-log10 of the smaller tail of clicks out of `shown` under a scaled (quasi-) binomial with
+    mean `rate` and dispersion `phi` (clicks / phi of shown / phi), through the beta distribution:
+    P(X <= k) = P(Beta(k + 1, n - k) > p), P(X >= k) = P(Beta(k, n - k + 1) <= p); 0 where
+    nothing was shown."""
     rate = np.clip(rate, 1e-4, 1 - 1e-4)
-    rho = np.clip(rho, 1e-6, 0.5)
-    alpha, beta = rate * (1 / rho - 1), (1 - rate) * (1 / rho - 1)
-    trials = np.maximum(shown, 1).astype(np.int64)
-    k = np.minimum(clicks, trials)
-    low = stats.betabinom.logcdf(k, trials, alpha, beta)
-    high = stats.betabinom.logsf(k - 1, trials, alpha, beta)
+    k = np.minimum(clicks, shown) / phi
+    n = np.maximum(shown, 1.0) / phi
+    low = np.where(k < n, stats.beta.logsf(rate, k + 1, np.maximum(n - k, 1e-9)), 0.0)
+    high = np.where(k > 0, stats.beta.logcdf(rate, np.maximum(k, 1e-9), n - k + 1), 0.0)
     return np.where(shown > 0, -np.minimum(low, high) / np.log(10), 0.0)
 
 
-def fit_rho(clicks: np.ndarray, shown: np.ndarray, window: int) -> float:
-    """Beta-binomial overdispersion of window click counts (days x minutes), by moments."""
+def seasonal_rate(clicks: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """In-sample rate per minute of the day from (days x minutes) counts, pooled like the
+    baseline: trimmed means over days of counts over ±`RATE_SMOOTH_MINUTES`."""
+    size = 2 * RATE_SMOOTH_MINUTES + 1
+    k = stats.trim_mean(ndimage.uniform_filter1d(clicks, size, axis=1, mode="wrap"), TRIM, axis=0)
+    n = stats.trim_mean(ndimage.uniform_filter1d(shown, size, axis=1, mode="wrap"), TRIM, axis=0)
+    return np.asarray(k / np.maximum(n, 1e-9))
+
+
+def fit_phi(clicks: np.ndarray, shown: np.ndarray, rates: np.ndarray, window: int) -> float:
+    """Quasi-binomial dispersion of window click counts (days x minutes) around `rates` (per
+    minute of the day): the Pearson statistic per degree of freedom, at least 1."""
     usable = clicks.shape[1] // window * window
     k = clicks[:, :usable].reshape(clicks.shape[0], -1, window).sum(axis=-1)
     n = shown[:, :usable].reshape(shown.shape[0], -1, window).sum(axis=-1)
-    rate = np.asarray(stats.trim_mean(k, TRIM, axis=0)) / np.maximum(
-        np.asarray(stats.trim_mean(n, TRIM, axis=0)), 1e-9
-    )
-    expected = n * rate
-    spread = (n * (n - 1) * rate * (1 - rate)).sum()
-    if spread <= 0:
-        return 1e-6
-    excess = ((k - expected) ** 2).sum() - (expected * (1 - rate)).sum()
-    return float(max(excess / spread, 1e-6))
+    p = np.clip(rates[:usable].reshape(-1, window).mean(axis=-1), 1e-4, 1 - 1e-4)
+    expected = n * p
+    spread = (expected * (1 - p)).sum()
+    return float(max(((k - expected) ** 2).sum() / spread, 1.0)) if spread > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -306,7 +317,8 @@ class AnomalyMonitor:
         self.dispersion = Dispersion(
             np.ones(len(self.counters.names)), np.zeros(len(self.counters.names))
         )
-        self.rho: dict[str, float] = {}
+        self.rates = Baseline(settings.anomaly_history_days, RATE_SMOOTH_MINUTES)
+        self.phi: dict[str, float] = {}
         self.active: dict[str, Anomaly] = {}
         self.series_names: list[str] = self._names(seen=set())
 
@@ -341,7 +353,7 @@ class AnomalyMonitor:
         self.ring[:, np.arange(lo, current + 1) % span] = counts
         self.read_to = current
 
-    def _days(self, current: int) -> np.ndarray:
+    def past_days(self, current: int) -> np.ndarray:
         """The ring's whole past days before `current`, counters x days x minutes of day."""
         days = self.baseline.days
         first = (current // MINUTES_PER_DAY - days) * MINUTES_PER_DAY
@@ -349,7 +361,7 @@ class AnomalyMonitor:
         return self.ring[:, at].reshape(len(self.counters.names), days, MINUTES_PER_DAY)
 
     def _fit(self, current: int) -> None:
-        days = self._days(current)
+        days = self.past_days(current)
         self.dispersion = Dispersion.fit(days, self.window)
         seen = set()
         for pair in self._pairs():
@@ -357,7 +369,7 @@ class AnomalyMonitor:
             if shown.sum() > 0:
                 seen.add(pair)
                 clicks = days[self.counters.index(f"clicks:{pair}")]
-                self.rho[pair] = fit_rho(clicks, shown, self.window)
+                self.phi[pair] = fit_phi(clicks, shown, seasonal_rate(clicks, shown), self.window)
         self.series_names = self._names(seen)
         self.fitted_at = current
         log.debug("anomaly model fitted at %s on %d series", moment_of(current), len(seen))
@@ -384,11 +396,13 @@ class AnomalyMonitor:
         if pairs:
             clicks = np.array([observed[self.counters.index(f"clicks:{p}")] for p in pairs])
             shown = np.array([observed[self.counters.index(f"shown:{p}")] for p in pairs])
-            base_clicks = np.array([expected[self.counters.index(f"clicks:{p}")] for p in pairs])
-            base_shown = np.array([expected[self.counters.index(f"shown:{p}")] for p in pairs])
-            rate = base_clicks / np.maximum(base_shown, 1e-9)
-            rho = np.array([[self.rho[p]] for p in pairs])
-            scored = ratio_scores(clicks, shown, rate, rho)
+            rows = [
+                self.counters.index(f"{part}:{p}") for p in pairs for part in ("clicks", "shown")
+            ]
+            wide = np.cumsum(self.rates.expected(self.ring[rows], minutes)[:, ::-1], axis=1)
+            rate = wide[0::2] / np.maximum(wide[1::2], 1e-9)
+            phi = np.array([[self.phi[p]] for p in pairs])
+            scored = ratio_scores(clicks, shown, rate, phi)
             for p, s, k, n, r in zip(pairs, scored, clicks, shown, rate, strict=True):
                 ratio = np.where(n > 0, k / np.maximum(n, 1), 0.0)
                 out.append(self._best(f"ctr:{p}", s, ratio, r, last))
