@@ -47,7 +47,7 @@ MODEL_METRICS = ("ndcg_at_10", "recall_at_10", "map_at_10")
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "surface", "rec_source", "rec_variant")
 NO_CONTEXT = "none"
 """Source and variant of an event outside a recommendation list (no `rec_context`)."""
-CHUNK_USERS = 2_000
+CHUNK_USERS = 500
 """Users whose embedding sums are built at once by `diversity` (bounds its memory)."""
 
 
@@ -231,12 +231,23 @@ def nightly_batches(lake: Lake, through: str, nights: int) -> list[str]:
     return [name for name in lake.names(tables.SCORE_PLANS) if name <= through][-nights:]
 
 
-def daily_events(lake: Lake, end: datetime, days: int, columns: tuple[str, ...]) -> pd.DataFrame:
-    """The clean events of the `days` before `end`, only `columns`, deduplicated."""
+def per_day(
+    lake: Lake,
+    end: datetime,
+    days: int,
+    columns: tuple[str, ...],
+    summarise: Callable[[pd.DataFrame], pd.DataFrame],
+) -> pd.DataFrame:
+    """`summarise` of each of the `days` before `end`, one day's events (only `columns`) in
+    memory at a time, with the day in a `period` column; so a 1M-user lake costs one day."""
     from features.interactions import load_events
 
-    events, _ = load_events(lake, end - timedelta(days=days), end, columns=columns)
-    return events
+    parts = []
+    for offset in range(days, 0, -1):
+        start = end - timedelta(days=offset)
+        events, _ = load_events(lake, start, start + timedelta(days=1), columns=columns)
+        parts.append(summarise(events).assign(period=pd.Timestamp(start)))
+    return pd.concat(parts, ignore_index=True)
 
 
 def batch_users(lake: Lake, batch: str, limit: int) -> np.ndarray:
@@ -244,13 +255,28 @@ def batch_users(lake: Lake, batch: str, limit: int) -> np.ndarray:
     return sample_users(users, limit)
 
 
-def recs_of(lake: Lake, batch: str, users: np.ndarray | None = None) -> pd.DataFrame:
-    """The batch's published lists (user_id, item_id), of `users` only when given."""
+def shard_files(lake: Lake, batch: str) -> list[str]:
     paths = lake.files(tables.RECS.path, f"batch={batch}/*/part.parquet")
     if not paths:
         raise DataNotFound(f"batch {batch} has no recs")
-    keep = None if users is None else pc.field("user_id").isin(users)
-    return lake.read_files(paths, tables.RECS.schema, keep, ["user_id", "item_id"])
+    return paths
+
+
+def recs_of(lake: Lake, batch: str, users: np.ndarray) -> pd.DataFrame:
+    """The published lists (user_id, item_id) of `users` in the batch."""
+    keep = pc.field("user_id").isin(users)
+    return lake.read_files(
+        shard_files(lake, batch), tables.RECS.schema, keep, ["user_id", "item_id"]
+    )
+
+
+def recommended_items(lake: Lake, batch: str) -> np.ndarray:
+    """Every item in at least one of the batch's lists, one shard file in memory at a time."""
+    found = [
+        lake.read_files([path], tables.RECS.schema, columns=["item_id"])["item_id"].unique()
+        for path in shard_files(lake, batch)
+    ]
+    return np.unique(np.concatenate(found))
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -260,13 +286,15 @@ def activity_section(lake: Lake, settings: Settings, batch: str) -> Section:
     import plotly.express as px
 
     end = batch_end(batch)
-    events = daily_events(lake, end, settings.dashboard_days, ("user_id", "event_type", "surface"))
+    columns = ("user_id", "event_type", "surface")
+    days = settings.dashboard_days
+    counts = per_day(lake, end, days, columns, lambda day: activity(day).drop(columns="period"))
+    users = per_day(lake, end, days, columns, lambda day: active_users(day).drop(columns="period"))
     section = Section(
         "Events and active users",
         f"canonical events in the lake (`user_events`), the {settings.dashboard_days} days "
         f"before {end:%Y-%m-%d %H:%M} UTC, per day",
     )
-    counts = activity(events)
     section.figures.append(
         px.line(
             counts.groupby(["period", "event_type"], as_index=False)["events"].sum(),
@@ -288,7 +316,7 @@ def activity_section(lake: Lake, settings: Settings, batch: str) -> Section:
     )
     section.figures.append(
         px.line(
-            active_users(events),
+            users,
             x="period",
             y="users",
             color="surface",
@@ -296,12 +324,14 @@ def activity_section(lake: Lake, settings: Settings, batch: str) -> Section:
             title="Active users per day by surface",
         )
     )
-    last_day = events[events["ts"] >= pd.Timestamp(end - timedelta(days=1))]
-    hourly = activity(last_day, "h").groupby(["period", "event_type"], as_index=False)["events"]
+    hours = per_day(
+        lake, end, 1, columns, lambda day: activity(day, "h").rename(columns={"period": "hour"})
+    )
+    hourly = hours.groupby(["hour", "event_type"], as_index=False)["events"]
     section.figures.append(
         px.bar(
             hourly.sum(),
-            x="period",
+            x="hour",
             y="events",
             color="event_type",
             title="Events per hour by kind, last day",
@@ -315,14 +345,10 @@ def engagement_section(lake: Lake, settings: Settings, batch: str) -> Section:
 
     end = batch_end(batch)
     days = settings.dashboard_days
-    events = daily_events(lake, end, days, ("user_id", "event_type", "rec_source", "rec_variant"))
-    counts = context_counts(events)
-    day = events["ts"].dt.floor("D")
-    shown = events[events["event_type"].isin(["impression", "click"])]
-    per_day = shown.groupby(day.loc[shown.index]).apply(context_counts, include_groups=False)
-    per_day = per_day.reset_index(level=0, names="day")
-    per_day = with_ctr(per_day[per_day["source"] != NO_CONTEXT], ["day", "source"])
-    del events, shown
+    columns = ("event_type", "rec_source", "rec_variant")
+    counts = per_day(lake, end, days, columns, context_counts)
+    counts = counts[counts["source"] != NO_CONTEXT]
+    daily = with_ctr(counts, ["period", "source"])
     users = batch_users(lake, batch, settings.dashboard_sample_users)
     sampled = daily_events_of(lake, end, days, users)
     section = Section(
@@ -332,7 +358,7 @@ def engagement_section(lake: Lake, settings: Settings, batch: str) -> Section:
         "seeded sample of "
         f"{len(users):,} users with a personal row in batch {batch}",
     )
-    ctr = with_ctr(counts[counts["source"] != NO_CONTEXT], ["source", "variant"])
+    ctr = with_ctr(counts, ["source", "variant"])
     section.figures.append(
         px.bar(
             ctr,
@@ -346,7 +372,7 @@ def engagement_section(lake: Lake, settings: Settings, batch: str) -> Section:
     )
     section.figures.append(
         px.line(
-            per_day, x="day", y="ctr", color="source", markers=True, title="CTR per day by source"
+            daily, x="period", y="ctr", color="source", markers=True, title="CTR per day by source"
         )
     )
     reads = reads_per_user(sampled, settings.continue_reading_max)
@@ -685,15 +711,14 @@ def list_quality(lake: Lake, settings: Settings, batch: str) -> dict[str, Any]:
     from features.embeddings import latest_table_batch
 
     catalogue = lake.read_batch(tables.ITEMS, batch, columns=["item_id"])["item_id"]
-    recommended = recs_of(lake, batch)["item_id"]
-    covered = coverage(recommended, catalogue)
-    del recommended
+    covered = coverage(pd.Series(recommended_items(lake, batch)), catalogue)
     users = batch_users(lake, batch, settings.dashboard_sample_users)
     recs = recs_of(lake, batch, users)
-    pairs = lake.read_batch(tables.INTERACTIONS, batch, columns=["user_id", "item_id"])
-    popularity = pairs.groupby("item_id")["user_id"].nunique()
-    novel = novelty(recs, popularity, pairs["user_id"].nunique())
-    del pairs
+    # the interaction table has one row per (user, item): an item's rows are its users
+    popularity = lake.read_batch(tables.INTERACTIONS, batch, columns=["item_id"])["item_id"]
+    readers = lake.read_batch(tables.INTERACTIONS, batch, columns=["user_id"])["user_id"].nunique()
+    novel = novelty(recs, popularity.value_counts(), readers)
+    del popularity
     vectors_batch = latest_table_batch(lake, batch)
     diverse = float("nan")
     if vectors_batch is not None:
