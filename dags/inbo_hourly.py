@@ -25,7 +25,15 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from common import REDIS_TABLE, RETRY_TRANSIENT_ONLY, USER_EVENTS, batch_end
+from common import (
+    REDIS_TABLE,
+    RETRY_TRANSIENT_ONLY,
+    USER_EVENTS,
+    batch_end,
+    run_deadline,
+    run_failed,
+    task_failed,
+)
 from inbo.settings import get_settings
 
 REPAIR_CONFIRMATION = "repair"
@@ -55,7 +63,10 @@ REPAIR_CONFIRMATION = "repair"
         "retries": 2,
         "retry_delay": timedelta(minutes=1),
         "retry_policy": RETRY_TRANSIENT_ONLY,
+        "on_failure_callback": task_failed,
     },
+    on_failure_callback=run_failed,
+    deadline=run_deadline(get_settings().hourly_deadline_minutes),
 )
 def inbo_hourly() -> None:
     @task

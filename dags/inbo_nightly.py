@@ -46,6 +46,9 @@ from common import (
     RETRY_TRANSIENT_ONLY,
     USER_EVENTS,
     batch_end,
+    run_deadline,
+    run_failed,
+    task_failed,
 )
 from inbo.settings import get_settings
 
@@ -68,7 +71,10 @@ tasks with `.partial`, so a worker whose environment says otherwise still splits
         "retries": 2,
         "retry_delay": timedelta(minutes=2),
         "retry_policy": RETRY_TRANSIENT_ONLY,
+        "on_failure_callback": task_failed,
     },
+    on_failure_callback=run_failed,
+    deadline=run_deadline(get_settings().nightly_deadline_minutes),
 )
 def inbo_nightly() -> None:
     @task

@@ -142,21 +142,6 @@ class Settings(BaseSettings):
     anomaly_poll_seconds: float = Field(
         60.0, gt=0, description="How often the exporter runs anomaly detection on new app events."
     )
-    anomaly_history_days: int = Field(
-        14,
-        ge=1,
-        le=56,
-        description="Days of per-minute history the anomaly baseline is built from (held in memory).",
-    )
-    anomaly_smooth_minutes: int = Field(
-        2, ge=0, le=30, description="Neighbouring minutes (each side) the baseline averages over."
-    )
-    anomaly_window_minutes: int = Field(
-        5, ge=1, le=60, description="Longest run of recent minutes an anomaly test sums over."
-    )
-    anomaly_threshold: float = Field(
-        7.0, gt=0, description="Score (-log10 tail probability) from which a series is anomalous."
-    )
     dashboard_days: int = Field(
         14, ge=1, le=90, description="Days (and nights) of history the analytics dashboard shows."
     )
