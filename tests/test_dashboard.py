@@ -291,3 +291,27 @@ def test_the_dashboard_task_is_a_teardown_after_the_switch() -> None:
     assert task.is_teardown and not task.on_failure_fail_dagrun  # its failure leaves the run be
     assert task.upstream_task_ids == {"activate_version"}
     assert task.downstream_task_ids == set()
+
+
+@pytest.mark.e2e
+def test_inbo_dashboard_writes_the_newest_night_and_says_when_there_is_none(
+    two_nights: Settings, world_end: datetime, tmp_path: Path
+) -> None:
+    import json
+
+    from tests.test_cli import one_error_line, run
+
+    shown = run("dashboard", "--json")
+    assert shown.returncode == 0, shown.stderr
+    written = json.loads(shown.stdout)
+    assert written["batch"] == batch_key(world_end) and written["failed"] == []
+    page = Path(written["path"]).read_text()
+    assert f'data-charts="{written["figures"]}"' in page
+    plain = run("dashboard", "--date", f"{world_end - timedelta(days=1):%Y-%m-%d}")
+    assert plain.returncode == 0 and plain.stdout.strip().endswith(
+        f"{batch_key(world_end - timedelta(days=1))}.html"
+    )
+    assert Path(written["index"]).read_text() == page  # an older night leaves index.html alone
+
+    nothing = run("dashboard", INBO_VAR_DIR=str(tmp_path / "empty"))
+    assert nothing.returncode == 1 and "no nightly batch" in one_error_line(nothing)
