@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -17,12 +18,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from cli.airflow import airflow_bin, airflow_env, airflow_services, free_port
 from inbo.settings import REPO_ROOT, Settings
-from pipelines.monitoring.notify import ERROR_CHARS, Alert, Severity, one_line, payload
+from pipelines.monitoring.notify import (
+    ERROR_CHARS,
+    Alert,
+    Severity,
+    one_line,
+    payload,
+    send_alert,
+)
 
 ERROR = "the lake partition 2026-11-20 is empty"
 
@@ -128,14 +138,25 @@ def probe_dags(folder: Path, **dags: str) -> Path:
     return folder
 
 
-def dags_test(settings: Settings, dags: Path, webhook: str) -> subprocess.CompletedProcess[str]:
-    """`airflow dags test alert_probe` on a fresh metadata DB under the test's var dir."""
+@pytest.fixture(scope="module")
+def empty_airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty metadata DB (SQLite), made once and copied by each test that runs a DAG."""
+    var_dir = tmp_path_factory.mktemp("airflow-db") / "var"
+    env = airflow_env(Settings(var_dir=var_dir))
+    subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
+    return var_dir / "airflow" / "airflow.db"
+
+
+def dags_test(
+    settings: Settings, empty_db: Path, dags: Path, webhook: str
+) -> subprocess.CompletedProcess[str]:
+    """`airflow dags test alert_probe` on a copy of `empty_db` under the test's var dir."""
     env = {
         **airflow_env(settings),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "INBO_ALERT_WEBHOOK_URL": webhook,
     }
-    subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
+    shutil.copy(empty_db, settings.var_dir / "airflow" / "airflow.db")
     return subprocess.run(
         [airflow_bin(), "dags", "test", "alert_probe"],
         env=env,
@@ -192,13 +213,74 @@ def test_an_error_becomes_one_short_line() -> None:
     assert len(long) == ERROR_CHARS and long.endswith("…")
 
 
+def test_send_alert_posts_only_when_a_webhook_is_set(tmp_path: Path, receiver: Receiver) -> None:
+    alert = Alert("Airflow run failed", Severity.CRITICAL, "inbo_hourly", "r1", datetime.now(UTC))
+    assert send_alert(alert, Settings(var_dir=tmp_path)) is False
+    assert send_alert(alert, Settings(var_dir=tmp_path, alert_webhook_url=receiver.url)) is True
+    assert receiver.received == [payload(alert)]
+
+
+def dags_common() -> Any:
+    sys.path.insert(0, str(REPO_ROOT / "dags"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(REPO_ROOT / "dags"))
+    return common
+
+
+def test_a_run_failed_by_a_task_only_logs_and_one_failed_otherwise_alerts(
+    settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DAG-level callback's context as `DagRun.execute_dag_callbacks` builds it without a
+    failed task (`dag`, `run_id`, `reason`): a run that timed out has no task alert to rely on."""
+    common = dags_common()
+    monkeypatch.setattr(settings, "alert_webhook_url", receiver.url)
+    dag = SimpleNamespace(dag_id="inbo_nightly")
+    common.run_failed({"dag": dag, "run_id": "scheduled__1", "reason": "task_failure"})
+    assert receiver.received == []
+    common.run_failed({"dag": dag, "run_id": "scheduled__1", "reason": "timed_out"})
+    assert [message["text"] for message in receiver.received] == [
+        "[critical] Airflow run failed: inbo_nightly run scheduled__1: timed_out"
+    ]
+
+
+def test_a_deadline_missed_by_a_failed_run_only_logs(
+    settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline context as `Deadline.handle_miss` builds it (the run as the REST API shows it,
+    and the deadline). Airflow prunes deadlines only of runs that succeeded, so a failed run's
+    deadline still fires; its failure has alerted already."""
+    common = dags_common()
+    monkeypatch.setattr(settings, "alert_webhook_url", receiver.url)
+    context: dict[str, Any] = {
+        "dag_run": {
+            "dag_id": "inbo_hourly",
+            "dag_run_id": "scheduled__2026-11-20T05:00:00+00:00",
+            "state": "failed",
+            "queued_at": "2026-11-20T06:00:01+00:00",
+        },
+        "deadline": {"id": "d1", "deadline_time": "2026-11-20T06:45:01+00:00"},
+    }
+    common.deadline_missed(context, minutes=45)
+    assert receiver.received == []
+    context["dag_run"]["state"] = "running"
+    common.deadline_missed(context, minutes=45)
+    assert receiver.received[0]["text"] == (
+        "[warning] Airflow run past its deadline: inbo_hourly run "
+        "scheduled__2026-11-20T05:00:00+00:00: still running 45 min after it was queued "
+        "(2026-11-20T06:00:01+00:00)"
+    )
+
+
+@pytest.mark.e2e
 def test_a_failed_task_posts_one_message_with_its_dag_task_error_and_run(
-    settings: Settings, receiver: Receiver, tmp_path: Path
+    settings: Settings, receiver: Receiver, empty_airflow_db: Path, tmp_path: Path
 ) -> None:
     """The task's callback alerts; the run's own failure callback sees reason `task_failure` and
     only logs, so one failure is one message."""
     dags = probe_dags(tmp_path / "dags", alert_probe=FAILING_DAG)
-    out = dags_test(settings, dags, receiver.url)
+    out = dags_test(settings, empty_airflow_db, dags, receiver.url)
     assert f"ValueError: {ERROR}" in out.stdout + out.stderr
     messages = receiver.wait_for(1, timeout=5)
     assert len(messages) == 1, messages
@@ -209,12 +291,13 @@ def test_a_failed_task_posts_one_message_with_its_dag_task_error_and_run(
     assert messages[0]["blocks"][0]["text"]["text"] == "Airflow task failed"
 
 
+@pytest.mark.e2e
 def test_with_the_receiver_down_the_task_fails_with_its_own_error_and_the_alert_is_logged(
-    settings: Settings, tmp_path: Path
+    settings: Settings, empty_airflow_db: Path, tmp_path: Path
 ) -> None:
     dags = probe_dags(tmp_path / "dags", alert_probe=FAILING_DAG)
     nobody = f"http://127.0.0.1:{free_port()}/hooks/T000/B000/secret"
-    out = dags_test(settings, dags, nobody)
+    out = dags_test(settings, empty_airflow_db, dags, nobody)
     logs = out.stdout + out.stderr
     assert f"ValueError: {ERROR}" in logs
     assert "alert [critical] Airflow task failed: alert_probe.breaks" in logs
