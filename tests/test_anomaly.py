@@ -89,10 +89,10 @@ def test_a_clean_seasonal_poisson_week_raises_no_alarm() -> None:
 
 @pytest.fixture(scope="module")
 def incident_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Incident]]:
-    """8 days of a busy world (a week of history, then the incidents' day), every incident
+    """5 days of a busy world (4 days of history, then the incidents' day), every incident
     kind injected at its own hour of the last day. Clicks are the sparsest signal: the outage
-    is at the evening peak (about 25 clicks a minute), where 5 minutes are enough to see it;
-    `inbo bench-anomaly` measures the trough too."""
+    is at the evening peak (about 30 clicks a minute), where 5 minutes are enough to see it;
+    `inbo bench-anomaly` measures the trough too. Simulating it takes ~40 s, hence e2e."""
     tmp = tmp_path_factory.mktemp("incidents")
     url = f"sqlite:///{tmp / 'app.db'}"
     day = END - timedelta(days=1)
@@ -101,11 +101,12 @@ def incident_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[
         Incident(IncidentKind.CLICK_OUTAGE, day + timedelta(hours=19), timedelta(hours=1)),
         Incident(IncidentKind.BOT_BURST, day + timedelta(hours=13), timedelta(minutes=5)),
     ]
-    simulate(url, users=30_000, items=40_000, days=8, seed=11, end=END, truth_dir=tmp / "truth",
+    simulate(url, users=80_000, items=25_000, days=5, seed=11, end=END, truth_dir=tmp / "truth",
              incidents=incidents)  # fmt: skip
     return url, incidents
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", list(IncidentKind))
 def test_each_incident_is_detected_within_5_minutes(
     incident_world: tuple[str, list[Incident]], kind: IncidentKind, settings: Settings
@@ -113,7 +114,7 @@ def test_each_incident_is_detected_within_5_minutes(
     url, incidents = incident_world
     incident = next(i for i in incidents if i.kind is kind)
     monitor = AnomalyMonitor(
-        settings.model_copy(update={"app_db_url": url, "anomaly_history_days": 7})
+        settings.model_copy(update={"app_db_url": url, "anomaly_history_days": 4})
     )
     now = incident.start - timedelta(minutes=30)
     monitor.poll(now)

@@ -16,19 +16,22 @@ Why this method:
   minute-of-week component), averaged with a trimmed mean (`TRIM` cut from each end). It is
   robust like a median (an incident day or a bot burst in the history is trimmed away) but,
   unlike a median, is not biased on sparse integer counts (the median of Poisson(0.3) is 0).
-- Test: counts in the last 1..`anomaly_window_minutes` complete minutes against the baseline's
-  sum, scored with a negative binomial tail probability whose variance `a*mu + b*mu**2` is fitted
-  per series from the history (`a`: events arriving in clusters, e.g. a user subscribing to five
-  publishers at once; `b`: the baseline's own relative error, e.g. a growing audience); rates with
-  a beta-binomial whose overdispersion is fitted the same way. Pure Poisson/binomial tails would
-  raise alarms on busy series whose baseline is a few percent off. Both tails are tested: a drop
-  (an outage) and a burst (a bot) are both incidents. The score is -log10 of the smallest tail
-  probability over the windows, so one minute of a total outage and five minutes of a partial one
-  are both caught, and detection takes at most the window.
+- Test: counts in the last 1..`anomaly_window_minutes` complete minutes (and the last
+  `LONG_WINDOWS`, for drops too small to see in 5 minutes) against the baseline's sum, scored
+  with a scaled (quasi-) Poisson tail: count / phi ~ Poisson(mu / phi), the dispersion
+  phi = a + b * mu fitted per series from the history (`a`: events arriving in clusters, the
+  impressions of one session; `b`: the baseline's own relative error, a day busier than the
+  last). Click-through rates get the scaled binomial tail of clicks out of impressions, the
+  expected rate pooled over ±`RATE_SMOOTH_MINUTES`. Plain Poisson/binomial tails would raise
+  alarms on every session's burst of impressions; a negative binomial's lower tail is too light
+  for such clusters (a minute without a session looked impossible). Both tails are tested: a
+  drop (an outage) and a burst (a bot) are both incidents. The score is -log10 of the smallest
+  tail probability over the windows, so one minute of a total outage and five minutes of a
+  partial one are both caught.
 - Threshold: a series is active from score `anomaly_threshold` and stays active until its score
-  falls below half of it (no flapping episodes). About 25 series x 10080 minutes x 5 windows is
-  ~1e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves well under one false alarm
-  per clean week when the model fits; `inbo bench-anomaly` measures it on a simulated week.
+  falls below half of it (no flapping episodes). About 20 series x 10080 minutes x 7 windows x
+  2 tails is ~3e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves under one false
+  alarm per clean week when the model fits; `inbo bench-anomaly` measures it on a simulated week.
 - Batch series arrive once per run: the newest value is compared with the median and MAD of the
   previous ones (a robust z-score past `SPARSE_Z`).
 
@@ -67,6 +70,9 @@ SPARSE_Z = 6.0
 """Robust z-score past which a batch series (quarantine rate, published users) is anomalous."""
 SPARSE_HISTORY = 48
 """Batch reports a sparse series compares with."""
+LONG_WINDOWS = (15, 60)
+"""Windows scored beyond `anomaly_window_minutes`: a drop too small to see in 5 minutes (clicks
+at night) still shows within the hour."""
 RATE_SMOOTH_MINUTES = 30
 """Neighbouring minutes (each side) a click-through rate's baseline pools: rates barely follow
 the clock, and clicks are too sparse at night for a narrow window."""
@@ -217,20 +223,31 @@ class Dispersion:
 
     @classmethod
     def fit(cls, days: np.ndarray, window: int) -> Dispersion:
-        """From `days` (counters x days x minutes of day): residuals of window sums against the
-        in-sample seasonal mean, regressed on mu and mu**2 (non-negative least squares)."""
-        n_counters, n_days, n_minutes = days.shape
-        usable = n_minutes // window * window
-        sums = days[:, :, :usable].reshape(n_counters, n_days, -1, window).sum(axis=-1)
-        mu = np.asarray(stats.trim_mean(sums, TRIM, axis=1))
-        a, b = np.ones(n_counters), np.zeros(n_counters)
-        for row in range(n_counters):
-            m = np.broadcast_to(mu[row], sums[row].shape).ravel()
-            if m.sum() == 0:
+        """From `days` (counters x days x minutes of day): squared residuals of window sums and of
+        hourly sums against their in-sample seasonal mean, relative to mu**2, regressed on 1/mu
+        and 1 (non-negative least squares). Short windows pin `a` (count noise), hours pin `b`
+        (the baseline's own error, which a few events in 5 minutes would hide)."""
+        rows = [_residuals(days, size) for size in sorted({window, 60})]
+        a, b = np.ones(days.shape[0]), np.zeros(days.shape[0])
+        for row in range(days.shape[0]):
+            m = np.concatenate([mu[row] for mu, _ in rows])
+            squared = np.concatenate([r[row] for _, r in rows])
+            keep = m > 0
+            if not keep.any():
                 continue
-            squared = (sums[row].ravel() - m) ** 2
-            (a[row], b[row]), _ = optimize.nnls(np.column_stack([m, m**2]), squared)
+            m, squared = m[keep], squared[keep]
+            design = np.column_stack([1 / m, np.ones_like(m)])
+            (a[row], b[row]), _ = optimize.nnls(design, squared / m**2)
         return cls(np.maximum(a, 1.0), b)
+
+
+def _residuals(days: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, squared residual) per counter of every `window`-minute sum of `days`, flattened."""
+    n_counters, n_days, n_minutes = days.shape
+    usable = n_minutes // window * window
+    sums = days[:, :, :usable].reshape(n_counters, n_days, -1, window).sum(axis=-1)
+    mu = np.broadcast_to(np.asarray(stats.trim_mean(sums, TRIM, axis=1))[:, None, :], sums.shape)
+    return mu.reshape(n_counters, -1), ((sums - mu) ** 2).reshape(n_counters, -1)
 
 
 def count_scores(observed: np.ndarray, mu: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -318,6 +335,10 @@ class AnomalyMonitor:
             np.ones(len(self.counters.names)), np.zeros(len(self.counters.names))
         )
         self.rates = Baseline(settings.anomaly_history_days, RATE_SMOOTH_MINUTES)
+        self.windows = [*range(1, self.window + 1), *(w for w in LONG_WINDOWS if w > self.window)]
+        self.expected = np.zeros_like(self.ring)  # each minute's baseline, once computed
+        self.wide = np.zeros_like(self.ring)  # the same pooled over ±RATE_SMOOTH_MINUTES
+        self.expected_to: int | None = None
         self.phi: dict[str, float] = {}
         self.active: dict[str, Anomaly] = {}
         self.series_names: list[str] = self._names(seen=set())
@@ -347,6 +368,7 @@ class AnomalyMonitor:
         if self.read_to is None or current - self.read_to >= span:
             lo = current - span + 1
             self.ring[:] = 0
+            self.expected_to = None
         else:
             lo = self.read_to - LATE_OVERLAP_MINUTES
         counts = read_minutes(self.engine, self.counters, lo, current + 1)
@@ -383,10 +405,13 @@ class AnomalyMonitor:
         return [*counts, *ctr, "quarantine_rate", "published_users"]
 
     def _minute_scores(self, last: int) -> list[Score]:
-        minutes = np.arange(last - self.window + 1, last + 1)
-        span = self.ring.shape[1]
-        observed = np.cumsum(self.ring[:, minutes % span][:, ::-1], axis=1)  # counters x windows
-        expected = np.cumsum(self.baseline.expected(self.ring, minutes)[:, ::-1], axis=1)
+        """Scores of every series over the windows ending at minute `last`."""
+        widths = np.array(self.windows) - 1
+        at = np.arange(last, last - self.windows[-1], -1) % self.ring.shape[1]  # newest first
+        self._expect(last)
+        observed = np.cumsum(self.ring[:, at], axis=1)[:, widths]  # counters x windows
+        expected = np.cumsum(self.expected[:, at], axis=1)[:, widths]
+        wide = np.cumsum(self.wide[:, at], axis=1)[:, widths]
         rows = [self.counters.index(n) for n in self.series_names if n in self.counters.names]
         a, b = self.dispersion.a[rows, None], self.dispersion.b[rows, None]
         scored = count_scores(observed[rows], expected[rows], a, b)
@@ -396,11 +421,9 @@ class AnomalyMonitor:
         if pairs:
             clicks = np.array([observed[self.counters.index(f"clicks:{p}")] for p in pairs])
             shown = np.array([observed[self.counters.index(f"shown:{p}")] for p in pairs])
-            rows = [
-                self.counters.index(f"{part}:{p}") for p in pairs for part in ("clicks", "shown")
-            ]
-            wide = np.cumsum(self.rates.expected(self.ring[rows], minutes)[:, ::-1], axis=1)
-            rate = wide[0::2] / np.maximum(wide[1::2], 1e-9)
+            base_clicks = np.array([wide[self.counters.index(f"clicks:{p}")] for p in pairs])
+            base_shown = np.array([wide[self.counters.index(f"shown:{p}")] for p in pairs])
+            rate = base_clicks / np.maximum(base_shown, 1e-9)
             phi = np.array([[self.phi[p]] for p in pairs])
             scored = ratio_scores(clicks, shown, rate, phi)
             for p, s, k, n, r in zip(pairs, scored, clicks, shown, rate, strict=True):
@@ -408,13 +431,27 @@ class AnomalyMonitor:
                 out.append(self._best(f"ctr:{p}", s, ratio, r, last))
         return out
 
-    @staticmethod
+    def _expect(self, last: int) -> None:
+        """Baselines of the minutes up to `last` not computed yet: they read whole past days only,
+        which no longer change, so each minute's is computed once."""
+        first = last - self.windows[-1] + 1
+        if self.expected_to is not None:
+            first = max(first, self.expected_to + 1)
+        if first > last:
+            return
+        minutes = np.arange(first, last + 1)
+        span = self.ring.shape[1]
+        self.expected[:, minutes % span] = self.baseline.expected(self.ring, minutes)
+        self.wide[:, minutes % span] = self.rates.expected(self.ring, minutes)
+        self.expected_to = last
+
     def _best(
-        series: str, scores: np.ndarray, observed: np.ndarray, expected: np.ndarray, last: int
+        self, series: str, scores: np.ndarray, observed: np.ndarray, expected: np.ndarray, last: int
     ) -> Score:
-        """The window (1..W minutes back from `last`) with the highest score."""
+        """The window (of `self.windows` minutes up to `last`) with the highest score."""
         w = int(np.argmax(scores))
-        return Score(series, last - w, float(observed[w]), float(expected[w]), float(scores[w]))
+        start = last - self.windows[w] + 1
+        return Score(series, start, float(observed[w]), float(expected[w]), float(scores[w]))
 
     def _batch_scores(self) -> list[Score]:
         """The newest quarantine rate and published users against the batches before them."""

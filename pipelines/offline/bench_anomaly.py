@@ -28,7 +28,10 @@ DOC = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "anomaly-bench"
 HEADING = "\n\n## Anomaly detection\n"
 END = datetime(2026, 11, 30)
-"""End of the bench world (fixed, so the same seed gives the same world on any day)."""
+"""End of the replay (fixed, so the same seed gives the same world on any day)."""
+TAIL = timedelta(days=2)
+"""The world goes on past the replay: a simulation's last days are not like the others
+(subscriptions and their ends crowd in before its end)."""
 INCIDENT_HOURS: dict[IncidentKind, tuple[tuple[str, float], ...]] = {
     IncidentKind.CLICK_OUTAGE: (("peak", 8.0), ("trough", 3.0)),
     IncidentKind.BOT_BURST: (("peak", 12.0), ("trough", 4.5)),
@@ -99,7 +102,7 @@ def run_anomaly_bench(settings: Settings, params: AnomalyParams) -> AnomalyBench
     load_before = os.getloadavg()
     root = settings.var_dir / "bench" / "anomaly"
     db_url = f"sqlite:///{root / 'app.db'}"
-    days = params.history_days + params.clean_days + 2
+    days = params.history_days + params.clean_days + 2 + TAIL.days
     replay_start = END - timedelta(days=params.clean_days + 2)
     incident_start = END - timedelta(days=2)
     injected = incidents(incident_start)
@@ -110,7 +113,7 @@ def run_anomaly_bench(settings: Settings, params: AnomalyParams) -> AnomalyBench
         items=params.items,
         days=days,
         seed=params.seed,
-        end=END,
+        end=END + TAIL,
         truth_dir=root / "truth",
         incidents=injected,
     )
