@@ -68,21 +68,23 @@ def test_a_clean_seasonal_poisson_week_raises_no_alarm() -> None:
     baseline = Baseline(days=14, smooth=2)
     first = 14 * MINUTES_PER_DAY
     history = ring[:, :first].reshape(1, 14, MINUTES_PER_DAY)
-    dispersion = Dispersion.fit(history, 5)
+    dispersion = Dispersion.fit(history, [1, 2, 3, 4, 5])
     week = np.arange(first + 5, 21 * MINUTES_PER_DAY)
     scored = np.zeros(len(week))
     for w in range(1, 6):
         window = week[:, None] - np.arange(w)
         observed = ring[0, window].sum(axis=1)
         expected = baseline.expected(ring, window.ravel()).reshape(-1, w).sum(axis=1)
-        scored = np.maximum(scored, count_scores(observed, expected, dispersion.a, dispersion.b))
+        scored = np.maximum(
+            scored, count_scores(observed, expected, dispersion.a[0, w - 1], dispersion.b[0, w - 1])
+        )
     assert scored.max() < Settings().anomaly_threshold
     # ... and the same week with its clicks gone for 5 minutes at noon is found at once.
     noon = first + 3 * MINUTES_PER_DAY + 720
     observed = ring[0, noon - 4 : noon + 1].sum() * 0.2
     expected = baseline.expected(ring, np.arange(noon - 4, noon + 1)).sum()
     assert (
-        count_scores(observed, expected, dispersion.a, dispersion.b)[0]
+        count_scores(observed, expected, dispersion.a[0, 4], dispersion.b[0, 4])
         > 2 * Settings().anomaly_threshold
     )
 

@@ -216,28 +216,28 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Dispersion:
-    """Variance model of window counts per counter: var = a * mu + b * mu**2."""
+    """Variance model of window counts per counter and window: var = a * mu + b * mu**2."""
 
     a: np.ndarray
     b: np.ndarray
 
     @classmethod
-    def fit(cls, days: np.ndarray, window: int) -> Dispersion:
-        """From `days` (counters x days x minutes of day): squared residuals of window sums and of
-        hourly sums against their in-sample seasonal mean, relative to mu**2, regressed on 1/mu
-        and 1 (non-negative least squares). Short windows pin `a` (count noise), hours pin `b`
-        (the baseline's own error, which a few events in 5 minutes would hide)."""
-        rows = [_residuals(days, size) for size in sorted({window, 60})]
-        a, b = np.ones(days.shape[0]), np.zeros(days.shape[0])
-        for row in range(days.shape[0]):
-            m = np.concatenate([mu[row] for mu, _ in rows])
-            squared = np.concatenate([r[row] for _, r in rows])
-            keep = m > 0
-            if not keep.any():
-                continue
-            m, squared = m[keep], squared[keep]
-            design = np.column_stack([1 / m, np.ones_like(m)])
-            (a[row], b[row]), _ = optimize.nnls(design, squared / m**2)
+    def fit(cls, days: np.ndarray, windows: list[int]) -> Dispersion:
+        """From `days` (counters x days x minutes of day), one (a, b) per counter and window
+        size (counters x windows): squared residuals of the window sums against their in-sample
+        seasonal mean, relative to mu**2, regressed on 1/mu and 1 (non-negative least squares).
+        Fitted per window because clustering depends on the scale: one user's subscriptions
+        spread over an hour are independent minutes but one burst in that hour."""
+        a, b = np.ones((days.shape[0], len(windows))), np.zeros((days.shape[0], len(windows)))
+        for col, size in enumerate(windows):
+            mu, squared = _residuals(days, size)
+            for row in range(days.shape[0]):
+                keep = mu[row] > 0
+                if not keep.any():
+                    continue
+                m = mu[row][keep]
+                design = np.column_stack([1 / m, np.ones_like(m)])
+                (a[row, col], b[row, col]), _ = optimize.nnls(design, squared[row][keep] / m**2)
         return cls(np.maximum(a, 1.0), b)
 
 
@@ -331,11 +331,10 @@ class AnomalyMonitor:
         )
         self.read_to: int | None = None  # minutes before this are in the ring
         self.fitted_at: int | None = None
-        self.dispersion = Dispersion(
-            np.ones(len(self.counters.names)), np.zeros(len(self.counters.names))
-        )
-        self.rates = Baseline(settings.anomaly_history_days, RATE_SMOOTH_MINUTES)
         self.windows = [*range(1, self.window + 1), *(w for w in LONG_WINDOWS if w > self.window)]
+        shape = (len(self.counters.names), len(self.windows))
+        self.dispersion = Dispersion(np.ones(shape), np.zeros(shape))  # fitted on the first poll
+        self.rates = Baseline(settings.anomaly_history_days, RATE_SMOOTH_MINUTES)
         self.expected = np.zeros_like(self.ring)  # each minute's baseline, once computed
         self.wide = np.zeros_like(self.ring)  # the same pooled over ±RATE_SMOOTH_MINUTES
         self.expected_to: int | None = None
@@ -384,7 +383,7 @@ class AnomalyMonitor:
 
     def _fit(self, current: int) -> None:
         days = self.past_days(current)
-        self.dispersion = Dispersion.fit(days, self.window)
+        self.dispersion = Dispersion.fit(days, self.windows)
         seen = set()
         for pair in self._pairs():
             shown = days[self.counters.index(f"shown:{pair}")]
@@ -413,7 +412,7 @@ class AnomalyMonitor:
         expected = np.cumsum(self.expected[:, at], axis=1)[:, widths]
         wide = np.cumsum(self.wide[:, at], axis=1)[:, widths]
         rows = [self.counters.index(n) for n in self.series_names if n in self.counters.names]
-        a, b = self.dispersion.a[rows, None], self.dispersion.b[rows, None]
+        a, b = self.dispersion.a[rows], self.dispersion.b[rows]
         scored = count_scores(observed[rows], expected[rows], a, b)
         out = [self._best(self.counters.names[r], s, observed[r], expected[r], last)
                for r, s in zip(rows, scored, strict=True)]  # fmt: skip
