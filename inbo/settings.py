@@ -170,10 +170,14 @@ class Settings(BaseSettings):
         "", description="Webhook (Slack-compatible JSON) Airflow alerts post to; empty: log only."
     )
     nightly_deadline_minutes: float = Field(
-        240.0, gt=0, description="Minutes after it is queued by which a nightly run must finish."
+        240.0,
+        ge=0,
+        description="Minutes after it is queued by which a nightly run must finish; 0: no deadline.",
     )
     hourly_deadline_minutes: float = Field(
-        45.0, gt=0, description="Minutes after it is queued by which an hourly run must finish."
+        45.0,
+        ge=0,
+        description="Minutes after it is queued by which an hourly run must finish; 0: no deadline.",
     )
 
     @field_validator("redis_url", "app_redis_url")

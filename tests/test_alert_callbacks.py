@@ -229,6 +229,16 @@ def dags_common() -> Any:
     return common
 
 
+def test_a_deadline_of_zero_minutes_is_none_and_others_start_at_the_queued_time() -> None:
+    """0 turns the deadline off (foreground runs: Airflow 3.3.2's dag.test() cannot prune one)."""
+    common = dags_common()
+    assert common.run_deadline(0) is None
+    alert = common.run_deadline(240)
+    assert alert.interval.total_seconds() == 240 * 60
+    assert alert.reference.reference_name == "DagRunQueuedAtDeadline"
+    assert alert.callback.kwargs == {"minutes": 240}
+
+
 def test_a_run_failed_by_a_task_only_logs_and_one_failed_otherwise_alerts(
     settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

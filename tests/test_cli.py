@@ -48,8 +48,9 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
-REPORTS_NOTHING = {"demo", "airflow"}
-"""Commands with no result to hand a script: the demo is a show for people, `airflow` runs the UI."""
+REPORTS_NOTHING = {"demo", "airflow", "exporter"}
+"""Commands with no result to hand a script: the demo is a show for people, `airflow` runs the UI,
+`exporter` serves /metrics until stopped."""
 
 
 def test_every_reporting_command_takes_json_and_every_option_has_help() -> None:
