@@ -126,6 +126,8 @@ def next_steps(redis_url: str, end: datetime, settings: Settings) -> str:
             f"  metrics          {venv}/inbo exporter (http://localhost:{settings.exporter_port}"
             "/metrics, /healthz, /readyz)",
             "  alert rules      monitoring/alerts.yml (prometheus --config.file=monitoring/prometheus.yml)",
+            "  Airflow alerts   set INBO_ALERT_WEBHOOK_URL (Slack-compatible) before `inbo airflow`",
+            "  anomalies        inbo_anomaly_active on /metrics; README, Anomaly detection",
             *([f"  dashboard        {dashboard}"] if dashboard.exists() else []),
             f"  redis-cli        {redis_cli_example(redis_url, settings.redis_prefix)}",
             f"  Airflow UI       {venv}/inbo airflow   (http://localhost:{DEFAULT_PORT}, no login)",

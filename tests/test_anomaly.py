@@ -21,6 +21,7 @@ from pipelines.monitoring.anomaly import (
     Baseline,
     Dispersion,
     count_scores,
+    ratio_scores,
 )
 from pipelines.offline.bench_anomaly import FIRES_ON
 
@@ -87,6 +88,19 @@ def test_a_clean_seasonal_poisson_week_raises_no_alarm() -> None:
         count_scores(observed, expected, dispersion.a[0, 4], dispersion.b[0, 4])
         > 2 * Settings().anomaly_threshold
     )
+
+
+def test_long_windows_judge_drops_only() -> None:
+    """A window scored without bursts still scores a drop: 10 events where 60 were due, and
+    60 where 10 were due, under Poisson (a=1, b=0): the tails are e-14 and e-25 or so."""
+    observed, expected = np.array([10.0, 60.0]), np.array([60.0, 10.0])
+    both = count_scores(observed, expected, np.ones(2), np.zeros(2))
+    drops = count_scores(observed, expected, np.ones(2), np.zeros(2), bursts=False)
+    assert both.min() > 10
+    assert drops[0] == pytest.approx(both[0]) and drops[1] < 1e-6
+    rates = ratio_scores(np.array([1.0, 40.0]), np.array([100.0] * 2), np.array([0.2] * 2),
+                         np.ones(2), bursts=False)  # fmt: skip
+    assert rates[0] > 5 and rates[1] < 1e-6
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ Why this method:
   robust like a median (an incident day or a bot burst in the history is trimmed away) but,
   unlike a median, is not biased on sparse integer counts (the median of Poisson(0.3) is 0).
 - Test: counts in the last 1..`anomaly_window_minutes` complete minutes (and the last
-  `LONG_WINDOWS`, for drops too small to see in 5 minutes) against the baseline's sum, scored
+  `LONG_WINDOWS`, for drops too small to see in 5 minutes; drops only) against the baseline's sum, scored
   with a scaled (quasi-) Poisson tail: count / phi ~ Poisson(mu / phi), the dispersion
   phi = a + b * mu fitted per series from the history (`a`: events arriving in clusters, the
   impressions of one session; `b`: the baseline's own relative error, a day busier than the
@@ -29,8 +29,8 @@ Why this method:
   tail probability over the windows, so one minute of a total outage and five minutes of a
   partial one are both caught.
 - Threshold: a series is active from score `anomaly_threshold` and stays active until its score
-  falls below half of it (no flapping episodes). About 20 series x 10080 minutes x 7 windows x
-  2 tails is ~3e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves under one false
+  falls below half of it (no flapping episodes). About 20 series x 10080 minutes x 13 window and
+  tail pairs (bursts in 5 windows, drops in 8) is ~3e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves under one false
   alarm per clean week when the model fits; `inbo bench-anomaly` measures it on a simulated week.
 - Batch series arrive once per run: the newest value is compared with the median and MAD of the
   previous ones (a robust z-score past `SPARSE_Z`).
@@ -70,9 +70,12 @@ SPARSE_Z = 6.0
 """Robust z-score past which a batch series (quarantine rate, published users) is anomalous."""
 SPARSE_HISTORY = 48
 """Batch reports a sparse series compares with."""
-LONG_WINDOWS = (15, 60)
-"""Windows scored beyond `anomaly_window_minutes`: a drop too small to see in 5 minutes (clicks
-at night) still shows within the hour."""
+LONG_WINDOWS = (15, 30, 60)
+"""Windows scored beyond `anomaly_window_minutes`, for drops only: a drop too small to see in 5
+minutes (clicks at night) still shows within the hour. A burst is short (a bot, a retry storm)
+and shows in the short windows; over an hour, sparse kinds rise by one user's clustered actions
+(a user unsubscribing from 25 newsletters) more than the fitted dispersion allows, which were
+`inbo bench-anomaly`'s false alarms when long windows judged bursts too."""
 RATE_SMOOTH_MINUTES = 30
 """Neighbouring minutes (each side) a click-through rate's baseline pools: rates barely follow
 the clock, and clicks are too sparse at night for a narrow window."""
@@ -250,9 +253,16 @@ def _residuals(days: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     return mu.reshape(n_counters, -1), ((sums - mu) ** 2).reshape(n_counters, -1)
 
 
-def count_scores(observed: np.ndarray, mu: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def count_scores(
+    observed: np.ndarray,
+    mu: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    bursts: np.ndarray | bool = True,
+) -> np.ndarray:
     """-log10 of the smaller tail probability of each observed count under a scaled
-    (quasi-) Poisson: count / phi ~ Poisson(mu / phi), phi = a + b * mu the fitted dispersion.
+    (quasi-) Poisson: count / phi ~ Poisson(mu / phi), phi = a + b * mu the fitted dispersion;
+    the upper tail only where `bursts` (broadcast like `observed`).
 
     The Poisson tails are taken through the gamma distribution so they are defined between
     integers: P(X <= k) = P(Gamma(k + 1) > lam) and P(X >= k) = P(Gamma(k) <= lam)."""
@@ -264,23 +274,30 @@ def count_scores(observed: np.ndarray, mu: np.ndarray, a: np.ndarray, b: np.ndar
     up = np.maximum(mu, 1.0)
     phi_up = a + b * up
     high = np.where(
-        observed > 0, stats.gamma.logcdf(up / phi_up, np.maximum(observed / phi_up, 1e-9)), 0.0
+        (observed > 0) & bursts,
+        stats.gamma.logcdf(up / phi_up, np.maximum(observed / phi_up, 1e-9)),
+        0.0,
     )
     return np.asarray(-np.minimum(low, high) / np.log(10))
 
 
 def ratio_scores(
-    clicks: np.ndarray, shown: np.ndarray, rate: np.ndarray, phi: np.ndarray
+    clicks: np.ndarray,
+    shown: np.ndarray,
+    rate: np.ndarray,
+    phi: np.ndarray,
+    bursts: np.ndarray | bool = True,
 ) -> np.ndarray:
     """-log10 of the smaller tail of clicks out of `shown` under a scaled (quasi-) binomial with
-    mean `rate` and dispersion `phi` (clicks / phi of shown / phi), through the beta distribution:
+    mean `rate` and dispersion `phi` (clicks / phi of shown / phi), the upper tail only where
+    `bursts`, through the beta distribution:
     P(X <= k) = P(Beta(k + 1, n - k) > p), P(X >= k) = P(Beta(k, n - k + 1) <= p); 0 where
     nothing was shown."""
     rate = np.clip(rate, 1e-4, 1 - 1e-4)
     k = np.minimum(clicks, shown) / phi
     n = np.maximum(shown, 1.0) / phi
     low = np.where(k < n, stats.beta.logsf(rate, k + 1, np.maximum(n - k, 1e-9)), 0.0)
-    high = np.where(k > 0, stats.beta.logcdf(rate, np.maximum(k, 1e-9), n - k + 1), 0.0)
+    high = np.where((k > 0) & bursts, stats.beta.logcdf(rate, np.maximum(k, 1e-9), n - k + 1), 0.0)
     return np.where(shown > 0, -np.minimum(low, high) / np.log(10), 0.0)
 
 
@@ -413,7 +430,8 @@ class AnomalyMonitor:
         wide = np.cumsum(self.wide[:, at], axis=1)[:, widths]
         rows = [self.counters.index(n) for n in self.series_names if n in self.counters.names]
         a, b = self.dispersion.a[rows], self.dispersion.b[rows]
-        scored = count_scores(observed[rows], expected[rows], a, b)
+        bursts = np.array(self.windows) <= self.window  # long windows judge drops only
+        scored = count_scores(observed[rows], expected[rows], a, b, bursts)
         out = [self._best(self.counters.names[r], s, observed[r], expected[r], last)
                for r, s in zip(rows, scored, strict=True)]  # fmt: skip
         pairs = [n.removeprefix("ctr:") for n in self.series_names if n.startswith("ctr:")]
@@ -424,7 +442,7 @@ class AnomalyMonitor:
             base_shown = np.array([wide[self.counters.index(f"shown:{p}")] for p in pairs])
             rate = base_clicks / np.maximum(base_shown, 1e-9)
             phi = np.array([[self.phi[p]] for p in pairs])
-            scored = ratio_scores(clicks, shown, rate, phi)
+            scored = ratio_scores(clicks, shown, rate, phi, bursts)
             for p, s, k, n, r in zip(pairs, scored, clicks, shown, rate, strict=True):
                 ratio = np.where(n > 0, k / np.maximum(n, 1), 0.0)
                 out.append(self._best(f"ctr:{p}", s, ratio, r, last))
