@@ -16,8 +16,8 @@ Why this method:
   minute-of-week component), averaged with a trimmed mean (`TRIM` cut from each end). It is
   robust like a median (an incident day or a bot burst in the history is trimmed away) but,
   unlike a median, is not biased on sparse integer counts (the median of Poisson(0.3) is 0).
-- Test: counts in the last 1..`anomaly_window_minutes` complete minutes (and the last
-  `LONG_WINDOWS`, for drops too small to see in 5 minutes; drops only) against the baseline's sum, scored
+- Test: counts in the last 1..`anomaly_window_minutes` complete minutes (and, for drops too
+  small to see in 5 minutes, the last `LONG_WINDOWS`) against the baseline's sum, scored
   with a scaled (quasi-) Poisson tail: count / phi ~ Poisson(mu / phi), the dispersion
   phi = a + b * mu fitted per series from the history (`a`: events arriving in clusters, the
   impressions of one session; `b`: the baseline's own relative error, a day busier than the
@@ -29,9 +29,10 @@ Why this method:
   tail probability over the windows, so one minute of a total outage and five minutes of a
   partial one are both caught.
 - Threshold: a series is active from score `anomaly_threshold` and stays active until its score
-  falls below half of it (no flapping episodes). About 20 series x 10080 minutes x 13 window and
-  tail pairs (bursts in 5 windows, drops in 8) is ~3e6 correlated tests a week, so a threshold of 7 (p < 1e-7) leaves under one false
-  alarm per clean week when the model fits; `inbo bench-anomaly` measures it on a simulated week.
+  falls below half of it (no flapping episodes). About 20 series x 10080 minutes x 13
+  (window, tail) pairs (bursts in 5 windows, drops in 8) is ~3e6 correlated tests a week, so a
+  threshold of 7 (p < 1e-7) leaves under one false alarm per clean week when the model fits;
+  `inbo bench-anomaly` measures it on a simulated week.
 - Batch series arrive once per run: the newest value is compared with the median and MAD of the
   previous ones (a robust z-score past `SPARSE_Z`).
 
@@ -349,6 +350,7 @@ class AnomalyMonitor:
         self.read_to: int | None = None  # minutes before this are in the ring
         self.fitted_at: int | None = None
         self.windows = [*range(1, self.window + 1), *(w for w in LONG_WINDOWS if w > self.window)]
+        self.bursts = np.array(self.windows) <= self.window  # long windows judge drops only
         shape = (len(self.counters.names), len(self.windows))
         self.dispersion = Dispersion(np.ones(shape), np.zeros(shape))  # fitted on the first poll
         self.rates = Baseline(settings.anomaly_history_days, RATE_SMOOTH_MINUTES)
@@ -430,8 +432,7 @@ class AnomalyMonitor:
         wide = np.cumsum(self.wide[:, at], axis=1)[:, widths]
         rows = [self.counters.index(n) for n in self.series_names if n in self.counters.names]
         a, b = self.dispersion.a[rows], self.dispersion.b[rows]
-        bursts = np.array(self.windows) <= self.window  # long windows judge drops only
-        scored = count_scores(observed[rows], expected[rows], a, b, bursts)
+        scored = count_scores(observed[rows], expected[rows], a, b, self.bursts)
         out = [self._best(self.counters.names[r], s, observed[r], expected[r], last)
                for r, s in zip(rows, scored, strict=True)]  # fmt: skip
         pairs = [n.removeprefix("ctr:") for n in self.series_names if n.startswith("ctr:")]
@@ -442,7 +443,7 @@ class AnomalyMonitor:
             base_shown = np.array([wide[self.counters.index(f"shown:{p}")] for p in pairs])
             rate = base_clicks / np.maximum(base_shown, 1e-9)
             phi = np.array([[self.phi[p]] for p in pairs])
-            scored = ratio_scores(clicks, shown, rate, phi, bursts)
+            scored = ratio_scores(clicks, shown, rate, phi, self.bursts)
             for p, s, k, n, r in zip(pairs, scored, clicks, shown, rate, strict=True):
                 ratio = np.where(n > 0, k / np.maximum(n, 1), 0.0)
                 out.append(self._best(f"ctr:{p}", s, ratio, r, last))
