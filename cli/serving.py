@@ -89,6 +89,8 @@ def recs(
 
 def recs_table(result: UserRecs, catalogue: dict[int, dict[str, str]], limit: int) -> Table:
     kind = "personal" if result["personal"] else "fallback (no personal row)"
+    if result["variant"]:
+        kind += f", variant {result['variant']}"
     table = Table(title=f"user {result['user_id']}: {kind}, table {result['table_version']}")
     for column in ("rank", "item", "source"):
         table.add_column(column, no_wrap=True, justify="right" if column != "source" else "left")

@@ -180,6 +180,13 @@ class Settings(BaseSettings):
         description="Minutes after it is queued by which an hourly run must finish; 0: no deadline.",
     )
 
+    experiments_file: Path = Field(
+        REPO_ROOT / "experiments.yml", description="The experiments config (docs/experiments.md)."
+    )
+    experiment_layer: str = Field(
+        "feed-ranking", description="The experiment layer whose variants the tables serve."
+    )
+
     @field_validator("redis_url", "app_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

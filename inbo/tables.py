@@ -92,5 +92,7 @@ WATERMARKS = "_state/watermarks"
 """Per source table: each batch's planned watermark range and the head (`_head.json`)."""
 LEDGERS = "_state/ledgers"
 """Per source: the version of each mutable row last taken (`pipelines.extract`), one snapshot."""
+EXPERIMENT_STATES = "_state/experiments"
+"""One JSON per experiment ever started: status, when it started and stopped, its bucket range."""
 COUNTER_BACKUPS = Table("_backups/item_counters")
 """The app's counters as they were before a repair, one file per backup id."""

@@ -117,9 +117,41 @@ def blend(candidates: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
     return schemas.conform(ranked.drop(columns="_priority"), schemas.RECOMMENDATIONS)
 
 
-def fill(ranked: pd.DataFrame, trending: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
-    """`ranked` lists topped up to `n` with trending issues the user has not seen or been given."""
-    users = ranked["user_id"].unique() if len(ranked) else np.array([], dtype=np.int64)
+def als_only(candidates: pd.DataFrame, seen: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Each user's top `n` of the ALS candidates by ALS score: the "ALS only" policy."""
+    column = SCORE_COLUMNS["als"]
+    if column not in candidates.columns:
+        return schemas.empty(schemas.RECOMMENDATIONS)
+    proposed = candidates[candidates[column].notna()]
+    scored = proposed.assign(score=proposed[column], source=proposed["reason_code"].map(SOURCE_OF))
+    kept = scored.merge(seen.assign(_seen=True), on=["user_id", "item_id"], how="left")
+    kept = kept[kept["_seen"].isna()].sort_values(
+        ["user_id", "score", "item_id"], ascending=[True, False, True]
+    )
+    kept = kept[kept.groupby("user_id").cumcount() < n]
+    ranked = kept.assign(rank=kept.groupby("user_id").cumcount() + 1)
+    return schemas.conform(ranked, schemas.RECOMMENDATIONS)
+
+
+def popular_only(
+    users: np.ndarray, trending: pd.DataFrame, seen: pd.DataFrame, n: int
+) -> pd.DataFrame:
+    """The batch's trending list for each of `users`, minus what they read or hid: the
+    "popularity" policy, the same list for everyone but for their own history."""
+    return fill(schemas.empty(schemas.RECOMMENDATIONS), trending, seen, n, users)
+
+
+def fill(
+    ranked: pd.DataFrame,
+    trending: pd.DataFrame,
+    seen: pd.DataFrame,
+    n: int,
+    users: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """`ranked` lists topped up to `n` with trending issues the user has not seen or been given;
+    `users` (default: those in `ranked`) are the users whose lists are filled."""
+    if users is None:
+        users = ranked["user_id"].unique() if len(ranked) else np.array([], dtype=np.int64)
     filler = trending.merge(pd.DataFrame({"user_id": users}), how="cross")
     filler = filler.assign(rank=filler["rank"] + n)
     pool = pd.concat([ranked, filler], ignore_index=True)

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.activity import build_activity
 from features.embeddings import embed_new_items
@@ -38,13 +39,18 @@ from inbo.settings import Settings, get_settings
 from models.base import TrainingData
 from models.candidates import CandidateModels
 from models.content import published_vectors
-from models.hybrid import propose, rank
 from pipelines import tracking
 from pipelines.ingest import ingest_exclusive
 from pipelines.publish.contract import PIPELINE_BATCH
 from pipelines.publish.lifecycle import live_meta
 from pipelines.publish.versions import refresh_users
-from pipelines.score import pinned_parts, read_plan
+from pipelines.score import (
+    pinned_parts,
+    plan_allocation,
+    rank_by_policy,
+    read_plan,
+    with_variants,
+)
 from pipelines.training_data import Embeddings, load_training_data
 from pipelines.validate import validate_exclusive
 
@@ -206,8 +212,7 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
         if reranker is not None
         else None
     )
-    candidates = propose(sources, data, active, settings.candidates_per_source)
-    recs = rank(candidates, reranker, data, settings.top_n, trending, item_table)
+    recs = rank_by_policy(settings, plan, active, data, (sources, reranker), trending, item_table)
     _write_recs(lake, batch, recs, similar)
     summary = replace(
         summary,
@@ -255,6 +260,7 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
         if lake.has_batch(tables.MORE_LIKE_THIS_HOURLY, batch)
         else None
     )
+    experiments = plan_allocation(batch_end(scored.nightly_batch or batch), settings)
     with platform_lock(settings, PUBLISH), redis_connection(settings) as client:
         meta = live_meta(client, settings.redis_prefix)
         status = _publish_status(meta, scored, batch, recs)
@@ -266,7 +272,7 @@ def publish_active_users(interval_end: datetime, settings: Settings | None = Non
                 client,
                 settings.redis_prefix,
                 scored.version,
-                recs,
+                with_variants(pa.Table.from_pandas(recs, preserve_index=False), experiments),
                 through=batch,
                 generated_at=datetime.now(UTC),
                 batch_size=PIPELINE_BATCH,

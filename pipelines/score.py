@@ -20,26 +20,33 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.interactions import MODEL_EVENT_COLUMNS, load_events
 from features.ranking import catalogue_item_features
-from inbo import tables
+from inbo import schemas, tables
 from inbo.errors import DataNotFound
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from inbo.shards import shard_key, user_shard
 from models.als import ALSModel
+from models.base import TrainingData
 from models.candidates import CandidateModels
-from models.hybrid import propose, rank
+from models.hybrid import als_only, fill, popular_only, propose, rank, seen_pairs
 from models.popularity import PopularityModel
 from models.reranker import Reranker
 from pipelines import registry
+from pipelines.experiments.assignment import NO_EXPERIMENTS, Allocation
+from pipelines.experiments.config import Policy, PolicyKind
+from pipelines.experiments.lifecycle import table_allocation
+from pipelines.publish.packing import VARIANT
 from pipelines.training_data import Embeddings, event_window, load_training_data
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,11 @@ class ScorePlan:
     """Registry versions of the champion models, pinned so every shard scores with the same ones."""
     models: dict[str, str] = field(default_factory=dict)
     """The models behind the table, named for its metadata."""
+    experiments: dict[str, Any] = field(default_factory=dict)
+    """The running experiments' allocation (`Allocation.to_json`): who is served which policy."""
+
+    def allocation(self) -> Allocation:
+        return Allocation.from_json(self.experiments)
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class ShardSummary:
     users: int
     rows: int
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time of the task's phases: load (data and models), candidates, rerank (and fill)."""
+    """Wall time of the task's phases: load (data and models), rank (candidates, rerank, fill)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,8 @@ def prepare_scoring(
     trending = trending.assign(rank=np.arange(1, len(trending) + 1))
     lake.write_batch(trending, tables.RECS_FALLBACK, batch)
     versions = champion_versions(settings)
-    if "reranker" in versions:
+    experiments = table_allocation(settings, interval_end)
+    if "reranker" in versions or _pinned_rerankers(experiments):
         events, _ = load_events(
             lake, *event_window(settings, interval_end), columns=MODEL_EVENT_COLUMNS
         )
@@ -152,7 +165,9 @@ def prepare_scoring(
         table = catalogue_item_features(events, items, interval_end)
         lake.write_batch(table.reset_index(), tables.ITEM_RANKING, batch)
     models = {**registry_names(versions), **batch_sources(settings, batch)}
-    plan = ScorePlan(batch, shards, len(users), len(trending), versions, models)
+    plan = ScorePlan(
+        batch, shards, len(users), len(trending), versions, models, experiments.to_json()
+    )
     lake.write_json(json.dumps(asdict(plan), indent=2), tables.SCORE_PLANS, batch)
     log.info("score plan %s", plan)
     return plan
@@ -184,19 +199,17 @@ def score_shard(
     users = lake.read_batch(tables.RECS_USERS, batch, pc.field("shard") == shard)
     users = users["user_id"].to_numpy()
     data = load_training_data(settings, interval_end, users=users, embeddings=Embeddings.NONE)
-    als, reranker = pinned_parts(settings, plan.versions)
-    sources = CandidateModels.load(settings.model_dir(batch), als=als)
     trending = lake.read_batch(tables.RECS_FALLBACK, batch)
     item_table = (
         lake.read_batch(tables.ITEM_RANKING, batch).set_index("item_id")
-        if reranker is not None
+        if lake.has_batch(tables.ITEM_RANKING, batch)
         else None
     )
+    als, reranker = pinned_parts(settings, plan.versions)
+    sources = CandidateModels.load(settings.model_dir(batch), als=als)
     loaded = time.perf_counter()
-    candidates = propose(sources, data, users, settings.candidates_per_source)
-    proposed = time.perf_counter()
-    recs = rank(candidates, reranker, data, settings.top_n, trending, item_table)
-    del candidates
+    recs = rank_by_policy(settings, plan, users, data, (sources, reranker), trending, item_table)
+    ranked = time.perf_counter()
     partition = {"batch": batch, "shard": key}
     lake.write(recs, tables.RECS.path, "part", partition, tables.RECS.schema)
     summary = ShardSummary(
@@ -205,14 +218,107 @@ def score_shard(
         shards,
         int(recs["user_id"].nunique()),
         len(recs),
-        {
-            "load": loaded - started,
-            "candidates": proposed - loaded,
-            "rerank": time.perf_counter() - proposed,
-        },
+        {"load": loaded - started, "rank": ranked - loaded},
     )
     log.info("scored %s", summary)
     return summary
+
+
+def rank_by_policy(
+    settings: Settings,
+    plan: ScorePlan,
+    users: np.ndarray,
+    data: TrainingData,
+    champion: tuple[CandidateModels, Reranker | None],
+    trending: pd.DataFrame,
+    item_table: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """`users`' lists, each from the policy their experiment variant serves (champion when they
+    are in none), sorted by user and rank: nightly scoring's and the hourly refresh's ranking.
+
+    `champion` is the batch's candidate sources with the champion ALS, and the champion
+    reranker; a pinned policy swaps in its own registry versions.
+    """
+    _, policies = plan.allocation().assign(users)
+    parts = []
+    for key in sorted(set(policies.tolist())):
+        group = users[policies == key]
+        log.info("%d users served %s", len(group), key)
+        parts.append(
+            _rank_policy(settings, _policy(key), group, data, champion, trending, item_table)
+        )
+    if not parts:
+        return schemas.empty(schemas.RECOMMENDATIONS)
+    recs = pd.concat(parts, ignore_index=True)
+    return recs.sort_values(["user_id", "rank"], ignore_index=True)
+
+
+def _rank_policy(
+    settings: Settings,
+    policy: Policy,
+    users: np.ndarray,
+    data: TrainingData,
+    champion: tuple[CandidateModels, Reranker | None],
+    trending: pd.DataFrame,
+    item_table: pd.DataFrame | None,
+) -> pd.DataFrame:
+    n, per_source = settings.top_n, settings.candidates_per_source
+    seen = seen_pairs(data.interactions)
+    if policy.kind is PolicyKind.POPULARITY:
+        return popular_only(users, trending, seen, n)
+    sources, reranker = champion
+    if policy.kind is PolicyKind.PINNED:
+        versions = {"als": policy.als_version or 0}
+        if policy.reranker_version is not None:
+            versions["reranker"] = policy.reranker_version
+        als, reranker = pinned_parts(settings, versions)
+        sources = replace(sources, als=als)
+    candidates = propose(sources, data, users, per_source)
+    if policy.kind is PolicyKind.ALS:
+        return fill(als_only(candidates, seen, n), trending, seen, n)
+    if policy.kind is PolicyKind.BLEND:
+        reranker = None
+    return rank(candidates, reranker, data, n, trending, item_table)
+
+
+def plan_allocation(interval_end: datetime, settings: Settings) -> Allocation:
+    """The experiments the batch's score plan placed users in; none for a batch without a plan
+    (recs written by other means than `prepare_scoring`: no experiment placed those users)."""
+    try:
+        raw = json.loads(Lake(settings.lake).read_json(tables.SCORE_PLANS, batch_key(interval_end)))
+    except DataNotFound:
+        return NO_EXPERIMENTS
+    return Allocation.from_json(raw.get("experiments"))
+
+
+def with_variants(recs: pa.Table, experiments: Allocation) -> pa.Table:
+    """`recs` with each row's `variant`: the label its user was served under (null when none)."""
+    if experiments == NO_EXPERIMENTS:
+        return recs
+    user_ids = recs["user_id"].to_numpy()
+    users, row_user = np.unique(user_ids, return_inverse=True)
+    labels, _ = experiments.assign(users)
+    return recs.append_column(VARIANT, pa.array(labels[row_user], pa.string()))
+
+
+def _policy(key: str) -> Policy:
+    """The policy a key (`Policy.key`) names."""
+    if not key.startswith("pinned:"):
+        return Policy(kind=PolicyKind(key))
+    versions = dict(part.split("=") for part in key.removeprefix("pinned:").split(","))
+    return Policy(
+        kind=PolicyKind.PINNED,
+        als_version=int(versions["als"]),
+        reranker_version=int(versions["reranker"]) if "reranker" in versions else None,
+    )
+
+
+def _pinned_rerankers(experiments: Allocation) -> bool:
+    return any(
+        _policy(arm.policy).reranker_version is not None
+        for slot in experiments.slots
+        for arm in slot.arms
+    )
 
 
 def score_users(interval_end: datetime, settings: Settings | None = None) -> ScoreSummary:

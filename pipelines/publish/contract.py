@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 CONTRACT_VERSION = 2
+"""The major version, in every key name: a change old readers cannot read bumps it."""
+
+CONTRACT_REVISION = "2.1"
+"""The minor revision, in the meta record: 2.1 adds the optional `variant` of a user payload and
+the meta record's `experiments`; keys and every 2.0 field are unchanged, so 2.0 readers work."""
 
 STAGING_HORIZON_SECONDS = 24 * 3600
 """A version still staging or verified this long after it was reserved never went live: its run

@@ -1,13 +1,15 @@
 """Checking scored rows and packing them into contract payloads, column-wise with Arrow.
 
 A user's payload is `{"items":[..],"reasons":[..],"refs":[..],"at":".."}`: item ids in rank
-order, each item's index into the version's reason list, and its ref. Checks that JSON cannot
-make (integer ids, ranks 1..n, no item twice, known reason codes with the refs they need) run
-here, before anything is written.
+order, each item's index into the version's reason list, and its ref; `"variant":".."` before
+`at` when the user is in an experiment (contract 2.1). Checks that JSON cannot make (integer ids,
+ranks 1..n, no item twice, known reason codes with the refs they need, variant labels that need
+no escaping) run here, before anything is written.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from inbo.reasons import Reason
 from pipelines.publish.contract import SIMILAR_COLUMNS
 
 ID_COLUMNS = ("user_id", "rank", "item_id", "reason_ref", "similar_item_id")
+VARIANT = "variant"
+"""Optional column of user rows: the experiment label the user's list was served under."""
+VARIANT_LABEL = re.compile(r"[a-z0-9][a-z0-9_/-]{0,80}")
 
 
 @dataclass(frozen=True)
@@ -32,15 +37,19 @@ class Lists:
     items: pa.Array
     reasons: pa.Array
     refs: pa.Array
+    variants: pa.Array | None = None
+    """Per owner, its experiment label or null; None when no row carries one."""
 
 
 def as_table(frame: pd.DataFrame | pa.Table, columns: Sequence[str], name: str) -> pa.Table:
-    """`frame` as Arrow `columns`, ids as int64, after the checks JSON cannot make."""
+    """`frame` as Arrow `columns` (and `variant` when it has one), ids as int64, after the
+    checks JSON cannot make."""
     names = frame.column_names if isinstance(frame, pa.Table) else list(frame.columns)
     missing = [c for c in columns if c not in names]
     if missing:
         raise PublishError(f"{name} lacks columns {missing}")
-    table = frame.select(columns) if isinstance(frame, pa.Table) else as_arrow(frame[list(columns)])
+    wanted = [*columns, *([VARIANT] if VARIANT in names and VARIANT not in columns else [])]
+    table = frame.select(wanted) if isinstance(frame, pa.Table) else as_arrow(frame[wanted])
     return checked(table, name)
 
 
@@ -66,7 +75,9 @@ def checked(table: pa.Table, name: str) -> pa.Table:
                 )
             except pa.ArrowInvalid:
                 raise PublishError(f"{name} column {column} holds non-integer values") from None
-    nulls = [c for c in table.column_names if c != "reason_ref" and table[c].null_count]
+    nulls = [
+        c for c in table.column_names if c not in ("reason_ref", VARIANT) and table[c].null_count
+    ]
     if nulls:
         raise PublishError(f"{name} has nulls in {nulls}")
     if "score" in table.column_names:
@@ -97,7 +108,17 @@ def ranked_lists(table: pa.Table, reasons: Sequence[Reason], name: str) -> Lists
         table["item_id"].combine_chunks(),
         _reason_indexes(table, reasons, name),
         table["reason_ref"].combine_chunks(),
+        _owner_variants(table, offsets, name) if VARIANT in table.column_names else None,
     )
+
+
+def _owner_variants(table: pa.Table, offsets: np.ndarray, name: str) -> pa.Array:
+    """Each owner's variant label (that of its first row), checked to need no JSON escaping."""
+    labels = pc.cast(table[VARIANT], pa.string()).combine_chunks().take(pa.array(offsets[:-1]))
+    for label in pc.unique(labels.drop_null()).to_pylist():
+        if not VARIANT_LABEL.fullmatch(label):
+            raise PublishError(f"{name} has a variant label that is not a plain name: {label!r}")
+    return labels
 
 
 def _sorted(table: pa.Table, by: list[str]) -> pa.Table:
@@ -181,6 +202,11 @@ def pack(lists: Lists, stamp: str) -> list[str]:
         text = pc.fill_null(pc.cast(values, pa.string()), "null")
         return pc.binary_join(pa.ListArray.from_arrays(offsets, text), ",")
 
+    variant: pa.Array | str = ""
+    if lists.variants is not None:
+        variant = pc.fill_null(
+            pc.binary_join_element_wise('"variant":"', lists.variants, '",', ""), ""
+        )
     payloads = pc.binary_join_element_wise(
         '{"items":[',
         joined(lists.items),
@@ -188,7 +214,9 @@ def pack(lists: Lists, stamp: str) -> list[str]:
         joined(lists.reasons),
         '],"refs":[',
         joined(lists.refs),
-        f'],"at":"{stamp}"}}',
+        "],",
+        variant,
+        f'"at":"{stamp}"}}',
         "",
     )
     return payloads.to_pylist()

@@ -35,6 +35,7 @@ from pipelines.publish.lifecycle import VersionInfo
 from pipelines.publish.reader import SimilarItems, UserRecs, read_similar_items, read_user_recs
 from pipelines.publish.redis_io import id_of, live_version, read_meta
 from pipelines.publish.versions import ShardReport, begin_table, stage_shard, verify_table
+from pipelines.score import plan_allocation, with_variants
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def begin_publish(interval_end: datetime, shards: int, settings: Settings | None
             batch_size=settings.publish_batch_size,
             generated_at=datetime.now(UTC),
             similar=similar,
+            experiments=_served_policies(interval_end, settings),
         )
 
 
@@ -78,6 +80,7 @@ def publish_shard(
     """Stage the users of `recs/batch=K/shard=<key>/part.parquet` into `version`."""
     settings = settings or get_settings()
     recs = _read_shard(Lake(settings.lake), batch_key(interval_end), shard, shards)
+    recs = with_variants(recs, plan_allocation(interval_end, settings))
     with redis_connection(settings) as client:
         report = stage_shard(
             client,
@@ -248,6 +251,12 @@ def _read_shard(
         handle.seek(0)
         wanted = [c for c in columns if c in present]
         return pq.read_table(handle, columns=wanted, read_dictionary=["source", "reason_code"])
+
+
+def _served_policies(interval_end: datetime, settings: Settings) -> dict[str, str]:
+    """Each experiment label the batch serves, with its policy, for the version's meta record."""
+    experiments = plan_allocation(interval_end, settings)
+    return {arm.label: arm.policy for slot in experiments.slots for arm in slot.arms}
 
 
 def _batch_shards(lake: Lake, batch: str) -> int:

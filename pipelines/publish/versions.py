@@ -39,6 +39,7 @@ from pipelines.publish.checks import (
     totalled,
 )
 from pipelines.publish.contract import (
+    CONTRACT_REVISION,
     CONTRACT_VERSION,
     FALLBACK_COLUMNS,
     SIMILAR,
@@ -119,12 +120,14 @@ def begin_table(
     batch_size: int,
     generated_at: datetime,
     similar: pd.DataFrame | None = None,
+    experiments: dict[str, str] | None = None,
 ) -> str:
     """Reserve a new version for `shards` user shards and stage its fallback and similar items.
 
     The meta record (status `staging`) fixes what every shard shares: the reason templates, the
     shard count and `generated_at`. `similar` has columns item_id, similar_item_id, score; each
-    item's list is ranked by score, best first (ties by similar_item_id).
+    item's list is ranked by score, best first (ties by similar_item_id). `experiments` maps
+    each variant label the version's payloads carry to the policy it serves.
     """
     if not _BATCH.fullmatch(batch):
         raise PublishError(f"batch {batch!r} may only contain letters, digits, '_', '.', '-'")
@@ -141,6 +144,7 @@ def begin_table(
     item_ids, similar_payloads = pack_similar(prepared_similar(similar), stamp)
     meta = {
         "contract_version": CONTRACT_VERSION,
+        "contract_revision": CONTRACT_REVISION,
         "batch": batch,
         "created_at": now(),
         "generated_at": stamp,
@@ -156,6 +160,7 @@ def begin_table(
         },
         "bytes": len(fallback_payload) + sum(map(len, similar_payloads)),
         "refreshes": 0,
+        "experiments": experiments or {},
     }
     version = _reserve_version(client, keys, meta)
     index.record(client, keys, version, index.FALLBACK)
@@ -291,7 +296,7 @@ def refresh_users(
     client: redis.Redis,
     prefix: str,
     version: str,
-    recs: pd.DataFrame,
+    recs: pd.DataFrame | pa.Table,
     *,
     through: str,
     generated_at: datetime,
