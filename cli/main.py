@@ -7,6 +7,7 @@ import sys
 from cli import (  # noqa: F401  (they register commands)
     airflow,
     demo,
+    experiments,
     ml,
     monitoring,
     operations,

@@ -8,7 +8,7 @@ so a Node or Go app that follows docs/experiments.md lands every user in the sam
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -136,15 +136,15 @@ def test_a_started_experiment_serves_from_its_start_until_it_stops(
     path = tmp_path / "experiments.yml"
     path.write_text(json.dumps({"experiments": [experiment()]}))
     configured = settings.model_copy(update={"experiments_file": path})
-    start_experiment("exp", datetime(2026, 11, 1), {"checked": False}, configured)
-    assert table_allocation(configured, datetime(2026, 10, 31)).slots == ()
-    assert [s.experiment for s in table_allocation(configured, datetime(2026, 11, 2)).slots] == [
-        "exp"
-    ]
+    start_experiment("exp", datetime(2026, 11, 1, tzinfo=UTC), {"checked": False}, configured)
+    assert table_allocation(configured, datetime(2026, 10, 31, tzinfo=UTC)).slots == ()
+    assert [
+        s.experiment for s in table_allocation(configured, datetime(2026, 11, 2, tzinfo=UTC)).slots
+    ] == ["exp"]
     with pytest.raises(ConfigError, match="already running"):
-        start_experiment("exp", datetime(2026, 11, 3), {}, configured)
-    stop_experiment("exp", datetime(2026, 11, 5), configured)
-    assert table_allocation(configured, datetime(2026, 11, 6)).slots == ()
+        start_experiment("exp", datetime(2026, 11, 3, tzinfo=UTC), {}, configured)
+    stop_experiment("exp", datetime(2026, 11, 5, tzinfo=UTC), configured)
+    assert table_allocation(configured, datetime(2026, 11, 6, tzinfo=UTC)).slots == ()
 
 
 def test_payloads_carry_the_variant_and_validate_against_the_schema() -> None:
@@ -207,7 +207,7 @@ def test_each_user_reads_back_the_variant_the_plan_placed_them_in(
         verify_version,
     )
 
-    end, batch = datetime(2026, 11, 26), "20261126T0000Z"
+    end, batch = datetime(2026, 11, 26, tzinfo=UTC), "20261126T0000Z"
     settings = Settings(var_dir=tmp_path, redis_url=redis_server, redis_prefix="exp-publish")
     lake = Lake(settings.lake)
     recs = make_recs(users=40, per_user=3)

@@ -84,7 +84,8 @@ def read_state(lake: Lake, name: str) -> ExperimentState:
 def start_experiment(
     name: str, at: datetime, power: dict[str, object], settings: Settings | None = None
 ) -> ExperimentState:
-    """Record `name` as running from `at` (naive UTC), in its range of its layer.
+    """Record `name` as running from `at` (aware UTC, like a batch's interval end), in its
+    range of its layer.
 
     The caller has checked its power (`pipelines.experiments.analysis.power_check`); `power`
     is recorded with it. Refuses a name already running or a range a running one holds.
