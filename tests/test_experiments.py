@@ -245,3 +245,95 @@ def test_each_user_reads_back_the_variant_the_plan_placed_them_in(
     meta = live_meta(redis_client(settings), settings.redis_prefix)
     assert meta["experiments"] == {"exp/a": "popularity", "exp/b": "champion"}
     assert meta["contract_revision"] == "2.1"
+
+
+def test_exposure_counts_only_the_experiments_slots_and_everything_else_the_user_did() -> None:
+    from pipelines.experiments.exposure import exposed_users, with_pre_period
+
+    ts = pd.Timestamp("2026-11-21T10:00", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 2, 2, 3],
+            "event_type": [
+                "impression",
+                "click",
+                "impression",
+                "read",
+                "impression",
+                "dismiss",
+                "impression",
+            ],
+            "ts": [ts] * 7,
+            "rec_variant": ["e/a", "e/a", None, None, "e/b", None, "other/a"],
+        }
+    )
+    users = exposed_users(events, "e").set_index("user_id")
+    assert list(users.index) == [1, 2]  # user 3 saw another experiment only
+    assert users.loc[1, "variant"] == "a" and users.loc[2, "variant"] == "b"
+    # the unlabelled impression is not the list's slot; the read counts wherever it happened
+    assert users.loc[1, ["impressions", "clicks", "reads"]].tolist() == [1, 1, 1]
+    assert users.loc[2, "dismissals"] == 1
+    before = events.assign(rec_variant=None).iloc[:2]
+    joined = with_pre_period(users.reset_index(), before).set_index("user_id")
+    assert joined.loc[1, "pre_impressions"] == 1 and joined.loc[2, "pre_impressions"] == 0
+
+
+def test_the_popularity_policy_serves_the_trending_list_minus_what_the_user_read() -> None:
+    from models.hybrid import popular_only
+
+    trending = pd.DataFrame(
+        {
+            "item_id": [10, 11, 12, 13],
+            "score": [1.0, 0.8, 0.5, 0.2],
+            "source": "popularity",
+            "reason_code": "trending",
+            "reason_ref": pd.array([pd.NA] * 4, dtype="Int64"),
+            "rank": [1, 2, 3, 4],
+        }
+    )
+    seen = pd.DataFrame({"user_id": [2], "item_id": [11]})
+    lists = popular_only(np.array([1, 2]), trending, seen, n=3)
+    assert lists[lists.user_id == 1].item_id.tolist() == [10, 11, 12]
+    assert lists[lists.user_id == 2].item_id.tolist() == [10, 12, 13]
+    assert lists.groupby("user_id")["rank"].apply(list).tolist() == [[1, 2, 3]] * 2
+
+
+def test_start_refuses_an_experiment_too_small_to_see_its_effect(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """600 users with 20 impressions at 5% CTR in the week. By hand: per-user CTR sd
+    sqrt(0.05 * 0.95 / 20) = 0.049, se of the difference at 300 per arm 0.049 * sqrt(2 / 300) =
+    0.0040, times z(0.975) + z(0.8) = 2.80 gives 0.011, a 22% lift: 5% is refused, 50% is not."""
+    from inbo import schemas, tables
+    from inbo.lake import Lake
+    from pipelines.experiments.power import power_check
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(1, 601), 20)
+    clicked = rng.random(len(users)) < 0.05
+    kinds = np.r_[np.full(len(users), "impression"), np.full(int(clicked.sum()), "click")]
+    ids = np.r_[users, users[clicked]]
+    events = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(len(ids))],
+            "user_id": ids,
+            "item_id": 1,
+            "event_type": kinds,
+            "ts": pd.Timestamp("2026-11-18T12:00", tz="UTC"),
+        }
+    ).reindex(columns=schemas.USER_EVENTS.names)
+    Lake(settings.lake).write(
+        events, tables.USER_EVENTS.path, "part", {"date": "2026-11-18"}, schemas.USER_EVENTS
+    )
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    small = ExperimentsFile.model_validate(
+        {"experiments": [experiment(minimum_detectable_effect=0.05)]}
+    )
+    with pytest.raises(ConfigError, match="cannot reach its minimum detectable effect"):
+        power_check(small.get("exp"), at, settings)
+    big = ExperimentsFile.model_validate(
+        {"experiments": [experiment(minimum_detectable_effect=0.5)]}
+    )
+    report = power_check(big.get("exp"), at, settings)
+    assert report["users_expected"] == 600
+    assert 0.1 < float(report["detectable_lift"]) < 0.35  # type: ignore[arg-type]
