@@ -14,7 +14,6 @@ same id always lands in the same variant while the salts and the file order stay
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -110,9 +109,6 @@ class Allocation:
             int(raw["holdout_buckets"]),  # type: ignore[call-overload]
             slots,
         )
-
-    def describe(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)
 
 
 NO_EXPERIMENTS = Allocation("", "", 0, ())

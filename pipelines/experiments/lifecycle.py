@@ -17,12 +17,7 @@ from inbo.errors import ConfigError, DataNotFound
 from inbo.lake import Lake
 from inbo.settings import Settings, get_settings
 from pipelines.experiments.assignment import Allocation, Slot, allocation
-from pipelines.experiments.config import (
-    CHAMPION,
-    Experiment,
-    ExperimentsFile,
-    load_experiments,
-)
+from pipelines.experiments.config import BUCKETS, CHAMPION, ExperimentsFile, load_experiments
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +34,6 @@ class ExperimentState:
     slot: dict[str, object]
     config: dict[str, object]
     power: dict[str, object]
-
-    def experiment(self) -> Experiment:
-        return Experiment.model_validate(self.config)
 
     def started(self) -> datetime:
         return datetime.fromisoformat(self.started_at)
@@ -145,7 +137,7 @@ def table_allocation(settings: Settings, moment: datetime) -> Allocation:
     return Allocation(
         settings.experiment_layer,
         config.holdout.salt,
-        round(config.holdout.share * 10_000),
+        round(config.holdout.share * BUCKETS),
         tuple(sorted(slots, key=lambda slot: slot.lo)),
     )
 

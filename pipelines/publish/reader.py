@@ -91,28 +91,6 @@ def read_user_recs(
     }
 
 
-def read_many_user_recs(
-    client: redis.Redis, prefix: str, user_ids: Sequence[int]
-) -> tuple[str, list[dict[str, Any]], list[str]]:
-    """What many frontends do at once: one pointer read, each user's GET (pipelined), the
-    fallback for users with no row. Returns the version, each user's payload in `user_ids`
-    order (the fallback's for users without a row, which carries no variant) and the version's
-    reason sources by index, so a payload's `reasons` name where each item came from."""
-    keys = Keys(prefix)
-    version = live_version(client, keys)
-    pipe = client.pipeline(transaction=False)
-    for user_id in user_ids:
-        pipe.get(keys.user(version, user_id))
-    raws = pipe.execute()
-    fallback_raw = client.get(keys.fallback(version))
-    if fallback_raw is None and any(raw is None for raw in raws):
-        raise UnknownUser(f"table {version} has no fallback for the users without a row")
-    fallback = json.loads(fallback_raw) if fallback_raw is not None else {}
-    payloads = [fallback if raw is None else json.loads(raw) for raw in raws]
-    sources = [reason.source for reason in reasons_of(read_meta(client, keys, version))]
-    return version, payloads, sources
-
-
 def read_similar_items(client: redis.Redis, prefix: str, item_id: int) -> SimilarItems | None:
     """What a product app does for "more like this": read the pointer, then the item's key.
 
