@@ -45,9 +45,9 @@ from pipelines.publish.contract import PIPELINE_BATCH
 from pipelines.publish.lifecycle import live_meta
 from pipelines.publish.versions import refresh_users
 from pipelines.score import (
+    PolicyRanker,
     pinned_parts,
     plan_allocation,
-    rank_by_policy,
     read_plan,
     with_variants,
 )
@@ -212,7 +212,8 @@ def score_active_users(interval_end: datetime, settings: Settings | None = None)
         if reranker is not None
         else None
     )
-    recs = rank_by_policy(settings, plan, active, data, (sources, reranker), trending, item_table)
+    ranker = PolicyRanker(settings, data, sources, reranker, trending, item_table)
+    recs, _ = ranker.rank(plan.allocation(), active)
     _write_recs(lake, batch, recs, similar)
     summary = replace(
         summary,

@@ -79,7 +79,7 @@ class ShardSummary:
     users: int
     rows: int
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time of the task's phases: load (data and models), rank (candidates, rerank, fill)."""
+    """Wall time of the task's phases: load (data and models), candidates, rerank (and fill)."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,8 @@ def score_shard(
     als, reranker = pinned_parts(settings, plan.versions)
     sources = CandidateModels.load(settings.model_dir(batch), als=als)
     loaded = time.perf_counter()
-    recs = rank_by_policy(settings, plan, users, data, (sources, reranker), trending, item_table)
-    ranked = time.perf_counter()
+    ranker = PolicyRanker(settings, data, sources, reranker, trending, item_table)
+    recs, phases = ranker.rank(plan.allocation(), users)
     partition = {"batch": batch, "shard": key}
     lake.write(recs, tables.RECS.path, "part", partition, tables.RECS.schema)
     summary = ShardSummary(
@@ -218,67 +218,77 @@ def score_shard(
         shards,
         int(recs["user_id"].nunique()),
         len(recs),
-        {"load": loaded - started, "rank": ranked - loaded},
+        {"load": loaded - started, **phases},
     )
     log.info("scored %s", summary)
     return summary
 
 
-def rank_by_policy(
-    settings: Settings,
-    plan: ScorePlan,
-    users: np.ndarray,
-    data: TrainingData,
-    champion: tuple[CandidateModels, Reranker | None],
-    trending: pd.DataFrame,
-    item_table: pd.DataFrame | None,
-) -> pd.DataFrame:
-    """`users`' lists, each from the policy their experiment variant serves (champion when they
-    are in none), sorted by user and rank: nightly scoring's and the hourly refresh's ranking.
+@dataclass(frozen=True)
+class PolicyRanker:
+    """What every policy ranks with: the users' data, the batch's candidate sources with the
+    champion ALS and the champion reranker, the trending list and the reranker's item features.
 
-    `champion` is the batch's candidate sources with the champion ALS, and the champion
-    reranker; a pinned policy swaps in its own registry versions.
+    Nightly scoring and the hourly refresh rank here; a pinned policy swaps in its own registry
+    versions.
     """
-    _, policies = plan.allocation().assign(users)
-    parts = []
-    for key in sorted(set(policies.tolist())):
-        group = users[policies == key]
-        log.info("%d users served %s", len(group), key)
-        parts.append(
-            _rank_policy(settings, _policy(key), group, data, champion, trending, item_table)
-        )
-    if not parts:
-        return schemas.empty(schemas.RECOMMENDATIONS)
-    recs = pd.concat(parts, ignore_index=True)
-    return recs.sort_values(["user_id", "rank"], ignore_index=True)
 
+    settings: Settings
+    data: TrainingData
+    sources: CandidateModels
+    reranker: Reranker | None
+    trending: pd.DataFrame
+    item_table: pd.DataFrame | None
 
-def _rank_policy(
-    settings: Settings,
-    policy: Policy,
-    users: np.ndarray,
-    data: TrainingData,
-    champion: tuple[CandidateModels, Reranker | None],
-    trending: pd.DataFrame,
-    item_table: pd.DataFrame | None,
-) -> pd.DataFrame:
-    n, per_source = settings.top_n, settings.candidates_per_source
-    seen = seen_pairs(data.interactions)
-    if policy.kind is PolicyKind.POPULARITY:
-        return popular_only(users, trending, seen, n)
-    sources, reranker = champion
-    if policy.kind is PolicyKind.PINNED:
+    def rank(
+        self, experiments: Allocation, users: np.ndarray
+    ) -> tuple[pd.DataFrame, dict[str, float]]:
+        """`users`' lists, each from the policy their variant serves (champion when they are in
+        none), sorted by user and rank; and the seconds spent on candidates and on ranking."""
+        _, policies = experiments.assign(users)
+        parts, seconds = [], {"candidates": 0.0, "rerank": 0.0}
+        for key in sorted(set(policies.tolist())):
+            group = users[policies == key]
+            log.info("%d users served %s", len(group), key)
+            started = time.perf_counter()
+            policy = _policy(key)
+            candidates = self._candidates(policy, group)
+            proposed = time.perf_counter()
+            parts.append(self._ranked(policy, candidates, group))
+            seconds["candidates"] += proposed - started
+            seconds["rerank"] += time.perf_counter() - proposed
+        if not parts:
+            return schemas.empty(schemas.RECOMMENDATIONS), seconds
+        recs = pd.concat(parts, ignore_index=True)
+        return recs.sort_values(["user_id", "rank"], ignore_index=True), seconds
+
+    def _parts(self, policy: Policy) -> tuple[CandidateModels, Reranker | None]:
+        if policy.kind is not PolicyKind.PINNED:
+            return self.sources, None if policy.kind is PolicyKind.BLEND else self.reranker
         versions = {"als": policy.als_version or 0}
         if policy.reranker_version is not None:
             versions["reranker"] = policy.reranker_version
-        als, reranker = pinned_parts(settings, versions)
-        sources = replace(sources, als=als)
-    candidates = propose(sources, data, users, per_source)
-    if policy.kind is PolicyKind.ALS:
-        return fill(als_only(candidates, seen, n), trending, seen, n)
-    if policy.kind is PolicyKind.BLEND:
-        reranker = None
-    return rank(candidates, reranker, data, n, trending, item_table)
+        als, reranker = pinned_parts(self.settings, versions)
+        return replace(self.sources, als=als), reranker
+
+    def _candidates(self, policy: Policy, users: np.ndarray) -> pd.DataFrame | None:
+        """Every source's candidates for `users`; None for a policy that needs none."""
+        if policy.kind is PolicyKind.POPULARITY:
+            return None
+        sources, _ = self._parts(policy)
+        return propose(sources, self.data, users, self.settings.candidates_per_source)
+
+    def _ranked(
+        self, policy: Policy, candidates: pd.DataFrame | None, users: np.ndarray
+    ) -> pd.DataFrame:
+        n = self.settings.top_n
+        seen = seen_pairs(self.data.interactions)
+        if candidates is None:
+            return popular_only(users, self.trending, seen, n)
+        if policy.kind is PolicyKind.ALS:
+            return fill(als_only(candidates, seen, n), self.trending, seen, n)
+        _, reranker = self._parts(policy)
+        return rank(candidates, reranker, self.data, n, self.trending, self.item_table)
 
 
 def plan_allocation(interval_end: datetime, settings: Settings) -> Allocation:

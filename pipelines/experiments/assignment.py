@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,10 @@ class Slot:
     hi: int
     arms: tuple[Arm, ...]
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Slot:
+        return cls(**{**raw, "arms": tuple(Arm(**arm) for arm in raw["arms"])})
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -99,10 +104,7 @@ class Allocation:
     def from_json(cls, raw: dict[str, object] | None) -> Allocation:
         if not raw:
             return NO_EXPERIMENTS
-        slots = tuple(
-            Slot(**{**slot, "arms": tuple(Arm(**arm) for arm in slot["arms"])})
-            for slot in raw["slots"]  # type: ignore[attr-defined]
-        )
+        slots = tuple(Slot.from_json(slot) for slot in raw["slots"])  # type: ignore[attr-defined]
         return cls(
             str(raw["layer"]),
             str(raw["holdout_salt"]),

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from inbo import tables
 from inbo.errors import ConfigError, DataNotFound
@@ -31,7 +32,7 @@ class ExperimentState:
     started_at: str
     stopped_at: str | None
     layer: str
-    slot: dict[str, object]
+    slot: dict[str, Any]
     config: dict[str, object]
     power: dict[str, object]
 
@@ -84,14 +85,14 @@ def start_experiment(
     """
     settings = settings or get_settings()
     lake = Lake(settings.lake)
-    experiment = experiments_config(settings).get(name)
+    config = experiments_config(settings)
+    experiment = config.get(name)
     states = read_states(lake)
     if name in states and states[name].status == RUNNING:
         raise ConfigError(f"experiment {name} is already running (since {states[name].started_at})")
-    layer = allocation(experiments_config(settings), [name], experiment.layer)
-    slot = layer.slots[0]
+    slot = allocation(config, [name], experiment.layer).slots[0]
     for other in states.values():
-        other_slot = Slot(**{**other.slot, "arms": ()})  # type: ignore[arg-type]
+        other_slot = Slot.from_json(other.slot)
         overlaps = other_slot.lo < slot.hi and slot.lo < other_slot.hi
         if other.status == RUNNING and other.layer == experiment.layer and overlaps:
             raise ConfigError(
@@ -133,17 +134,13 @@ def table_allocation(settings: Settings, moment: datetime) -> Allocation:
         for s in read_states(lake).values()
         if s.layer == settings.experiment_layer and s.serves_at(moment)
     ]
-    slots = tuple(Allocation.from_json(_one_slot(s)).slots[0] for s in running)
+    slots = tuple(Slot.from_json(s.slot) for s in running)
     return Allocation(
         settings.experiment_layer,
         config.holdout.salt,
         round(config.holdout.share * BUCKETS),
         tuple(sorted(slots, key=lambda slot: slot.lo)),
     )
-
-
-def _one_slot(state: ExperimentState) -> dict[str, object]:
-    return {"layer": state.layer, "holdout_salt": "", "holdout_buckets": 0, "slots": [state.slot]}
 
 
 def _write(lake: Lake, state: ExperimentState) -> None:

@@ -3,7 +3,8 @@
 The check replays the planned length just before the start: the users active in that window
 stand for the users the experiment will expose (times its traffic share), and their per-user
 counts give the primary metric's variance. tea-tasting's power analysis (delta method for
-ratio metrics) then gives the smallest relative lift detectable with that many users.
+ratio metrics, `pipelines.experiments.statistics.minimum_detectable_effect`) then gives the
+smallest relative lift detectable with that many users split over the variants.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from inbo.lake import Lake
 from inbo.settings import Settings, get_settings
 from pipelines.experiments.config import Experiment, Metric
 from pipelines.experiments.exposure import user_counts, window_events
+from pipelines.experiments.statistics import MetricSpec, minimum_detectable_effect
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,6 @@ def power_check(
 ) -> dict[str, object]:
     """The experiment's power at `at`: users expected, the detectable lift; `ConfigError` when
     the planned length cannot reach `minimum_detectable_effect`."""
-    import tea_tasting as tt
-
     settings = settings or get_settings()
     start = at - timedelta(days=experiment.planned_days)
     counts = user_counts(window_events(Lake(settings.lake), start, at))
@@ -49,15 +49,14 @@ def power_check(
             f"experiment {experiment.name}: only {users} users were active in the "
             f"{experiment.planned_days:g} days before {at:%Y-%m-%d %H:%M}; nothing to power a test on"
         )
-    metric = (
-        tt.Mean(numerator, alpha=experiment.alpha, power=experiment.power, n_obs=users)
-        if denominator is None
-        else tt.RatioOfMeans(
-            numerator, denominator, alpha=experiment.alpha, power=experiment.power, n_obs=users
-        )
+    metric = MetricSpec(str(experiment.primary_metric), numerator, denominator, role="primary")
+    detectable = minimum_detectable_effect(
+        counts.reset_index(),
+        metric,
+        users // len(experiment.variants),
+        alpha=experiment.alpha,
+        power=experiment.power,
     )
-    found = metric.solve_power(counts.reset_index(), parameter="rel_effect_size").to_dicts()[0]
-    detectable = float(found["rel_effect_size"])
     report: dict[str, object] = {
         "users_expected": users,
         "detectable_lift": round(detectable, 4),
