@@ -1,4 +1,5 @@
-"""`inbo experiment list|start|stop`: the experiments in `experiments.yml` and their state."""
+"""`inbo experiment list|start|stop|report`: the experiments in `experiments.yml`, their state and
+readouts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from rich.table import Table
 
 from cli.app import AT_FORMATS, JsonOption, app, console, print_json
 
-experiment_app = typer.Typer(help="A/B experiments: list, start, stop (docs/experiments.md).")
+experiment_app = typer.Typer(
+    help="A/B experiments: list, start, stop, report (docs/experiments.md)."
+)
 app.add_typer(experiment_app, name="experiment", rich_help_panel="Experiments")
 
 NameArgument = Annotated[str, typer.Argument(help="The experiment's name in experiments.yml.")]
@@ -90,6 +93,61 @@ def stop(name: NameArgument, at: WhenOption = None, as_json: JsonOption = False)
         print_json(asdict(state))
         return
     console.print(f"{name} stopped at {state.stopped_at} UTC")
+
+
+@experiment_app.command("report")
+def report(
+    name: NameArgument,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--at",
+            formats=AT_FORMATS,
+            help="Read out the events before this time (UTC). Default: now.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Analyse the experiment now: sample-ratio check, every metric per variant, the verdicts;
+    writes the lake's results, an MLflow run and the HTML report, and prints its path."""
+    from pipelines.experiments.readouts import report_experiment
+
+    done = report_experiment(name, _utc(at))
+    readout = done.readout
+    if as_json:
+        print_json(
+            {
+                "experiment": name,
+                "window": [readout.window_start.isoformat(), readout.window_end.isoformat()],
+                "users": readout.users,
+                "impressions": readout.impressions,
+                "sample_ratio": asdict(readout.ratio),
+                "verdicts": readout.verdicts,
+                "results": [asdict(r) for r in readout.results],
+                "report": str(done.report),
+                "lake_file": done.results,
+                "mlflow_run": done.mlflow_run,
+            }
+        )
+        return
+    srm = readout.ratio
+    console.print(
+        f"{name}: {', '.join(f'{v} {n:,}' for v, n in readout.users.items())} exposed users; "
+        f"sample ratio p = {srm.pvalue:.3g}"
+        + (" [red]MISMATCH: verdicts withheld[/red]" if srm.mismatch else "")
+    )
+    table = Table("metric", "variant", "control", "treatment", "lift [95% CI]", "p", "CUPED cut")
+    for r in readout.results:
+        table.add_row(
+            f"{r.metric} ({r.role})", r.treatment, f"{r.control_value:.4g}", f"{r.treatment_value:.4g}",
+            f"{r.rel_effect:+.1%} [{r.rel_effect_ci[0]:+.1%}, {r.rel_effect_ci[1]:+.1%}]",
+            f"{r.pvalue:.3g}", f"{r.variance_reduction:.0%}",
+        )  # fmt: skip
+    if readout.results:
+        console.print(table)
+    for variant, verdict in readout.verdicts.items():
+        console.print(f"{variant}: {verdict}")
+    console.print(f"report: {done.report}")
 
 
 def _utc(at: datetime | None) -> datetime:

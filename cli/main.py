@@ -12,6 +12,7 @@ from cli import (  # noqa: F401  (they register commands)
     monitoring,
     operations,
     pipeline,
+    play,
     serving,
 )
 from cli.app import app

@@ -4,17 +4,22 @@ Each day's sessions start on the feed, an email or search; each shows 5-20 issue
 candidate sources, and users open, click, read, bookmark, share or hide them as their taste, the
 issue's quality and its position make likely. Rows reach the database in `recorded_at` order, a
 few mobile sessions hours late, and a `Flaws` share of them broken the ways real app data breaks.
-Reads are kept per (user, issue) and written once, as the app's `reading_progress` holds them.
+Reads are kept per (user, issue), as the app's `reading_progress` holds them.
+
+In the closed loop (`pipelines.demo.closed_loop`) feed sessions show the lists the platform
+published instead, read through a `Feed`; the response model stays the same, so only a better
+ranking earns more clicks and reads.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -62,53 +67,211 @@ DAY = np.timedelta64(1, "D")
 
 def play(
     conn: Connection,
-    rng: np.random.Generator,
-    world: World,
+    player: Player,
     start: datetime,
     days: int,
     progress: Callable[[int, int], None] | None,
-    flaws: Flaws,
-    app: app_counters.SimulatedApp | None,
-    injector: Injector,
 ) -> tuple[int, int]:
-    """Simulate and insert day by day; returns (interactions, reading_progress) rows written.
-
-    The `injector`'s incidents act on each day's rows after the flaws, so neither changes the
-    random draws of the other or of the world."""
+    """Simulate and insert `days` days from `start`, the simulator choosing every list; returns
+    (interactions, reading_progress) rows written."""
     start64 = np.datetime64(start, "us")
-    end64 = start64 + days * DAY
-    pending = _subscription_events(rng, world, start64, end64)
-    clicks = np.zeros(len(world.published))
-    reads: list[Columns] = []
     written = 0
     for day in range(days):
-        day_start = start64 + day * DAY
-        following = Following.at(world, day_start)
-        popularity = _popularity(world, day_start, clicks)
-        events, day_reads = _one_day(rng, world, following, day_start, popularity)
-        clicked = events["issue_id"][events["kind"] == "click"] - 1
-        clicks = CLICK_MEMORY * clicks + np.bincount(clicked, minlength=len(clicks))
-        log.debug(
-            "day %d/%d (%s): %d interactions, %d reads",
-            day + 1, days, str(day_start)[:10], len(events["kind"]), len(day_reads["progress"]),
-        )  # fmt: skip
-        due, pending = _split_due(_concat([pending, events]), day_start + DAY)
-        del events  # a day of rows is the biggest thing held: keep one copy of it, not two
-        rows = injector.apply(flaws.apply(due), day_start, day_start + DAY)
-        written += insert(conn, app_schema.experience_interactions, rows)
-        conn.commit()
-        if app is not None:
-            app.record(app_counters.interaction_counts(rows["issue_id"], rows["kind"]))
-        reads.append(injector.reads(day_reads))
+        written += player.play_day(conn, start64 + day * DAY)
         if progress is not None:
             progress(day + 1, days)
-    log.debug("%d interactions recorded after the window are not written", len(pending["kind"]))
-    latest = _latest_progress(reads, end64)
-    insert(conn, app_schema.reading_progress, latest)
-    conn.commit()
-    if app is not None:
-        app.record(app_counters.read_counts(latest["issue_id"].to_numpy()))
-    return written, len(latest)
+    return written, player.write_progress(conn, start64 + days * DAY)
+
+
+class Feed(Protocol):
+    """Where feed sessions get their lists from when the app shows what the platform published."""
+
+    def lists(self, users: np.ndarray) -> FeedLists: ...
+
+
+@dataclass(frozen=True)
+class FeedLists:
+    """Each asked user's list in rank order: items `offsets[i]:offsets[i+1]` are user i's, with
+    their source; per user the table version and the variant label (None outside experiments)."""
+
+    offsets: np.ndarray
+    items: np.ndarray  # issue ids
+    sources: np.ndarray
+    version: np.ndarray
+    variant: np.ndarray
+
+
+@dataclass
+class Player:
+    """The app played forward a day at a time, and what carries from one day to the next: rows
+    recorded late, yesterday's clicks, every read so far.
+
+    The `injector`'s incidents act on each day's rows after the flaws, so neither changes the
+    random draws of the other or of the world. With a `feed`, feed sessions show the published
+    lists and the chance of each response is kept as ground truth (`truth`)."""
+
+    rng: np.random.Generator
+    world: World
+    flaws: Flaws
+    app: app_counters.SimulatedApp | None
+    injector: Injector
+    pending: Columns
+    clicks: np.ndarray
+    reads: list[Columns] = field(default_factory=list)
+    truth: list[pd.DataFrame] = field(default_factory=list)
+
+    @classmethod
+    def begin(
+        cls,
+        rng: np.random.Generator,
+        world: World,
+        window: tuple[datetime, datetime],
+        flaws: Flaws,
+        app: app_counters.SimulatedApp | None,
+        injector: Injector,
+    ) -> Player:
+        """A player for the window [start, end): its subscription changes are queued up front."""
+        start, end = (np.datetime64(moment, "us") for moment in window)
+        pending = _subscription_events(rng, world, start, end)
+        return cls(rng, world, flaws, app, injector, pending, np.zeros(len(world.published)))
+
+    def play_day(
+        self,
+        conn: Connection,
+        day_start: np.datetime64,
+        feed: Feed | None = None,
+        pauses: Sequence[int] = (),
+        on_pause: Callable[[datetime], None] | None = None,
+    ) -> int:
+        """Play one day and write what the server recorded by its end; returns rows written.
+
+        At each hour of `pauses` the rows recorded so far are written and `on_pause(moment)`
+        runs (an hourly refresh), so the hours after it see its table."""
+        world, rng = self.world, self.rng
+        following = Following.at(world, day_start)
+        popularity = _popularity(world, day_start, self.clicks)
+        sessions = _sessions(rng, world, following, day_start)
+        day_end = day_start + DAY
+        bounds = [day_start + np.timedelta64(h, "h") for h in sorted(set(pauses)) if 0 < h < 24]
+        written, clicked = 0, []
+        for lo, hi in itertools.pairwise([day_start, *bounds, day_end]):
+            times = sessions["time"]
+            part = _take(sessions, np.flatnonzero((times >= lo) & (times < hi)))
+            events, reads = self._respond(part, following, popularity, feed)
+            clicked.append(events["issue_id"][events["kind"] == "click"] - 1)
+            written += self._write_due(conn, events, hi, day_start)
+            self.reads.append(self.injector.reads(reads))
+            if hi < day_end and on_pause is not None:
+                on_pause(_aware(hi))
+        counts = np.bincount(np.concatenate(clicked), minlength=len(self.clicks))
+        self.clicks = CLICK_MEMORY * self.clicks + counts
+        log.debug("day %s: %d interactions written", str(day_start)[:10], written)
+        return written
+
+    def write_progress(self, conn: Connection, until: np.datetime64) -> int:
+        """Replace `reading_progress` with each (user, issue)'s furthest read stored before
+        `until`, as the app's upserts leave it; returns its rows."""
+        latest = _latest_progress(self.reads, until)
+        conn.execute(app_schema.reading_progress.delete())
+        insert(conn, app_schema.reading_progress, latest)
+        conn.commit()
+        if self.app is not None:
+            self.app.record(app_counters.read_counts(latest["issue_id"].to_numpy()))
+        return len(latest)
+
+    def _respond(
+        self, sessions: Columns, following: Following, popularity: np.ndarray, feed: Feed | None
+    ) -> tuple[Columns, Columns]:
+        """The sessions' slots and what users do with them: (interaction rows, reads)."""
+        rng, world = self.rng, self.world
+        sizes = rng.integers(5, 21, len(sessions["user"]))
+        on_table = np.zeros(len(sizes), dtype=bool) if feed is None else sessions["surface"] == FEED
+        shown = _impressions(rng, world, following, sessions, popularity, sizes * ~on_table)
+        if feed is not None:
+            table = _table_slots(rng, sessions, np.flatnonzero(on_table), sizes, feed)
+            order = np.argsort(np.concatenate([shown["session"], table["session"]]), kind="stable")
+            shown = _take(_concat([shown, table]), order)
+        events, reads, chances = _responses(rng, world, following, sessions, shown)
+        if feed is not None:
+            self.truth.append(_expected(shown, chances))
+        return events, reads
+
+    def _write_due(
+        self, conn: Connection, events: Columns, moment: np.datetime64, day_start: np.datetime64
+    ) -> int:
+        """Write the queued rows the server recorded before `moment`, keep the rest queued."""
+        due, self.pending = _split_due(_concat([self.pending, events]), moment)
+        rows = self.injector.apply(self.flaws.apply(due), day_start, day_start + DAY)
+        written = insert(conn, app_schema.experience_interactions, rows)
+        conn.commit()
+        if self.app is not None:
+            self.app.record(app_counters.interaction_counts(rows["issue_id"], rows["kind"]))
+        return written
+
+
+def _table_slots(
+    rng: np.random.Generator, sessions: Columns, on_table: np.ndarray, sizes: np.ndarray, feed: Feed
+) -> Columns:
+    """Feed slots read from the published table: the first `size` items of the session user's
+    list, in rank order, with the `rec_context` the app logs (table version, source, variant)."""
+    users, inverse = np.unique(sessions["user"][on_table], return_inverse=True)
+    lists = feed.lists(users + 1)
+    length = np.diff(lists.offsets)[inverse]
+    shown = np.minimum(sizes[on_table], length)
+    session = np.repeat(on_table, shown)
+    position = np.arange(len(session)) - np.repeat(np.cumsum(shown) - shown, shown)
+    owner = np.repeat(inverse, shown)
+    at = lists.offsets[owner] + position
+    context = _contexts(lists.version[owner], lists.sources[at], lists.variant[owner])
+    jitter = position * 1.2 + rng.random(len(session))
+    return {
+        "session": session,
+        "user": sessions["user"][session],
+        "issue": lists.items[at].astype(np.int64) - 1,
+        "source": np.full(len(session), -1),
+        "position": position,
+        "time": sessions["time"][session] + seconds(jitter),
+        "surface": sessions["surface"][session],
+        "context": context,
+        "from_table": np.ones(len(session), dtype=bool),
+        "variant": lists.variant[owner],
+    }
+
+
+def _contexts(version: np.ndarray, source: np.ndarray, variant: np.ndarray) -> np.ndarray:
+    """The JSON `rec_context` per slot, each distinct one encoded once."""
+    columns = {"table_version": version, "source": source, "variant": variant}
+    factored = {key: pd.factorize(values, use_na_sentinel=False) for key, values in columns.items()}
+    codes = np.stack([code for code, _ in factored.values()], axis=1)
+    unique, inverse = np.unique(codes, axis=0, return_inverse=True)
+    texts = [
+        json.dumps(
+            {
+                key: None if pd.isna(values[code]) else str(values[code])
+                for (key, (_, values)), code in zip(factored.items(), row, strict=True)
+            }
+        )
+        for row in unique.tolist()
+    ]
+    return np.array(texts, dtype=object)[inverse.ravel()]
+
+
+def _expected(shown: Columns, chances: Columns) -> pd.DataFrame:
+    """Per user: the table's slots shown, and the expected clicks on them and reads anywhere
+    (the chances of the response model): the ground truth an analysis is checked against."""
+    from_table = shown["from_table"]
+    frame = pd.DataFrame(
+        {
+            "user_id": shown["user"] + 1,
+            "variant": shown["variant"],
+            "impressions": from_table.astype(np.int64),
+            "expected_clicks": np.where(from_table, chances["click"], 0.0),
+            "expected_reads": chances["read"],
+        }
+    )
+    labels = frame.loc[from_table].groupby("user_id")["variant"].first()
+    sums = frame.groupby("user_id")[["impressions", "expected_clicks", "expected_reads"]].sum()
+    return sums.join(labels).reset_index()
 
 
 @dataclass(frozen=True)
@@ -139,19 +302,6 @@ def _popularity(world: World, day_start: np.datetime64, clicks: np.ndarray) -> n
     age: np.ndarray = day_start - world.published
     age_days = np.maximum(age / DAY, 0.0)
     return world.quality * 0.5 ** (age_days / POPULARITY_HALF_LIFE_DAYS) * (1 + clicks)
-
-
-def _one_day(
-    rng: np.random.Generator,
-    world: World,
-    following: Following,
-    day_start: np.datetime64,
-    popularity: np.ndarray,
-) -> tuple[Columns, Columns]:
-    """Every session of one day: (interaction rows, reads)."""
-    sessions = _sessions(rng, world, following, day_start)
-    shown = _impressions(rng, world, following, sessions, popularity)
-    return _responses(rng, world, following, sessions, shown)
 
 
 def _sessions(
@@ -196,9 +346,9 @@ def _impressions(
     following: Following,
     sessions: Columns,
     popularity: np.ndarray,
+    sizes: np.ndarray,
 ) -> Columns:
-    """5-20 issues shown per session from a candidate mix, deduplicated, positions 0..k."""
-    sizes = rng.integers(5, 21, len(sessions["user"]))
+    """`sizes` issues shown per session from a candidate mix, deduplicated, positions 0..k."""
     session = np.repeat(np.arange(len(sizes)), sizes)
     user, time = sessions["user"][session], sessions["time"][session]
     source = _sources(rng, sessions["surface"][session], following.count[user] > 0)
@@ -223,14 +373,22 @@ def _impressions(
     session, issue, source = session[keep], issue[keep], source[keep]
     position = np.arange(len(session)) - np.searchsorted(session, session)
     jitter = position * 1.2 + rng.random(len(session))
+    user, time, surface = (
+        sessions["user"][session],
+        sessions["time"][session] + seconds(jitter),
+        sessions["surface"][session],
+    )
     return {
         "session": session,
-        "user": sessions["user"][session],
+        "user": user,
         "issue": issue,
         "source": source,
         "position": position,
-        "time": sessions["time"][session] + seconds(jitter),
-        "surface": sessions["surface"][session],
+        "time": time,
+        "surface": surface,
+        "context": rec_context(time, source, world.variant[user], surface == FEED),
+        "from_table": np.zeros(len(session), dtype=bool),
+        "variant": np.full(len(session), None, dtype=object),
     }
 
 
@@ -257,8 +415,9 @@ def _responses(
     following: Following,
     sessions: Columns,
     shown: Columns,
-) -> tuple[Columns, Columns]:
-    """What users do with what they were shown: the day's interaction rows and reads."""
+) -> tuple[Columns, Columns, Columns]:
+    """What users do with what they were shown: interaction rows, reads, and each slot's chance
+    of a click and of a read (opening the email first, where it is one)."""
     user, issue, surface = shown["user"], shown["issue"], shown["surface"]
     n = len(issue)
     taste = world.relative_taste[user, world.category[issue]]
@@ -270,11 +429,13 @@ def _responses(
         * np.where(readable, 1.0, 0.2)
     )
     email = surface == EMAIL
-    opened = email & (rng.random(n) < np.minimum(0.15 + 0.6 * appeal, 0.95))
+    p_open = np.where(email, np.minimum(0.15 + 0.6 * appeal, 0.95), 1.0)
+    opened = email & (rng.random(n) < p_open)
     bias = (1.0 + shown["position"]) ** -POSITION_DECAY
     p_click = np.minimum(CLICK_BASE[surface] * appeal * bias, 0.9)
     clicked = (rng.random(n) < p_click) & (opened | ~email)
-    read = clicked & (rng.random(n) < 0.55 + 0.4 * taste)
+    p_read = 0.55 + 0.4 * taste
+    read = clicked & (rng.random(n) < p_read)
     fraction, spent = _reading(rng, taste, world.read_seconds[issue])
     dwell = np.where(read, spent, 1.0 + rng.exponential(8.0, n))
     time = shown["time"]
@@ -283,7 +444,7 @@ def _responses(
     saved = clicked & (rng.random(n) < 0.03 + 0.12 * taste)
     shared = clicked & (rng.random(n) < (0.01 + 0.04 * taste) * (0.5 + world.quality[issue]))
     hidden = ~clicked & (surface == FEED) & (rng.random(n) < 0.02 * (1.0 - taste) ** 3)
-    context = rec_context(time, shown["source"], world.variant[user], surface == FEED)
+    context = shown["context"]
     parts = [
         _rows("impression", None, time, shown, context=context, position=True),
         _rows("email_open", opened, open_time, shown, position=True),
@@ -307,7 +468,8 @@ def _responses(
         "session_id": sessions["session_id"][shown["session"][read]],
         "device": np.array(DEVICES, dtype=object)[sessions["device"][shown["session"][read]]],
     }
-    return events, reads
+    chances = {"click": p_open * p_click, "read": p_open * p_click * p_read}
+    return events, reads, chances
 
 
 def _reading(
@@ -438,6 +600,10 @@ def hex_ids(rng: np.random.Generator, count: int, width: int = 16) -> np.ndarray
     """Random hex ids, built without a Python loop: digits as code points viewed as strings."""
     digits = HEX[rng.integers(0, 16, (count, width))].astype(np.uint32)
     return digits.view(f"<U{width}").ravel()
+
+
+def _aware(moment: np.datetime64) -> datetime:
+    return moment.astype("datetime64[us]").item().replace(tzinfo=UTC)
 
 
 def _concat(parts: list[Columns]) -> Columns:

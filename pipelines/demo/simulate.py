@@ -22,16 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, bindparam, update
 
 from inbo import app_schema
 from pipelines.app import counters as app_counters
 from pipelines.app import database as appdb
+from pipelines.app.sources import SNAPSHOT_TABLES
 from pipelines.demo import audience, catalogue
 from pipelines.demo.audience import VARIANTS
 from pipelines.demo.bulk_load import insert, tune_for_bulk_load
 from pipelines.demo.catalogue import CATEGORIES
 from pipelines.demo.incidents import Incident, Injector, bot_rows
-from pipelines.demo.play import Flaws, play
+from pipelines.demo.play import Flaws, Player, play
 from pipelines.demo.world import World
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,53 @@ def simulate(
     a bot burst, a broken publisher feed; the rows outside their windows stay those of the clean
     run with the same seed.
     """
+    return simulate_world(
+        db_url,
+        users=users,
+        items=items,
+        days=days,
+        seed=seed,
+        end=end,
+        truth_dir=truth_dir,
+        progress=progress,
+        dirty_share=dirty_share,
+        counters=counters,
+        counter_drift=counter_drift,
+        activity=activity,
+        incidents=incidents,
+    ).summary
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A simulated world played up to `summary.end`, ready to be played on: the player with what
+    carries over, and the app's rows that come to exist later (`ahead_days` of them)."""
+
+    summary: SimulationSummary
+    player: Player
+    rows: AppRows
+
+
+def simulate_world(
+    db_url: str,
+    *,
+    users: int,
+    items: int,
+    days: int,
+    seed: int,
+    end: datetime,
+    truth_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    dirty_share: float = 0.0,
+    counters: app_counters.CounterStore | None = None,
+    counter_drift: float = 0.0,
+    activity: float = 1.0,
+    incidents: Sequence[Incident] = (),
+    ahead_days: int = 0,
+) -> Simulation:
+    """`simulate`, for a world that goes on `ahead_days` past `end`: its users, issues and
+    subscriptions of those days exist in the simulation but reach the database only as the
+    closed loop plays them (`AppRows.write`)."""
     if min(users, items, days) < 1:
         raise ValueError("users, items and days must all be at least 1")
     if not 0.0 <= dirty_share < 1.0:
@@ -93,18 +142,21 @@ def simulate(
         raise ValueError("counter_drift must be in [0, 1)")
     if activity <= 0:
         raise ValueError("activity must be positive")
+    if ahead_days < 0:
+        raise ValueError("ahead_days must not be negative")
     end = _naive_utc(end)
     start = end - timedelta(days=days)
+    world_end = end + timedelta(days=ahead_days)
     rng = np.random.default_rng(seed)
     pubs = catalogue.publishers(rng, min(items, max(5, round(items / 15))), start)
-    issues = catalogue.issues(rng, items, pubs, start, end)
-    people, tastes = audience.users(rng, users, start, end)
+    issues = catalogue.issues(rng, items, pubs, start, world_end)
+    people, tastes = audience.users(rng, users, start, world_end)
     people["sessions_per_day"] *= activity
-    subs = audience.subscriptions(rng, people, tastes, pubs, start, end)
+    subs = audience.subscriptions(rng, people, tastes, pubs, start, world_end)
     _write_truth(truth_dir, people, tastes, issues)
     end64 = np.datetime64(end, "us")
     injector = Injector.build(incidents, np.random.default_rng([seed, 3]), issues, end64)
-    published = injector.published(issues)
+    rows = AppRows(people, pubs, injector.published(issues), subs)
 
     engine = appdb.app_engine(db_url)
     try:
@@ -112,12 +164,8 @@ def simulate(
         appdb.create_app_schema(engine)
         with engine.connect() as conn:
             tune_for_bulk_load(conn)
-            insert(conn, app_schema.users, people)
-            insert(conn, app_schema.publishers, pubs)
-            insert(conn, app_schema.newsletter_issues, published)
-            insert(conn, app_schema.subscriptions, subs)
-            conn.commit()
-            world = World.build(people, tastes, issues, subs, len(pubs), end)
+            rows.write(conn, None, end64)
+            world = World.build(people, tastes, issues, subs, len(pubs), world_end)
             injector = injector.with_bots(bot_rows(injector.rng, world, incidents, end64))
             flaws = Flaws(np.random.default_rng([seed, 1]), dirty_share)
             app = (
@@ -127,16 +175,82 @@ def simulate(
                 if counters is not None
                 else None
             )
-            events, reads = play(conn, rng, world, start, days, progress, flaws, app, injector)
+            player = Player.begin(rng, world, (start, world_end), flaws, app, injector)
+            events, reads = play(conn, player, start, days, progress)
     finally:
         engine.dispose()
     if app is not None:
         app.write_truth(truth_dir)
     summary = SimulationSummary(
-        start, end, len(people), len(pubs), len(published), len(subs), events, reads
-    )
+        start, end, rows.count(end64, "users"), len(pubs), rows.count(end64, "newsletter_issues"),
+        rows.count(end64, "subscriptions"), events, reads,
+    )  # fmt: skip
     log.debug("simulated %s", summary)
-    return summary
+    return Simulation(summary, player, rows)
+
+
+BORN = {**SNAPSHOT_TABLES, "newsletter_issues": "published_at"}
+"""When each dimension row reaches the app database: when it came to exist, an issue once it is
+published (the simulated catalogue holds no drafts)."""
+
+
+@dataclass(frozen=True)
+class AppRows:
+    """The app's dimension rows, each written once the moment it came to exist has passed, as
+    the app knew it then: a later profile edit or unsubscription is not known before it happens."""
+
+    users: pd.DataFrame
+    publishers: pd.DataFrame
+    newsletter_issues: pd.DataFrame
+    subscriptions: pd.DataFrame
+
+    def write(self, conn: Connection, since: np.datetime64 | None, until: np.datetime64) -> None:
+        """Insert the rows that came to exist in [since, until) and record the unsubscriptions
+        of that time on the subscriptions written before it."""
+        for name in BORN:
+            frame = self._born(name, since, until)
+            if name == "users":
+                frame = frame.assign(
+                    updated_at=frame["updated_at"].where(
+                        frame["updated_at"] < until, frame["created_at"]
+                    )
+                )
+            if name == "subscriptions":
+                frame = frame.assign(
+                    unsubscribed_at=frame["unsubscribed_at"].where(frame["unsubscribed_at"] < until)
+                )
+            insert(conn, app_schema.metadata.tables[name], frame)
+        if since is not None:
+            self._unsubscribe(conn, since, until)
+        conn.commit()
+
+    def count(self, until: np.datetime64, name: str) -> int:
+        return len(self._born(name, None, until))
+
+    def _born(self, name: str, since: np.datetime64 | None, until: np.datetime64) -> pd.DataFrame:
+        frame: pd.DataFrame = getattr(self, name)
+        born = frame[BORN[name]]
+        return frame[(born < until) & (True if since is None else born >= since)]
+
+    def _unsubscribe(self, conn: Connection, since: np.datetime64, until: np.datetime64) -> None:
+        subs = self.subscriptions
+        ended = subs[
+            (subs["subscribed_at"] < since)
+            & (subs["unsubscribed_at"] >= since)
+            & (subs["unsubscribed_at"] < until)
+        ]
+        table = app_schema.subscriptions
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(unsubscribed_at=bindparam("ended_at"))
+        )
+        values = [
+            {"row_id": int(row_id), "ended_at": moment.to_pydatetime()}
+            for row_id, moment in zip(ended["id"], ended["unsubscribed_at"], strict=True)
+        ]
+        if values:
+            conn.execute(statement, values)
 
 
 def _write_truth(

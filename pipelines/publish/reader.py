@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PIPELINE_KEYS = 2000
+"""User keys per pipelined round trip of a batch read: bounded replies, few round trips."""
+
 
 class RecItem(TypedDict):
     """One decoded item: `reason` is the rendered text, None when no catalogue was given."""
@@ -73,16 +76,48 @@ def read_user_recs(
     keys = Keys(prefix)
     version = live_version(client, keys)
     raw = client.get(keys.user(version, user_id))
-    personal = raw is not None
-    if raw is None:
-        raw = client.get(keys.fallback(version))
-    if raw is None:
-        raise UnknownUser(f"user {user_id} has no row and table {version} has no fallback")
-    payload = json.loads(raw)
+    fallback = client.get(keys.fallback(version)) if raw is None else None
     reasons = reasons_of(read_meta(client, keys, version))
+    return _user_recs(user_id, version, raw, fallback, reasons, catalogue)
+
+
+def read_many_user_recs(
+    client: redis.Redis, prefix: str, user_ids: Sequence[int]
+) -> list[UserRecs]:
+    """`read_user_recs` for many users at once, as many app servers would: one pointer read, the
+    users' keys in pipelined round trips, the fallback and the meta once, all of one version."""
+    keys = Keys(prefix)
+    version = live_version(client, keys)
+    raws: list[bytes | str | None] = []
+    for start in range(0, len(user_ids), PIPELINE_KEYS):
+        with client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids[start : start + PIPELINE_KEYS]:
+                pipe.get(keys.user(version, user_id))
+            raws.extend(pipe.execute())
+    fallback = client.get(keys.fallback(version)) if None in raws else None
+    reasons = reasons_of(read_meta(client, keys, version))
+    return [
+        _user_recs(user_id, version, raw, fallback, reasons)
+        for user_id, raw in zip(user_ids, raws, strict=True)
+    ]
+
+
+def _user_recs(
+    user_id: int,
+    version: str,
+    raw: bytes | str | None,
+    fallback: bytes | str | None,
+    reasons: Sequence[Reason],
+    catalogue: Catalogue | None = None,
+) -> UserRecs:
+    """One user's answer from their key's value, else the fallback's."""
+    found = raw if raw is not None else fallback
+    if found is None:
+        raise UnknownUser(f"user {user_id} has no row and table {version} has no fallback")
+    payload = json.loads(found)
     return {
         "user_id": user_id,
-        "personal": personal,
+        "personal": raw is not None,
         "table_version": version,
         "variant": payload.get("variant"),
         "generated_at": payload["at"],

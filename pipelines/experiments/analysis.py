@@ -1,0 +1,266 @@
+"""Reading an experiment out: who was exposed, every metric per variant, and the verdicts.
+
+A readout is computed from the lake's canonical events since the experiment started: exposed
+users with their variant and counts (`exposure`), the pre-period's counts as CUPED covariates,
+then the sample-ratio check first. A mismatch withholds every verdict (something drops or
+duplicates exposures, so no comparison can be trusted); otherwise each treatment is compared with
+the control on the primary, secondary and guardrail metrics (`statistics.analyze`).
+
+Where a readout goes: one Parquet file per analysis in the lake (`experiments/results`), one
+MLflow run, and the experiment's HTML report (`pipelines.experiments.report`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from inbo.lake import Lake, batch_key
+from inbo.settings import Settings, get_settings
+from pipelines.experiments.config import Experiment, Metric
+from pipelines.experiments.exposure import exposed_users, window_events, with_pre_period
+from pipelines.experiments.lifecycle import ExperimentState, read_state, read_states
+from pipelines.experiments.power import RATIOS
+from pipelines.experiments.statistics import (
+    MetricResult,
+    MetricSpec,
+    Role,
+    SampleRatio,
+    analyze,
+    sample_ratio,
+)
+
+log = logging.getLogger(__name__)
+
+RESULTS_TABLE = "experiments/results"
+"""One file per analysis: `experiments/results/experiment=<name>/<batch>.parquet`."""
+YOUNG = timedelta(days=2)
+"""An experiment this young is analysed every hour (a broken variant shows early); then daily."""
+MLFLOW_EXPERIMENT = "inbo-ab-tests"
+
+WITHHELD = "withheld: sample ratio mismatch"
+BETTER, WORSE = "better", "worse"
+INCONCLUSIVE, NO_DIFFERENCE = "not conclusive yet", "no detectable difference"
+GUARDRAIL_BREACHED = "guardrail breached"
+
+
+def metric_specs(experiment: Experiment) -> list[MetricSpec]:
+    """The experiment's metrics in readout order, each with its pre-period covariates (CUPED)."""
+    roles: list[tuple[Metric, Role]] = [
+        (experiment.primary_metric, "primary"),
+        *((m, "secondary") for m in experiment.secondary_metrics),
+        *((m, "guardrail") for m in experiment.guardrail_metrics),
+    ]
+    specs = []
+    for metric, role in roles:
+        numerator, denominator = RATIOS[metric]
+        covariates = tuple(f"pre_{c}" for c in (numerator, denominator) if c is not None)
+        specs.append(MetricSpec(str(metric), numerator, denominator, covariates, role))
+    return specs
+
+
+@dataclass(frozen=True)
+class Readout:
+    """One analysis of an experiment over [window_start, window_end)."""
+
+    experiment: str
+    window_start: datetime
+    window_end: datetime
+    users: dict[str, int]
+    impressions: dict[str, int]
+    ratio: SampleRatio
+    results: list[MetricResult]
+    verdicts: dict[str, str]
+
+    @property
+    def batch(self) -> str:
+        return batch_key(self.window_end)
+
+    def primary(self, treatment: str) -> MetricResult:
+        return next(r for r in self.results if r.treatment == treatment and r.role == "primary")
+
+    def rows(self) -> pd.DataFrame:
+        """The readout as the lake table's rows: one per (treatment, metric)."""
+        base = {
+            "experiment": self.experiment,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "srm_pvalue": self.ratio.pvalue,
+            "srm_mismatch": self.ratio.mismatch,
+        }
+        rows = []
+        for result in self.results:
+            fields = asdict(result)
+            for name in ("effect_ci", "rel_effect_ci", "sequential_ci"):
+                fields[f"{name}_lower"], fields[f"{name}_upper"] = fields.pop(name)
+            rows.append(
+                {
+                    **base,
+                    **fields,
+                    "control_users": self.users[result.control],
+                    "treatment_users": self.users[result.treatment],
+                    "verdict": self.verdicts[result.treatment],
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def read_out(
+    experiment: Experiment,
+    users: pd.DataFrame,
+    window: tuple[datetime, datetime],
+    planned_users: int | None = None,
+    planned_end: datetime | None = None,
+) -> Readout:
+    """The readout of a per-user frame (`variant`, the counts and their `pre_` columns).
+
+    `planned_users` (all variants together at the planned end) tunes the confidence sequence;
+    `planned_end` says whether the fixed-horizon test may be read yet."""
+    weights = {v.name: v.weight for v in experiment.variants}
+    counts = users["variant"].value_counts()
+    ratio = sample_ratio({name: int(counts.get(name, 0)) for name in weights}, weights)
+    treatments = [name for name in weights if name != experiment.control]
+    results: list[MetricResult] = []
+    verdicts = dict.fromkeys(treatments, WITHHELD)
+    if not ratio.mismatch and all(ratio.counts[name] > 1 for name in weights):
+        specs = metric_specs(experiment)
+        total = sum(weights.values())
+        for treatment in treatments:
+            pair_share = (weights[experiment.control] + weights[treatment]) / total
+            planned = None if planned_users is None else round(planned_users * pair_share)
+            found = analyze(
+                users, specs, experiment.control, treatment, experiment.alpha,
+                planned if planned and planned >= len(users) * pair_share else None,
+            )  # fmt: skip
+            results.extend(found)
+            finished = planned_end is not None and window[1] >= planned_end
+            verdicts[treatment] = _verdict(found, experiment.alpha, finished)
+    elif not ratio.mismatch:
+        verdicts = dict.fromkeys(treatments, INCONCLUSIVE)
+    impressions = users.groupby("variant")["impressions"].sum()
+    return Readout(
+        experiment.name,
+        window[0],
+        window[1],
+        {name: int(counts.get(name, 0)) for name in weights},
+        {name: int(impressions.get(name, 0)) for name in weights},
+        ratio,
+        results,
+        verdicts,
+    )
+
+
+HARMFUL_IF_UP = {str(Metric.DISMISSALS_PER_USER), str(Metric.UNSUBSCRIBES_PER_USER)}
+
+
+def _verdict(results: Sequence[MetricResult], alpha: float, finished: bool) -> str:
+    """The primary metric decides: the sequential interval at any look, the fixed-horizon test
+    once the planned length is over; a guardrail significantly worse overrides a win."""
+    primary = next(r for r in results if r.role == "primary")
+    breached = [
+        r.metric
+        for r in results
+        if r.role == "guardrail"
+        and r.pvalue < alpha
+        and (r.effect > 0) == (r.metric in HARMFUL_IF_UP)
+    ]
+    if breached:
+        return f"{GUARDRAIL_BREACHED} ({', '.join(breached)})"
+    if primary.sequential_significant:
+        return BETTER if primary.effect > 0 else WORSE
+    if finished:
+        if primary.pvalue < alpha:
+            return BETTER if primary.effect > 0 else WORSE
+        return NO_DIFFERENCE
+    return INCONCLUSIVE
+
+
+def analyze_experiment(
+    name: str, at: datetime, settings: Settings | None = None, every: timedelta = timedelta(days=1)
+) -> tuple[Readout, list[Readout]]:
+    """The readout at `at` and the cumulative readouts at each `every` since the start (the
+    report's timeline), from one read of the events."""
+    settings = settings or get_settings()
+    lake = Lake(settings.lake)
+    state = read_state(lake, name)
+    experiment = Experiment.model_validate(state.config)
+    start = state.started()
+    stopped = state.stopped()
+    end = min(at, stopped) if stopped is not None else at
+    during = window_events(lake, start, end)
+    before = window_events(lake, start - timedelta(days=experiment.planned_days), start)
+    planned_users = int(state.power.get("users_expected", 0)) or None  # type: ignore[call-overload]
+    planned_end = start + timedelta(days=experiment.planned_days)
+
+    def at_moment(moment: datetime) -> Readout:
+        seen = during[during["ts"] < pd.Timestamp(moment)]
+        users = with_pre_period(exposed_users(seen, name), before)
+        return read_out(experiment, users, (start, moment), planned_users, planned_end)
+
+    steps = max(int(np.ceil((end - start) / every)), 1)
+    moments = [min(start + every * (step + 1), end) for step in range(steps)]
+    timeline = [at_moment(moment) for moment in moments]
+    return timeline[-1], timeline
+
+
+def running_experiments(at: datetime, settings: Settings | None = None) -> list[str]:
+    """Experiments serving at `at` or stopped within the last day (their final readout)."""
+    settings = settings or get_settings()
+    states = read_states(Lake(settings.lake)).values()
+    return sorted(
+        s.name
+        for s in states
+        if s.started() < at and (s.stopped() is None or s.stopped() > at - timedelta(days=1))  # type: ignore[operator]
+    )
+
+
+def due(state: ExperimentState, at: datetime) -> bool:
+    """Whether the `inbo_experiments` run at `at` analyses it: every hour while young, else at
+    midnight."""
+    young = at - state.started() <= YOUNG
+    return young or (at.hour == 0 and at.minute == 0)
+
+
+def write_results(readout: Readout, settings: Settings) -> str:
+    """The readout's rows in the lake, one file per analysis (a re-run replaces its own)."""
+    return Lake(settings.lake).write(
+        readout.rows(), RESULTS_TABLE, readout.batch, {"experiment": readout.experiment}
+    )
+
+
+def read_results(name: str, settings: Settings | None = None) -> pd.DataFrame:
+    settings = settings or get_settings()
+    return Lake(settings.lake).read(RESULTS_TABLE, {"experiment": name})
+
+
+def log_readout(readout: Readout, report: str | None, settings: Settings) -> str:
+    """One MLflow run per analysis: the users, the SRM p-value, each metric's lift and p-value."""
+    from pathlib import Path
+
+    from pipelines.tracking import log_step_run
+
+    metrics: dict[str, float] = {"srm_pvalue": readout.ratio.pvalue}
+    metrics |= {f"users.{name}": float(count) for name, count in readout.users.items()}
+    for r in readout.results:
+        stem = f"{r.metric}.{r.treatment}"
+        metrics |= {
+            f"{stem}.rel_effect": r.rel_effect,
+            f"{stem}.pvalue": r.pvalue,
+            f"{stem}.variance_reduction": r.variance_reduction,
+        }
+    finite = {key: value for key, value in metrics.items() if np.isfinite(value)}
+    return log_step_run(
+        settings,
+        f"ab-{readout.experiment}",
+        readout.batch,
+        params={"experiment": readout.experiment, "window_start": readout.window_start.isoformat()},
+        metrics=finite,
+        artifacts=None if report is None else Path(report).parent,
+        experiment=MLFLOW_EXPERIMENT,
+        tags={"verdicts": "; ".join(f"{k}: {v}" for k, v in readout.verdicts.items())},
+    )
