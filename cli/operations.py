@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -279,6 +280,55 @@ def bench_anomaly(
     params = AnomalyParams(users, items, history_days, clean_days, seed)
     report = run_anomaly_bench(settings, params)
     out = settings.reports_dir / "bench-anomaly.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_json(report))
+    if write:
+        write_doc(report)
+    if as_json:
+        print(report_json(report))
+        return
+    print(format_report(report))
+    console.print(f"written to {out}")
+
+
+@app.command("bench-experiments", rich_help_panel=PANEL)
+def bench_experiments(
+    users: Annotated[int, typer.Option(min=1000, help="Users in the played world.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Days the A/B runs in the closed loop.")] = 7,
+    history_days: Annotated[int, typer.Option(min=7, help="Days before the A/B starts.")] = 14,
+    seed: Annotated[int, typer.Option(help="Random seed of the world.")] = 7,
+    splits: Annotated[int, typer.Option(min=20, help="A/A re-saltings and SRM trials.")] = 200,
+    played: Annotated[
+        Path | None,
+        typer.Option(
+            "--played",
+            exists=True,
+            file_okay=False,
+            help="Analyse the var dir of an earlier `inbo play --experiment ranker-vs-popularity` "
+            "instead of playing again.",
+        ),
+    ] = None,
+    write: Annotated[bool, typer.Option(help="Update docs/benchmarks.md.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """The champion against popularity in the closed loop, then the readout's error rates on the
+    same logs: A/A calibration, injected sample-ratio mismatch, the simulator's ground truth.
+
+    The world is played under <var>/bench/experiments/ (replaced on every run) unless --played.
+    """
+    from inbo.settings import get_settings
+    from pipelines.offline.bench_experiments import (
+        ExperimentsParams,
+        format_report,
+        run_experiments_bench,
+        write_doc,
+    )
+    from pipelines.offline.bench_experiments import as_json as report_json
+
+    settings = get_settings()
+    params = ExperimentsParams(users, days, history_days, seed, splits, played)
+    report = run_experiments_bench(settings, params)
+    out = settings.reports_dir / "bench-experiments.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report_json(report))
     if write:

@@ -18,6 +18,8 @@ def result_types() -> dict[str, list[Any]]:
     from features.embeddings import EmbeddingStats
     from features.interactions import InteractionStats
     from pipelines.demo.simulate import SimulationSummary
+    from pipelines.experiments.lifecycle import ExperimentState
+    from pipelines.experiments.statistics import MetricResult, SampleRatio
     from pipelines.health import Health, LiveTable
     from pipelines.hourly import HourlyPublish, HourlyScore, RefreshRun
     from pipelines.ingest import IngestReport
@@ -49,6 +51,8 @@ def result_types() -> dict[str, list[Any]]:
         "inbo publish --json": [Published],
         "inbo refresh --json": [RefreshRun, HourlyScore, HourlyPublish],
         "inbo reconcile --json": [ReconcileReport],
+        "inbo experiment start NAME --json": [ExperimentState],
+        "inbo experiment report NAME --json": [MetricResult, SampleRatio],
     }
 
 

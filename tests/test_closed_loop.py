@@ -25,6 +25,8 @@ import yaml
 from sqlalchemy import create_engine
 
 from inbo.settings import REPO_ROOT, Settings, get_settings
+from pipelines.experiments.config import Experiment
+from pipelines.experiments.lifecycle import ExperimentState
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 NAME = "loop-ab"
@@ -209,6 +211,54 @@ def test_the_readout_goes_to_the_lake_mlflow_and_a_report_naming_each_variant(
     assert f"{primary['control_users']:,}" in page
     run = read_run(played.settings, done.mlflow_run)
     assert run.metrics["ctr.ranker.rel_effect"] == pytest.approx(primary["rel_effect"])
+
+
+def test_aa_resaltings_of_the_logs_are_significant_about_alpha_of_the_time(
+    played: Played,
+) -> None:
+    """200 A/A splits of the loop's exposed users at alpha 0.05. The bounds are the binomial's
+    central 99.9% for 200 splits at 5%: 2 to 21 significant splits."""
+    from scipy.stats import binom
+
+    from pipelines.experiments.calibration import aa_calibration
+
+    state, looks = daily_looks(played)
+    users = [frame for _, frame in looks]
+    experiment = Experiment.model_validate(state.config)
+    calibration = aa_calibration(users, experiment, 200, planned_users=len(users[-1]))
+    low, high = binom.ppf([0.0005, 0.9995], 200, 0.05) / 200
+    assert (low, high) == (0.01, 0.105)
+    assert low <= calibration.fixed_rate <= high
+    assert calibration.sequential_rate <= high
+    assert calibration.fixed_interval[0] <= calibration.fixed_rate <= calibration.fixed_interval[1]
+
+
+def test_a_sample_ratio_mismatch_withholds_every_verdict_and_the_report_says_why(
+    played: Played,
+) -> None:
+    from pipelines.experiments.analysis import WITHHELD, read_out_look
+    from pipelines.experiments.calibration import without_share
+    from pipelines.experiments.report import write_report
+
+    state, looks = daily_looks(played)
+    moment, users = looks[-1]
+    assert not read_out_look(state, moment, users).ratio.mismatch
+    broken = read_out_look(state, moment, without_share(users, "ranker", 0.5, seed=1))
+    assert broken.ratio.mismatch and broken.ratio.pvalue < 0.001
+    assert broken.verdicts == {"ranker": WITHHELD}
+    assert broken.results == []
+    page = write_report(broken, [broken], played.settings).read_text()
+    assert "Sample ratio mismatch" in page and "verdicts withheld" in page
+
+
+def daily_looks(played: Played) -> tuple[ExperimentState, list[tuple[datetime, pd.DataFrame]]]:
+    from inbo.lake import Lake
+    from pipelines.experiments.analysis import exposure_looks, looks_until
+    from pipelines.experiments.lifecycle import read_state
+
+    state = read_state(Lake(played.settings.lake), NAME)
+    moments = looks_until(state, END + timedelta(days=2), timedelta(days=1))
+    return state, exposure_looks(state, moments, played.settings)
 
 
 @pytest.mark.e2e

@@ -186,26 +186,46 @@ def analyze_experiment(
     """The readout at `at` and the cumulative readouts at each `every` since the start (the
     report's timeline), from one read of the events."""
     settings = settings or get_settings()
+    state = read_state(Lake(settings.lake), name)
+    looks = exposure_looks(state, looks_until(state, at, every), settings)
+    timeline = [read_out_look(state, moment, users) for moment, users in looks]
+    return timeline[-1], timeline
+
+
+def looks_until(state: ExperimentState, at: datetime, every: timedelta) -> list[datetime]:
+    """Look times from the start every `every`, the last one `at` (or the stop, if earlier)."""
+    start, stopped = state.started(), state.stopped()
+    end = min(at, stopped) if stopped is not None else at
+    steps = max(int(np.ceil((end - start) / every)), 1)
+    return [min(start + every * (step + 1), end) for step in range(steps)]
+
+
+def exposure_looks(
+    state: ExperimentState, moments: Sequence[datetime], settings: Settings
+) -> list[tuple[datetime, pd.DataFrame]]:
+    """The exposed users (with pre-period covariates) from the start until each moment."""
     lake = Lake(settings.lake)
-    state = read_state(lake, name)
     experiment = Experiment.model_validate(state.config)
     start = state.started()
-    stopped = state.stopped()
-    end = min(at, stopped) if stopped is not None else at
-    during = window_events(lake, start, end)
+    during = window_events(lake, start, max(moments))
     before = window_events(lake, start - timedelta(days=experiment.planned_days), start)
-    planned_users = int(state.power.get("users_expected", 0)) or None  # type: ignore[call-overload]
-    planned_end = start + timedelta(days=experiment.planned_days)
+    return [
+        (
+            moment,
+            with_pre_period(
+                exposed_users(during[during["ts"] < pd.Timestamp(moment)], state.name), before
+            ),
+        )
+        for moment in moments
+    ]
 
-    def at_moment(moment: datetime) -> Readout:
-        seen = during[during["ts"] < pd.Timestamp(moment)]
-        users = with_pre_period(exposed_users(seen, name), before)
-        return read_out(experiment, users, (start, moment), planned_users, planned_end)
 
-    steps = max(int(np.ceil((end - start) / every)), 1)
-    moments = [min(start + every * (step + 1), end) for step in range(steps)]
-    timeline = [at_moment(moment) for moment in moments]
-    return timeline[-1], timeline
+def read_out_look(state: ExperimentState, moment: datetime, users: pd.DataFrame) -> Readout:
+    """`read_out` for a started experiment: its planned size and end from its state."""
+    experiment = Experiment.model_validate(state.config)
+    planned_users = int(str(state.power.get("users_expected", 0))) or None
+    planned_end = state.started() + timedelta(days=experiment.planned_days)
+    return read_out(experiment, users, (state.started(), moment), planned_users, planned_end)
 
 
 def running_experiments(at: datetime, settings: Settings | None = None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from inbo.lake import Lake
@@ -54,6 +54,8 @@ def analyze_experiments(
 ) -> dict[str, object]:
     """The `inbo_experiments` task: report every running experiment due at `interval_end`."""
     settings = settings or get_settings()
+    # Airflow hands a pendulum DateTime, whose differences do not compare with timedeltas
+    interval_end = datetime.fromtimestamp(interval_end.timestamp(), UTC)
     lake = Lake(settings.lake)
     summary: dict[str, object] = {}
     for name in running_experiments(interval_end, settings):
