@@ -127,6 +127,12 @@ def read_out(
     treatments = [name for name in weights if name != experiment.control]
     results: list[MetricResult] = []
     verdicts = dict.fromkeys(treatments, WITHHELD)
+    if ratio.mismatch:
+        log.warning(
+            "experiment %s: sample ratio mismatch (p=%.2g), exposures %s against weights %s; "
+            "verdicts withheld: find what drops or duplicates exposures before reading any metric",
+            experiment.name, ratio.pvalue, ratio.counts, weights,
+        )  # fmt: skip
     if not ratio.mismatch and all(ratio.counts[name] > 1 for name in weights):
         specs = metric_specs(experiment)
         total = sum(weights.values())

@@ -157,14 +157,6 @@ def sample_ratio(
     expected = [sum(observed) * shares[v] for v in names]
     statistic, pvalue = chisquare(observed, expected)
     mismatch = bool(pvalue < threshold)
-    if mismatch:
-        log.warning(
-            "sample ratio mismatch (p=%.2g): exposures %s against shares %s; find what drops or "
-            "duplicates exposures before reading any metric",
-            pvalue,
-            dict(zip(names, observed, strict=True)),
-            shares,
-        )
     return SampleRatio(
         {v: int(counts[v]) for v in names}, shares, float(statistic), float(pvalue), mismatch
     )

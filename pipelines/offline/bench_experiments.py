@@ -39,7 +39,13 @@ from pipelines.experiments.analysis import (
 from pipelines.experiments.calibration import aa_calibration, without_share
 from pipelines.experiments.config import BUCKETS, Experiment
 from pipelines.experiments.lifecycle import ExperimentState, read_state
-from pipelines.experiments.statistics import MetricResult, MetricSpec, analyze, sample_ratio
+from pipelines.experiments.statistics import (
+    DEFAULT_SRM_THRESHOLD,
+    MetricResult,
+    MetricSpec,
+    analyze,
+    sample_ratio,
+)
 from pipelines.offline.bench import replace_section
 
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
@@ -218,7 +224,7 @@ def _truth_ctr_lift(
 def _srm_rates(
     users: pd.DataFrame, experiment: Experiment, state: ExperimentState, params: ExperimentsParams
 ) -> list[SrmRow]:
-    """How often a 3% loss of one variant's users is flagged (p < 0.001), over fresh splits."""
+    """How often a 3% loss of one variant's users is flagged, over fresh 50/50 splits."""
     from scipy.stats import binomtest
 
     from pipelines.experiments.assignment import buckets
@@ -295,8 +301,9 @@ def format_report(report: ExperimentsReport) -> str:
         f"{report.aa_sequential_rate:.1%} [{report.aa_sequential_ci[0]:.1%}, "
         f"{report.aa_sequential_ci[1]:.1%}] (Wilson 95% intervals).",
         f"- Sample ratio: dropping {SRM_LOSS:.0%} of the champion arm's exposed users gives "
-        f"p = {report.injected_srm_pvalue:.3g} (flagged below 0.001). Share of fresh splits "
-        "in which the same loss is flagged:",
+        f"p = {report.injected_srm_pvalue:.3g}: "
+        f"{'flagged' if report.injected_srm_pvalue < DEFAULT_SRM_THRESHOLD else 'not flagged'} "
+        f"(the check flags p < {DEFAULT_SRM_THRESHOLD:g}). Share of fresh 50/50 splits in which the same loss is flagged:",
         "",
         "| audience | users | splits | flagged | 95% CI |",
         "|---|---|---|---|---|",
