@@ -64,6 +64,12 @@ def play(
 
     started = time.monotonic()
     settings = get_settings()
+    if experiment:  # an unknown name fails now, not after the history is simulated
+        from pipelines.experiments.lifecycle import experiments_config
+
+        config = experiments_config(settings)
+        for name in experiment:
+            config.get(name)
     end = interval_end(date) - timedelta(days=days)  # Airflow runs no interval that has not ended
     err.print(f"simulating {history_days} days of history for {users:,} users ...")
     loop = ClosedLoop.begin(
@@ -84,23 +90,23 @@ def play(
     err.print("starting Airflow (api-server, scheduler, dag-processor) ...")
     with airflow_services(settings, free_port(), extra_env=MANUAL_RUNS_ONLY) as api:
 
-        def night(moment: datetime) -> None:
-            run_dag(api, "inbo_nightly", moment, settings)
-            if experiment:
+        def run(dag_id: str, moment: datetime) -> None:
+            run_dag(api, dag_id, moment, settings)
+            if experiment:  # the readout DAG's own schedule: hourly while young, else nightly
                 run_dag(api, "inbo_experiments", moment, settings)
 
-        night(end)
+        run("inbo_nightly", end)
         while not loop.done:
             day = loop.play_day(
                 feed,
                 pauses=sorted(set(hourly_at or [])),
-                on_pause=lambda moment: run_dag(api, "inbo_hourly", moment, settings),
+                on_pause=lambda moment: run("inbo_hourly", moment),
             )
             console.print(
                 f"played {day.day:%Y-%m-%d}: {day.interactions:,} interactions, "
                 f"{day.table_impressions:,} slots from the live table"
             )
-            night((day.day + timedelta(days=1)).replace(tzinfo=end.tzinfo))
+            run("inbo_nightly", (day.day + timedelta(days=1)).replace(tzinfo=end.tzinfo))
     console.print(_played_table(loop))
     if experiment:
         console.print(

@@ -48,9 +48,10 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
-REPORTS_NOTHING = {"demo", "airflow", "exporter"}
-"""Commands with no result to hand a script: the demo is a show for people, `airflow` runs the UI,
-`exporter` serves /metrics until stopped."""
+REPORTS_NOTHING = {"demo", "play", "airflow", "exporter"}
+"""Commands with no result to hand a script: the demo is a show for people, `play` writes its
+results where the platform keeps them (the app DB, the lake, the experiment reports), `airflow`
+runs the UI, `exporter` serves /metrics until stopped."""
 
 
 def test_every_reporting_command_takes_json_and_every_option_has_help() -> None:
@@ -116,6 +117,19 @@ def test_ingest_without_a_world_says_what_to_do(settings: Settings) -> None:
     result = run("ingest", "--date", "2026-11-20")
     assert result.returncode != 0
     assert "inbo simulate" in one_error_line(result)
+
+
+def test_play_with_an_unknown_experiment_fails_before_simulating(settings: Settings) -> None:
+    result = run("play", "--days", "1", "--users", "50", "--experiment", "no-such-test")
+    assert result.returncode == 2
+    assert "no experiment 'no-such-test'" in one_error_line(result)
+    assert not (settings.var_dir / "app").exists()  # nothing was simulated
+
+
+def test_report_of_an_experiment_never_started_is_one_line(settings: Settings) -> None:
+    result = run("experiment", "report", "ranker-vs-popularity")
+    assert result.returncode == 2
+    assert "was never started" in one_error_line(result)
 
 
 def test_a_malformed_date_is_a_usage_error(settings: Settings) -> None:
