@@ -119,6 +119,7 @@ class Player:
     clicks: np.ndarray
     reads: list[Columns] = field(default_factory=list)
     truth: list[pd.DataFrame] = field(default_factory=list)
+    counted_reads: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
     def begin(
@@ -159,7 +160,7 @@ class Player:
             part = _take(sessions, np.flatnonzero((times >= lo) & (times < hi)))
             events, reads = self._respond(part, following, popularity, feed)
             clicked.append(events["issue_id"][events["kind"] == "click"] - 1)
-            written += self._write_due(conn, events, hi, day_start)
+            written += self._write_due(conn, events, lo, hi)
             self.reads.append(self.injector.reads(reads))
             if hi < day_end and on_pause is not None:
                 on_pause(_aware(hi))
@@ -175,8 +176,11 @@ class Player:
         conn.execute(app_schema.reading_progress.delete())
         insert(conn, app_schema.reading_progress, latest)
         conn.commit()
-        if self.app is not None:
-            self.app.record(app_counters.read_counts(latest["issue_id"].to_numpy()))
+        keys = latest["user_id"].to_numpy() * (len(self.world.published) + 1) + latest["issue_id"]
+        if self.app is not None:  # the app counts a read once, when its progress first arrives
+            new = ~np.isin(keys, self.counted_reads)
+            self.app.record(app_counters.read_counts(latest["issue_id"].to_numpy()[new]))
+        self.counted_reads = keys.to_numpy()
         return len(latest)
 
     def _respond(
@@ -197,11 +201,11 @@ class Player:
         return events, reads
 
     def _write_due(
-        self, conn: Connection, events: Columns, moment: np.datetime64, day_start: np.datetime64
+        self, conn: Connection, events: Columns, lo: np.datetime64, hi: np.datetime64
     ) -> int:
-        """Write the queued rows the server recorded before `moment`, keep the rest queued."""
-        due, self.pending = _split_due(_concat([self.pending, events]), moment)
-        rows = self.injector.apply(self.flaws.apply(due), day_start, day_start + DAY)
+        """Write the queued rows the server recorded in [lo, hi), keep the rest queued."""
+        due, self.pending = _split_due(_concat([self.pending, events]), hi)
+        rows = self.injector.apply(self.flaws.apply(due), lo, hi)
         written = insert(conn, app_schema.experience_interactions, rows)
         conn.commit()
         if self.app is not None:
@@ -524,27 +528,15 @@ def _session_fields(
 def rec_context(
     time: np.ndarray, source: np.ndarray, variant: np.ndarray, on_feed: np.ndarray
 ) -> np.ndarray:
-    """JSON `rec_context` of feed slots: the live table version, candidate source, A/B variant."""
-    version_day = (time - PUBLISH_HOUR).astype("datetime64[D]")
-    first = version_day.min() if len(time) else np.datetime64("1970-01-01")
-    day = (version_day - first).astype(np.int64)
-    code = (day * len(SOURCES) + source) * len(VARIANTS) + variant
-    unique, inverse = np.unique(code, return_inverse=True)
-    texts = []
-    for value in unique.tolist():
-        rest, variant_code = divmod(value, len(VARIANTS))
-        day_code, source_code = divmod(rest, len(SOURCES))
-        version = (first + day_code * DAY + PUBLISH_HOUR).astype("datetime64[us]").item()
-        texts.append(
-            json.dumps(
-                {
-                    "table_version": batch_key(version),
-                    "source": SOURCES[source_code],
-                    "variant": VARIANTS[variant_code],
-                }
-            )
-        )
-    context = np.array(texts, dtype=object)[inverse]
+    """JSON `rec_context` of the simulator's own feed slots (before the closed loop): the table
+    version live at the time, the candidate source, the user's A/B variant."""
+    days, day = np.unique((time - PUBLISH_HOUR).astype("datetime64[D]"), return_inverse=True)
+    versions = [batch_key((d + PUBLISH_HOUR).astype("datetime64[us]").item()) for d in days]
+    context = _contexts(
+        np.array(versions, dtype=object)[day.ravel()],
+        np.array(SOURCES, dtype=object)[source],
+        np.array(VARIANTS, dtype=object)[variant],
+    )
     context[~on_feed] = None
     return context
 

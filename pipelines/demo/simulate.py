@@ -205,8 +205,8 @@ class AppRows:
     subscriptions: pd.DataFrame
 
     def write(self, conn: Connection, since: np.datetime64 | None, until: np.datetime64) -> None:
-        """Insert the rows that came to exist in [since, until) and record the unsubscriptions
-        of that time on the subscriptions written before it."""
+        """Insert the rows that came to exist in [since, until) and apply that time's changes
+        to the rows written before it."""
         for name in BORN:
             frame = self._born(name, since, until)
             if name == "users":
@@ -221,7 +221,7 @@ class AppRows:
                 )
             insert(conn, app_schema.metadata.tables[name], frame)
         if since is not None:
-            self._unsubscribe(conn, since, until)
+            self._update(conn, since, until)
         conn.commit()
 
     def count(self, until: np.datetime64, name: str) -> int:
@@ -232,25 +232,27 @@ class AppRows:
         born = frame[BORN[name]]
         return frame[(born < until) & (True if since is None else born >= since)]
 
-    def _unsubscribe(self, conn: Connection, since: np.datetime64, until: np.datetime64) -> None:
-        subs = self.subscriptions
-        ended = subs[
-            (subs["subscribed_at"] < since)
-            & (subs["unsubscribed_at"] >= since)
-            & (subs["unsubscribed_at"] < until)
-        ]
-        table = app_schema.subscriptions
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("row_id"))
-            .values(unsubscribed_at=bindparam("ended_at"))
-        )
-        values = [
-            {"row_id": int(row_id), "ended_at": moment.to_pydatetime()}
-            for row_id, moment in zip(ended["id"], ended["unsubscribed_at"], strict=True)
-        ]
-        if values:
-            conn.execute(statement, values)
+    def _update(self, conn: Connection, since: np.datetime64, until: np.datetime64) -> None:
+        """What changed in [since, until) on rows written before it: unsubscriptions and
+        profile edits, as the app's UPDATEs."""
+        for table, frame, born, changed in (
+            (app_schema.subscriptions, self.subscriptions, "subscribed_at", "unsubscribed_at"),
+            (app_schema.users, self.users, "created_at", "updated_at"),
+        ):
+            rows = frame[
+                (frame[born] < since) & (frame[changed] >= since) & (frame[changed] < until)
+            ]
+            statement = (
+                update(table)
+                .where(table.c.id == bindparam("row_id"))
+                .values({changed: bindparam("changed_at")})
+            )
+            values = [
+                {"row_id": int(row_id), "changed_at": moment.to_pydatetime()}
+                for row_id, moment in zip(rows["id"], rows[changed], strict=True)
+            ]
+            if values:
+                conn.execute(statement, values)
 
 
 def _write_truth(

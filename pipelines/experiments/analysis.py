@@ -137,11 +137,9 @@ def read_out(
         specs = metric_specs(experiment)
         total = sum(weights.values())
         for treatment in treatments:
-            pair_share = (weights[experiment.control] + weights[treatment]) / total
-            planned = None if planned_users is None else round(planned_users * pair_share)
             found = analyze(
                 users, specs, experiment.control, treatment, experiment.alpha,
-                planned if planned and planned >= len(users) * pair_share else None,
+                _pair_planned(planned_users, weights, experiment.control, treatment, total),
             )  # fmt: skip
             results.extend(found)
             finished = planned_end is not None and window[1] >= planned_end
@@ -161,29 +159,44 @@ def read_out(
     )
 
 
+def _pair_planned(
+    planned_users: int | None,
+    weights: dict[str, float],
+    control: str,
+    treatment: str,
+    total: float,
+) -> int | None:
+    """The planned users of one control-treatment pair: fixed for the experiment's whole life,
+    so its confidence sequence stays one sequence across looks (any fixed value is valid; the
+    plan's is where it is tightest)."""
+    if planned_users is None:
+        return None
+    return max(round(planned_users * (weights[control] + weights[treatment]) / total), 1)
+
+
 HARMFUL_IF_UP = {str(Metric.DISMISSALS_PER_USER), str(Metric.UNSUBSCRIBES_PER_USER)}
 
 
 def _verdict(results: Sequence[MetricResult], alpha: float, finished: bool) -> str:
-    """The primary metric decides: the sequential interval at any look, the fixed-horizon test
-    once the planned length is over; a guardrail significantly worse overrides a win."""
+    """The primary metric decides: its always-valid interval at any look, its fixed-horizon
+    test from the planned end on. A guardrail significantly worse (by the same rule) overrides
+    a win. Dismissals and unsubscribes are better down, every other metric up."""
+
+    def significant(result: MetricResult) -> bool:
+        return result.sequential_significant or (finished and result.pvalue < alpha)
+
+    def improved(result: MetricResult) -> bool:
+        return (result.effect < 0) == (result.metric in HARMFUL_IF_UP)
+
     primary = next(r for r in results if r.role == "primary")
     breached = [
-        r.metric
-        for r in results
-        if r.role == "guardrail"
-        and r.pvalue < alpha
-        and (r.effect > 0) == (r.metric in HARMFUL_IF_UP)
+        r.metric for r in results if r.role == "guardrail" and significant(r) and not improved(r)
     ]
     if breached:
         return f"{GUARDRAIL_BREACHED} ({', '.join(breached)})"
-    if primary.sequential_significant:
-        return BETTER if primary.effect > 0 else WORSE
-    if finished:
-        if primary.pvalue < alpha:
-            return BETTER if primary.effect > 0 else WORSE
-        return NO_DIFFERENCE
-    return INCONCLUSIVE
+    if significant(primary):
+        return BETTER if improved(primary) else WORSE
+    return NO_DIFFERENCE if finished else INCONCLUSIVE
 
 
 def analyze_experiment(
@@ -229,7 +242,8 @@ def exposure_looks(
 def read_out_look(state: ExperimentState, moment: datetime, users: pd.DataFrame) -> Readout:
     """`read_out` for a started experiment: its planned size and end from its state."""
     experiment = Experiment.model_validate(state.config)
-    planned_users = int(str(state.power.get("users_expected", 0))) or None
+    expected = state.power.get("users_expected")
+    planned_users = expected if isinstance(expected, int) and expected > 0 else None
     planned_end = state.started() + timedelta(days=experiment.planned_days)
     return read_out(experiment, users, (state.started(), moment), planned_users, planned_end)
 

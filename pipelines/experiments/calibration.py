@@ -53,7 +53,8 @@ def aa_calibration(
     planned_users: int | None = None,
 ) -> Calibration:
     """Re-salt `splits` times; the fixed-horizon test is read at the last look, the sequential
-    one at every look (a split counts once it crosses at any)."""
+    one at every look (a split counts once it crosses at any), tuned to `planned_users` at
+    every look as a running experiment's is. The rates are those of this data set's splits."""
     from scipy.stats import binomtest
 
     from pipelines.experiments.analysis import metric_specs
@@ -66,7 +67,7 @@ def aa_calibration(
         for number, users in enumerate(looks, 1):
             (result,) = analyze(
                 resalted(users, salt), primary, A, B, experiment.alpha,
-                planned_users if planned_users and planned_users >= len(users) else None,
+                planned_users,
             )  # fmt: skip
             crossed = crossed or result.sequential_significant
             if number == len(looks):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from inbo.settings import Settings
 from pipelines.experiments.analysis import Readout
+from pipelines.experiments.statistics import DEFAULT_SRM_THRESHOLD, MetricResult
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def _sample_ratio(readout: Readout) -> str:
         for name, count in ratio.counts.items()
     )
     alarm = (
-        '<p class="alarm">Sample ratio mismatch (p &lt; 0.001): exposures do not follow the '
+        f'<p class="alarm">Sample ratio mismatch (p &lt; {DEFAULT_SRM_THRESHOLD:g}): exposures do not follow the '
         "configured split, so every verdict is withheld. Look for what drops or duplicates "
         "one variant's users (a failing shard, a redirect, a bot filter) before reading on.</p>"
         if ratio.mismatch
@@ -142,9 +144,7 @@ def _timeline_frame(timeline: list[Readout]) -> pd.DataFrame:
             "lift": result.rel_effect,
             "lower": result.rel_effect_ci[0],
             "upper": result.rel_effect_ci[1],
-            # the always-valid interval is on the absolute effect: relative to the control
-            "seq_lower": result.sequential_ci[0] / result.control_value,
-            "seq_upper": result.sequential_ci[1] / result.control_value,
+            **_relative_sequential(result),
             "metric": result.metric,
         }
         for readout in timeline
@@ -152,6 +152,21 @@ def _timeline_frame(timeline: list[Readout]) -> pd.DataFrame:
         if result.role == "primary"
     ]
     return pd.DataFrame(rows)
+
+
+def _relative_sequential(result: MetricResult) -> dict[str, float]:
+    """The always-valid interval on the relative scale: tea-tasting's relative interval (which
+    carries the control's own uncertainty) widened by the ratio of the always-valid to the
+    fixed-horizon half-width of the absolute effect. NaN where the effect has no spread."""
+    fixed = result.effect_ci[1] - result.effect_ci[0]
+    if not fixed > 0:
+        return {"seq_lower": math.nan, "seq_upper": math.nan}
+    widen = (result.sequential_ci[1] - result.sequential_ci[0]) / fixed
+    lift = result.rel_effect
+    return {
+        "seq_lower": lift + (result.rel_effect_ci[0] - lift) * widen,
+        "seq_upper": lift + (result.rel_effect_ci[1] - lift) * widen,
+    }
 
 
 def _lift_figures(timeline: list[Readout]) -> list[str]:
