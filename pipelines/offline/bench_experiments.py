@@ -103,6 +103,7 @@ class ExperimentsReport:
     truth_ctr_lift: float
     truth_ctr_ci: tuple[float, float]
     truth_within_measured: bool
+    clicks_vs_expected: dict[str, tuple[int, float, float]]
     aa_splits: int
     aa_looks: int
     aa_fixed_rate: float
@@ -140,7 +141,8 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
         .to_dict(),
         {v.name: v.weight for v in experiment.variants},
     )
-    truth_lift, truth_ci = _truth_ctr_lift(home, experiment, treatment)
+    truth_lift, truth_ci, expected_clicks = _truth_ctr_lift(home, experiment, treatment)
+    clicks = users.groupby("variant")["clicks"].sum()
     primary = final.primary(treatment)
     return ExperimentsReport(
         params=params,
@@ -155,6 +157,10 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
         truth_ctr_lift=truth_lift,
         truth_ctr_ci=truth_ci,
         truth_within_measured=primary.rel_effect_ci[0] <= truth_lift <= primary.rel_effect_ci[1],
+        clicks_vs_expected={
+            name: (int(clicks[name]), expected, (int(clicks[name]) - expected) / np.sqrt(expected))
+            for name, expected in expected_clicks.items()
+        },
         aa_splits=calibration.splits,
         aa_looks=calibration.looks,
         aa_fixed_rate=calibration.fixed_rate,
@@ -197,9 +203,10 @@ def _first_conclusive(readouts: list[Readout], treatment: str) -> int | None:
 
 def _truth_ctr_lift(
     home: Path, experiment: Experiment, treatment: str
-) -> tuple[float, tuple[float, float]]:
+) -> tuple[float, tuple[float, float], dict[str, float]]:
     """The CTR lift the simulator's response model expects for the slots it showed, with its
-    95% interval over users (the delta method, as the measured one)."""
+    95% interval over users (the delta method, as the measured one), and the expected clicks
+    per variant."""
     from pipelines.demo.closed_loop import read_truth
 
     truth = read_truth(home / "simulation")
@@ -218,7 +225,8 @@ def _truth_ctr_lift(
         treatment,
         experiment.alpha,
     )
-    return result.rel_effect, result.rel_effect_ci
+    expected = per_user.groupby("variant")["expected_clicks"].sum()
+    return result.rel_effect, result.rel_effect_ci, {k: float(v) for k, v in expected.items()}
 
 
 def _srm_rates(
@@ -294,7 +302,14 @@ def format_report(report: ExperimentsReport) -> str:
         f"- Ground truth: the simulator's response model expects a CTR lift of "
         f"{report.truth_ctr_lift:+.1%} [{report.truth_ctr_ci[0]:+.1%}, "
         f"{report.truth_ctr_ci[1]:+.1%}] for the slots it showed; inside the measured 95% "
-        f"interval: **{'yes' if report.truth_within_measured else 'no'}**.",
+        f"interval: **{'yes' if report.truth_within_measured else 'no'}**. Clicks logged against "
+        "the model's expectation, per arm (z = (logged - expected) / sqrt(expected), the Bernoulli "
+        "noise alone; rows still in flight or quarantined at the end are not logged): "
+        + "; ".join(
+            f"{name} {logged:,} vs {expected:,.0f} (z = {z:+.2f})"
+            for name, (logged, expected, z) in report.clicks_vs_expected.items()
+        )
+        + ".",
         f"- A/A calibration, {report.aa_splits} re-saltings of the exposed users: fixed-horizon "
         f"false positives {report.aa_fixed_rate:.1%} [{report.aa_fixed_ci[0]:.1%}, "
         f"{report.aa_fixed_ci[1]:.1%}] at alpha 5%; sequential over {report.aa_looks} daily looks "
