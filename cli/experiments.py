@@ -111,6 +111,7 @@ def report(
     """Analyse the experiment now: sample-ratio check, every metric per variant, the verdicts;
     writes the lake's results, an MLflow run and the HTML report, and prints its path."""
     from pipelines.experiments.readouts import report_experiment
+    from pipelines.experiments.report import p_value
 
     done = report_experiment(name, _utc(at))
     readout = done.readout
@@ -141,7 +142,7 @@ def report(
         table.add_row(
             f"{r.metric} ({r.role})", r.treatment, f"{r.control_value:.4g}", f"{r.treatment_value:.4g}",
             f"{r.rel_effect:+.1%} [{r.rel_effect_ci[0]:+.1%}, {r.rel_effect_ci[1]:+.1%}]",
-            f"{r.pvalue:.3g}", f"{r.variance_reduction:.0%}",
+            p_value(r.pvalue), f"{r.variance_reduction:.0%}",
         )  # fmt: skip
     if readout.results:
         console.print(table)

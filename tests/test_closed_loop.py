@@ -9,6 +9,7 @@ the lake table and the HTML report.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -201,6 +202,7 @@ def test_the_readout_goes_to_the_lake_mlflow_and_a_report_naming_each_variant(
 ) -> None:
     from pipelines.experiments.analysis import read_results
     from pipelines.experiments.readouts import report_experiment
+    from pipelines.experiments.report import p_value
     from pipelines.tracking import read_run
 
     done = report_experiment(NAME, END + timedelta(days=2), played.settings)
@@ -214,7 +216,7 @@ def test_the_readout_goes_to_the_lake_mlflow_and_a_report_naming_each_variant(
     for variant in ("popularity", "ranker"):
         assert f"<td>{variant}</td>" in page
     assert f"{primary['rel_effect']:+.2%}" in page
-    assert f"{primary['pvalue']:.4g}" in page
+    assert html.escape(p_value(primary["pvalue"])) in page
     assert f"{primary['control_users']:,}" in page
     run = read_run(played.settings, done.mlflow_run)
     assert run.metrics["ctr.ranker.rel_effect"] == pytest.approx(primary["rel_effect"])

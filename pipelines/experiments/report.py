@@ -120,7 +120,8 @@ def _results_table(readout: Readout) -> str:
         f"<td>{r.control_value:.5g}</td><td>{r.treatment_value:.5g}</td>"
         f"<td>{r.rel_effect:+.2%}</td>"
         f"<td>[{r.rel_effect_ci[0]:+.2%}, {r.rel_effect_ci[1]:+.2%}]</td>"
-        f"<td>{r.pvalue:.4g}</td><td>{r.pvalue_adjusted:.4g}</td>"
+        f"<td>{html.escape(p_value(r.pvalue))}</td>"
+        f"<td>{html.escape(p_value(r.pvalue_adjusted))}</td>"
         f"<td>{r.variance_reduction:.1%}</td>"
         f"<td>[{r.sequential_ci[0]:+.5g}, {r.sequential_ci[1]:+.5g}]</td></tr>"
         for r in readout.results
@@ -134,6 +135,12 @@ def _results_table(readout: Readout) -> str:
     if not readout.results:
         return "<section><h2>Metrics</h2><p>No readout: verdicts withheld.</p></section>"
     return f"<section><h2>Metrics</h2><table>{head}{rows}</table>{note}</section>"
+
+
+def p_value(p: float) -> str:
+    """A p-value as the page prints it: four significant digits; one that underflowed to 0 in
+    double precision as an upper bound."""
+    return "< 1e-15" if p < 1e-15 else f"{p:.4g}"
 
 
 def _timeline_frame(timeline: list[Readout]) -> pd.DataFrame:
@@ -190,6 +197,7 @@ def _lift_figures(timeline: list[Readout]) -> list[str]:
                     y=[*part[upper], *part[lower][::-1]],
                     fill="toself",
                     fillcolor=colour,
+                    mode="lines",
                     line={"width": 0},
                     name=name,
                 )

@@ -267,6 +267,8 @@ def _metric_row(result: MetricResult) -> MetricRow:
 
 
 def format_report(report: ExperimentsReport) -> str:
+    from pipelines.experiments.report import p_value
+
     p = report.params
     played = (
         f"`inbo play --days {p.days} --users {p.users:,} --history-days {p.history_days} "
@@ -287,8 +289,8 @@ def format_report(report: ExperimentsReport) -> str:
     for m in report.metrics:
         lines.append(
             f"| {m.metric} | {m.role} | {m.control:.4g} | {m.treatment:.4g} | {m.lift:+.1%} | "
-            f"[{m.lift_ci[0]:+.1%}, {m.lift_ci[1]:+.1%}] | {m.pvalue:.2g} | "
-            f"{m.pvalue_adjusted:.2g} | {m.variance_reduction:.1%} |"
+            f"[{m.lift_ci[0]:+.1%}, {m.lift_ci[1]:+.1%}] | {p_value(m.pvalue)} | "
+            f"{p_value(m.pvalue_adjusted)} | {m.variance_reduction:.1%} |"
         )
     conclusive = (
         f"{report.conclusive_after_hours} simulated hours"
