@@ -333,7 +333,9 @@ def test_play_command_runs_the_dags_through_airflow(settings: Settings, tmp_path
          "--experiment", NAME, "--date", "2026-11-21"],
         capture_output=True, text=True, env=env, timeout=900, cwd=REPO_ROOT,
     )  # fmt: skip
-    stop_redis(settings)
+    # the command started its own embedded Redis under the var dir (this module's fixture may
+    # have pointed INBO_REDIS_URL at the session's server, which `settings` then carries)
+    stop_redis(Settings(var_dir=settings.var_dir, redis_url=""))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("inbo_nightly succeeded") == 2
     assert out.stdout.count("inbo_experiments succeeded") == 2
