@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -181,16 +182,10 @@ def bench_publish(
     from pipelines.offline.bench_publish import as_json as report_json
 
     report = run_publish_bench(settings, params)
-    out = settings.reports_dir / "bench-publish.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_json(report))
-    if write:
-        write_doc(report)
-    if as_json:
-        print(report_json(report))
-        return
-    print(format_report(report))
-    console.print(f"written to {out}")
+    emit_benchmark(
+        report, settings.reports_dir / "bench-publish.json", report_json, format_report,
+        write_doc if write else None, as_json,
+    )  # fmt: skip
 
 
 @app.command(rich_help_panel=PANEL)
@@ -279,16 +274,10 @@ def bench_anomaly(
     settings = get_settings()
     params = AnomalyParams(users, items, history_days, clean_days, seed)
     report = run_anomaly_bench(settings, params)
-    out = settings.reports_dir / "bench-anomaly.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_json(report))
-    if write:
-        write_doc(report)
-    if as_json:
-        print(report_json(report))
-        return
-    print(format_report(report))
-    console.print(f"written to {out}")
+    emit_benchmark(
+        report, settings.reports_dir / "bench-anomaly.json", report_json, format_report,
+        write_doc if write else None, as_json,
+    )  # fmt: skip
 
 
 @app.command("bench-experiments", rich_help_panel=PANEL)
@@ -328,13 +317,28 @@ def bench_experiments(
     settings = get_settings()
     params = ExperimentsParams(users, days, history_days, seed, splits, played)
     report = run_experiments_bench(settings, params)
-    out = settings.reports_dir / "bench-experiments.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_json(report))
-    if write:
+    emit_benchmark(
+        report, settings.reports_dir / "bench-experiments.json", report_json, format_report,
+        write_doc if write else None, as_json,
+    )  # fmt: skip
+
+
+def emit_benchmark(
+    report: Any,
+    record: Path,
+    to_json: Callable[[Any], str],
+    to_text: Callable[[Any], str],
+    write_doc: Callable[[Any], None] | None,
+    as_json: bool,
+) -> None:
+    """A benchmark's ending: its measurement kept at `record`, docs/benchmarks.md updated (unless
+    --no-write), the report printed as JSON or as the doc's text."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(to_json(report))
+    if write_doc is not None:
         write_doc(report)
     if as_json:
-        print(report_json(report))
+        print(to_json(report))
         return
-    print(format_report(report))
-    console.print(f"written to {out}")
+    print(to_text(report))
+    console.print(f"written to {record}")

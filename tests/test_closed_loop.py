@@ -28,6 +28,7 @@ from sqlalchemy import create_engine
 from inbo.settings import REPO_ROOT, Settings, get_settings
 from pipelines.experiments.config import Experiment
 from pipelines.experiments.lifecycle import ExperimentState
+from tests.browser import open_offline
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 NAME = "loop-ab"
@@ -223,48 +224,18 @@ def test_the_readout_goes_to_the_lake_mlflow_and_a_report_naming_each_variant(
 
 
 def test_the_report_renders_every_chart_in_a_real_browser_offline(played: Played) -> None:
-    from tests.test_dashboard import CHROMIUM
-
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "Debian's chromium is not installed (/usr/bin/chromium): apt-get install chromium"
-        )
-    from playwright.sync_api import sync_playwright
-
     from pipelines.experiments.readouts import report_experiment
 
     path = report_experiment(NAME, END + timedelta(days=2), played.settings).report
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        remote: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-        def offline(route) -> None:  # type: ignore[no-untyped-def]
-            if route.request.url.startswith("file:"):
-                route.continue_()
-            else:
-                remote.append(route.request.url)
-                route.abort()
-
-        page.route("**/*", offline)
-        page.goto(path.as_uri())
-        page.wait_for_load_state("load")
-        charts = page.evaluate(
-            """() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
-                id: d.id, svg: d.querySelector('svg.main-svg') !== null,
-                traces: d.querySelectorAll('g.trace').length}))"""
-        )
-        text = page.inner_text("body")
-        browser.close()
-    assert errors == [] and remote == []
+    opened = open_offline(path)
+    charts = opened.charts
+    assert opened.errors == [] and opened.remote == []
     # one lift chart for the one treatment, with its two bands and the lift; the exposure chart
     assert [(c["id"], c["svg"], c["traces"]) for c in charts] == [
         ("lift-1", True, 3),
         ("exposure", True, 2),
     ]
-    assert "Verdict" in text and "ranker" in text and "popularity" in text
+    assert "Verdict" in opened.text and "ranker" in opened.text and "popularity" in opened.text
 
 
 def test_aa_resaltings_of_the_logs_are_significant_about_alpha_of_the_time(

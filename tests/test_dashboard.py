@@ -37,9 +37,7 @@ from pipelines.monitoring.dashboard import (
     reads_per_user,
     sample_users,
 )
-
-CHROMIUM = Path("/usr/bin/chromium")
-
+from tests.browser import open_offline
 
 # -- the metrics, on lists worked out by hand -------------------------------------------------------
 
@@ -190,12 +188,6 @@ def two_nights(
 def test_the_nightly_writes_a_page_whose_every_chart_renders_offline(
     two_nights: Settings, world_end: datetime
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "Debian's chromium is not installed (/usr/bin/chromium): apt-get install chromium"
-        )
-    from playwright.sync_api import sync_playwright
-
     batch = batch_key(world_end)
     page_path = two_nights.reports_dir / "dashboard" / f"{batch}.html"
     assert page_path.exists(), "the DAG's write_dashboard task wrote the batch's page"
@@ -209,36 +201,9 @@ def test_the_nightly_writes_a_page_whose_every_chart_renders_offline(
     again = build_dashboard(world_end, two_nights)  # the same batch gives the same page
     assert again.failed == [] and again.figures == charts >= 14
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        remote: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-
-        def offline(route) -> None:  # type: ignore[no-untyped-def]
-            if route.request.url.startswith("file:"):
-                route.continue_()
-            else:
-                remote.append(route.request.url)
-                route.abort()
-
-        page.route("**/*", offline)
-        page.goto(page_path.as_uri())
-        page.wait_for_load_state("load")
-        rendered = page.evaluate(
-            """() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
-                id: d.id,
-                svg: d.querySelector('svg.main-svg') !== null,
-                traces: d.querySelectorAll('g.trace').length,
-                title: (d.layout && d.layout.title && d.layout.title.text) || ''}))"""
-        )
-        text = page.inner_text("body")
-        page.screenshot(path=str(page_path.parent / "dashboard.png"), full_page=True)
-        browser.close()
-
-    assert errors == [] and remote == []
+    opened = open_offline(page_path, screenshot=page_path.parent / "dashboard.png")
+    rendered, text = opened.charts, opened.text
+    assert opened.errors == [] and opened.remote == []
     assert len(rendered) == charts
     assert [c["title"] for c in rendered if not (c["svg"] and c["traces"] > 0)] == []
     assert "segments are not computed yet" in text
