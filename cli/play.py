@@ -60,7 +60,7 @@ def play(
     the DAGs in between: history until --days before it, then the played days."""
     from inbo.services import ensure_redis, redis_client
     from inbo.settings import get_settings
-    from pipelines.demo.closed_loop import ClosedLoop, TableFeed
+    from pipelines.demo.closed_loop import ClosedLoop, TableFeed, write_play_record
 
     started = time.monotonic()
     settings = get_settings()
@@ -107,12 +107,21 @@ def play(
                 f"{day.table_impressions:,} slots from the live table"
             )
             run("inbo_nightly", (day.day + timedelta(days=1)).replace(tzinfo=end.tzinfo))
+    seconds = round(time.monotonic() - started)
+    write_play_record(
+        settings.var_dir / "simulation",
+        {
+            "days": days, "users": users, "items": items, "history_days": history_days,
+            "seed": seed, "experiments": experiment or [], "hourly_at": sorted(set(hourly_at or [])),
+            "seconds": seconds,
+        },
+    )  # fmt: skip
     console.print(_played_table(loop))
     if experiment:
         console.print(
             "reports: " + ", ".join(f"inbo experiment report {name}" for name in experiment)
         )
-    console.print(f"\nplayed {days} days in {time.monotonic() - started:.0f} s")
+    console.print(f"\nplayed {days} days in {seconds} s")
 
 
 def _start_experiments(names: list[str], at: datetime) -> None:

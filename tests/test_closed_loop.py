@@ -312,5 +312,12 @@ def test_play_command_runs_the_dags_through_airflow(settings: Settings, tmp_path
     assert out.stdout.count("inbo_experiments succeeded") == 2
     assert f"{NAME} starts at 2026-11-20 00:00 UTC" in out.stdout
     assert "played 2026-11-20" in out.stdout
+    from pipelines.demo.closed_loop import read_play_record
+
+    record = read_play_record(settings.var_dir / "simulation")
+    assert record is not None and record["seconds"] > 0
+    assert {k: record[k] for k in ("days", "users", "history_days", "experiments")} == {
+        "days": 1, "users": 400, "history_days": 4, "experiments": [NAME],
+    }  # fmt: skip
     reports = list((settings.reports_dir / "experiments" / NAME).glob("*/report.html"))
     assert [p.parent.name for p in reports] == ["20261121T0000Z"]  # day 0 has no exposure yet

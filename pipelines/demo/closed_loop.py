@@ -14,12 +14,13 @@ reads anywhere under the response model, goes to `truth_dir/closed_loop/`, never
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRUTH_FOLDER = "closed_loop"
+PLAY_RECORD = "play.json"
+"""How the loop was played (its parameters and wall time), beside the truth it produced."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ class ClosedLoop:
         first = np.datetime64(simulation.summary.end, "us")
         folder = truth_dir / TRUTH_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.parquet"):  # an earlier loop's days
-            stale.unlink()
+        for stale in [*folder.glob("*.parquet"), folder / PLAY_RECORD]:  # an earlier loop's
+            stale.unlink(missing_ok=True)
         return cls(db_url, simulation, truth_dir, first, first + days * DAY)
 
     @property
@@ -185,3 +188,15 @@ def read_truth(truth_dir: Path) -> pd.DataFrame:
                      "expected_reads"]
         )  # fmt: skip
     return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+
+
+def write_play_record(truth_dir: Path, record: dict[str, object]) -> Path:
+    path = truth_dir / TRUTH_FOLDER / PLAY_RECORD
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def read_play_record(truth_dir: Path) -> dict[str, Any] | None:
+    """The record `inbo play` left, None for a loop played some other way."""
+    path = truth_dir / TRUTH_FOLDER / PLAY_RECORD
+    return json.loads(path.read_text()) if path.exists() else None

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import pandas as pd
 
 from inbo.lake import Lake
 from inbo.settings import REPO_ROOT, Settings
+from pipelines.demo.closed_loop import read_play_record
 from pipelines.experiments.analysis import (
     Readout,
     exposure_looks,
@@ -117,7 +118,14 @@ class ExperimentsReport:
 
 def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> ExperimentsReport:
     home = params.played or settings.var_dir / "bench" / "experiments"
-    play_seconds = None if params.played else play(home, params)
+    if params.played is None:
+        play(home, params)
+    record = read_play_record(home / "simulation")
+    if record is not None:  # the world as it was played, whatever this command's defaults say
+        params = replace(
+            params, **{k: record[k] for k in ("users", "days", "history_days", "seed")}
+        )
+    play_seconds = None if record is None else float(record["seconds"])
     started = time.perf_counter()
     played = Settings(var_dir=home)
     state = read_state(Lake(played.lake), EXPERIMENT)
@@ -173,8 +181,8 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
     )
 
 
-def play(home: Path, params: ExperimentsParams) -> float:
-    """`inbo play` with the repo's experiment, in a fresh var dir; its wall seconds."""
+def play(home: Path, params: ExperimentsParams) -> None:
+    """`inbo play` with the repo's experiment, in a fresh var dir (it records its own time)."""
     if home.exists():
         import shutil
 
@@ -187,10 +195,8 @@ def play(home: Path, params: ExperimentsParams) -> float:
         "--history-days", str(params.history_days), "--seed", str(params.seed),
         "--experiment", EXPERIMENT,
     ]  # fmt: skip
-    started = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
     subprocess.run([inbo, "services", "--stop"], check=False, env=env, cwd=REPO_ROOT)
-    return round(time.perf_counter() - started, 1)
 
 
 def _first_conclusive(readouts: list[Readout], treatment: str) -> int | None:
@@ -273,8 +279,9 @@ def format_report(report: ExperimentsReport) -> str:
     played = (
         f"`inbo play --days {p.days} --users {p.users:,} --history-days {p.history_days} "
         f"--seed {p.seed} --experiment {EXPERIMENT}` took {report.play_seconds:,.0f} s"
+        + ("" if p.played is None else f" (under {p.played}, reused)")
         if report.play_seconds is not None
-        else f"(the played world under {p.played} was reused)"
+        else f"(the loop under {p.played}, played without `inbo play`'s record)"
     )
     users = ", ".join(f"{k} {v:,}" for k, v in report.users.items())
     impressions = ", ".join(f"{k} {v:,}" for k, v in report.impressions.items())
