@@ -22,7 +22,9 @@ from cli.app import DateOption, app, console, err, interval_end
 from cli.demo import MANUAL_RUNS_ONLY, run_dag
 
 if TYPE_CHECKING:
+    from inbo.settings import Settings
     from pipelines.demo.closed_loop import ClosedLoop
+    from pipelines.experiments.config import Experiment
 
 PANEL = "Demo"
 
@@ -61,15 +63,13 @@ def play(
     from inbo.services import ensure_redis, redis_client
     from inbo.settings import get_settings
     from pipelines.demo.closed_loop import ClosedLoop, TableFeed, write_play_record
+    from pipelines.experiments.lifecycle import experiments_config
 
     started = time.monotonic()
     settings = get_settings()
-    if experiment:  # an unknown name fails now, not after the history is simulated
-        from pipelines.experiments.lifecycle import experiments_config
-
-        config = experiments_config(settings)
-        for name in experiment:
-            config.get(name)
+    # an unknown name fails now, not after the history is simulated
+    chosen = [experiments_config(settings).get(name) for name in experiment or []]
+    pauses = sorted(set(hourly_at or []))
     end = interval_end(date) - timedelta(days=days)  # Airflow runs no interval that has not ended
     err.print(f"simulating {history_days} days of history for {users:,} users ...")
     loop = ClosedLoop.begin(
@@ -83,8 +83,8 @@ def play(
         truth_dir=settings.var_dir / "simulation",
         dirty_share=0.001,
     )
-    if experiment:
-        _start_experiments(experiment, end)
+    if chosen:
+        _start_experiments(chosen, end, settings)
     ensure_redis(settings)
     feed = TableFeed(redis_client(settings), settings.redis_prefix)
     err.print("starting Airflow (api-server, scheduler, dag-processor) ...")
@@ -92,14 +92,14 @@ def play(
 
         def run(dag_id: str, moment: datetime) -> None:
             run_dag(api, dag_id, moment, settings)
-            if experiment:  # the readout DAG's own schedule: hourly while young, else nightly
+            if chosen:  # the readout DAG's own schedule: hourly while young, else nightly
                 run_dag(api, "inbo_experiments", moment, settings)
 
         run("inbo_nightly", end)
         while not loop.done:
             day = loop.play_day(
                 feed,
-                pauses=sorted(set(hourly_at or [])),
+                pauses=pauses,
                 on_pause=lambda moment: run("inbo_hourly", moment),
             )
             console.print(
@@ -112,36 +112,31 @@ def play(
         settings.var_dir / "simulation",
         {
             "days": days, "users": users, "items": items, "history_days": history_days,
-            "seed": seed, "experiments": experiment or [], "hourly_at": sorted(set(hourly_at or [])),
+            "seed": seed, "experiments": [e.name for e in chosen], "hourly_at": pauses,
             "seconds": seconds,
         },
     )  # fmt: skip
     console.print(_played_table(loop))
-    if experiment:
-        console.print(
-            "reports: " + ", ".join(f"inbo experiment report {name}" for name in experiment)
-        )
+    if chosen:
+        console.print("reports: " + ", ".join(f"inbo experiment report {e.name}" for e in chosen))
     console.print(f"\nplayed {days} days in {seconds} s")
 
 
-def _start_experiments(names: list[str], at: datetime) -> None:
+def _start_experiments(experiments: list[Experiment], at: datetime, settings: Settings) -> None:
     """Ingest and validate the history (the power check reads its events), then start each
     experiment at its end; the first nightly re-runs the same batch to the same tables."""
-    from inbo.settings import get_settings
-    from pipelines.experiments.lifecycle import experiments_config, start_experiment
+    from pipelines.experiments.lifecycle import start_experiment
     from pipelines.experiments.power import power_check
     from pipelines.ingest import ingest_exclusive
     from pipelines.validate import validate_exclusive
 
-    settings = get_settings()
-    ingest_exclusive(at)
-    validate_exclusive(at)
-    config = experiments_config(settings)
-    for name in names:
-        power = power_check(config.get(name), at, settings)
-        start_experiment(name, at, power, settings)
+    ingest_exclusive(at, settings)
+    validate_exclusive(at, settings)
+    for experiment in experiments:
+        power = power_check(experiment, at, settings)
+        start_experiment(experiment.name, at, power, settings)
         console.print(
-            f"{name} starts at {at:%Y-%m-%d %H:%M} UTC: ~{power['users_expected']:,} users, "
+            f"{experiment.name} starts at {at:%Y-%m-%d %H:%M} UTC: ~{power['users_expected']:,} users, "
             f"detects {power['detectable_lift']:.1%} at power {power['power']:.0%}"
         )
 

@@ -26,7 +26,6 @@ import yaml
 from sqlalchemy import create_engine
 
 from inbo.settings import REPO_ROOT, Settings, get_settings
-from pipelines.experiments.config import Experiment
 from pipelines.experiments.lifecycle import ExperimentState
 from tests.browser import open_offline
 
@@ -249,7 +248,7 @@ def test_aa_resaltings_of_the_logs_are_significant_about_alpha_of_the_time(
 
     state, looks = daily_looks(played)
     users = [frame for _, frame in looks]
-    experiment = Experiment.model_validate(state.config)
+    experiment = state.experiment()
     calibration = aa_calibration(users, experiment, 200, planned_users=len(users[-1]))
     low, high = binom.ppf([0.0005, 0.9995], 200, 0.05) / 200
     assert (low, high) == (0.01, 0.105)

@@ -248,7 +248,7 @@ def test_each_user_reads_back_the_variant_the_plan_placed_them_in(
 
 
 def test_exposure_counts_only_the_experiments_slots_and_everything_else_the_user_did() -> None:
-    from pipelines.experiments.exposure import exposed_users, with_pre_period
+    from pipelines.experiments.exposure import exposed_users, pre_period_counts, with_pre_period
 
     ts = pd.Timestamp("2026-11-21T10:00", tz="UTC")
     events = pd.DataFrame(
@@ -274,7 +274,7 @@ def test_exposure_counts_only_the_experiments_slots_and_everything_else_the_user
     assert users.loc[1, ["impressions", "clicks", "reads"]].tolist() == [1, 1, 1]
     assert users.loc[2, "dismissals"] == 1
     before = events.assign(rec_variant=None).iloc[:2]
-    joined = with_pre_period(users.reset_index(), before).set_index("user_id")
+    joined = with_pre_period(users.reset_index(), pre_period_counts(before)).set_index("user_id")
     assert joined.loc[1, "pre_impressions"] == 1 and joined.loc[2, "pre_impressions"] == 0
 
 

@@ -167,7 +167,7 @@ class ClosedLoop:
         if truth.empty:
             return 0
         per_user = truth.groupby("user_id", as_index=False).agg(
-            variant=("variant", "first"),
+            variant=("variant", "first"),  # the table's label: other slots carry none
             impressions=("impressions", "sum"),
             expected_clicks=("expected_clicks", "sum"),
             expected_reads=("expected_reads", "sum"),

@@ -261,10 +261,11 @@ def _contexts(version: np.ndarray, source: np.ndarray, variant: np.ndarray) -> n
 
 
 def _expected(shown: Columns, chances: Columns) -> pd.DataFrame:
-    """Per user: the table's slots shown, and the expected clicks on them and reads anywhere
-    (the chances of the response model): the ground truth an analysis is checked against."""
+    """Per slot: whether the table filled it (with its variant), the expected click on it if so
+    and the expected read anywhere (the chances of the response model): the ground truth an
+    analysis is checked against."""
     from_table = shown["from_table"]
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "user_id": shown["user"] + 1,
             "variant": shown["variant"],
@@ -273,9 +274,6 @@ def _expected(shown: Columns, chances: Columns) -> pd.DataFrame:
             "expected_reads": chances["read"],
         }
     )
-    labels = frame.loc[from_table].groupby("user_id")["variant"].first()
-    sums = frame.groupby("user_id")[["impressions", "expected_clicks", "expected_reads"]].sum()
-    return sums.join(labels).reset_index()
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,8 @@ def simulate_world(
 BORN = {**SNAPSHOT_TABLES, "newsletter_issues": "published_at"}
 """When each dimension row reaches the app database: when it came to exist, an issue once it is
 published (the simulated catalogue holds no drafts)."""
+CHANGES = {"users": ("updated_at", "created_at"), "subscriptions": ("unsubscribed_at", None)}
+"""Per table, the column a later change sets, and what it holds until then (None: null)."""
 
 
 @dataclass(frozen=True)
@@ -209,15 +211,11 @@ class AppRows:
         to the rows written before it."""
         for name in BORN:
             frame = self._born(name, since, until)
-            if name == "users":
+            if name in CHANGES:  # as the row stands before its change
+                changed, before = CHANGES[name]
+                unchanged = None if before is None else frame[before]
                 frame = frame.assign(
-                    updated_at=frame["updated_at"].where(
-                        frame["updated_at"] < until, frame["created_at"]
-                    )
-                )
-            if name == "subscriptions":
-                frame = frame.assign(
-                    unsubscribed_at=frame["unsubscribed_at"].where(frame["unsubscribed_at"] < until)
+                    **{changed: frame[changed].where(frame[changed] < until, unchanged)}
                 )
             insert(conn, app_schema.metadata.tables[name], frame)
         if since is not None:
@@ -235,10 +233,10 @@ class AppRows:
     def _update(self, conn: Connection, since: np.datetime64, until: np.datetime64) -> None:
         """What changed in [since, until) on rows written before it: unsubscriptions and
         profile edits, as the app's UPDATEs."""
-        for table, frame, born, changed in (
-            (app_schema.subscriptions, self.subscriptions, "subscribed_at", "unsubscribed_at"),
-            (app_schema.users, self.users, "created_at", "updated_at"),
-        ):
+        for name, (changed, _) in CHANGES.items():
+            frame: pd.DataFrame = getattr(self, name)
+            born = BORN[name]
+            table = app_schema.metadata.tables[name]
             rows = frame[
                 (frame[born] < since) & (frame[changed] >= since) & (frame[changed] < until)
             ]

@@ -23,7 +23,12 @@ import pandas as pd
 from inbo.lake import Lake, batch_key
 from inbo.settings import Settings, get_settings
 from pipelines.experiments.config import Experiment, Metric
-from pipelines.experiments.exposure import exposed_users, window_events, with_pre_period
+from pipelines.experiments.exposure import (
+    exposed_users,
+    pre_period_counts,
+    window_events,
+    with_pre_period,
+)
 from pipelines.experiments.lifecycle import ExperimentState, read_state, read_states
 from pipelines.experiments.power import RATIOS
 from pipelines.experiments.statistics import (
@@ -121,31 +126,31 @@ def read_out(
 
     `planned_users` (all variants together at the planned end) tunes the confidence sequence;
     `planned_end` says whether the fixed-horizon test may be read yet."""
-    weights = {v.name: v.weight for v in experiment.variants}
+    weights = experiment.weights
     counts = users["variant"].value_counts()
     ratio = sample_ratio({name: int(counts.get(name, 0)) for name in weights}, weights)
     treatments = [name for name in weights if name != experiment.control]
     results: list[MetricResult] = []
-    verdicts = dict.fromkeys(treatments, WITHHELD)
     if ratio.mismatch:
         log.warning(
             "experiment %s: sample ratio mismatch (p=%.2g), exposures %s against weights %s; "
             "verdicts withheld: find what drops or duplicates exposures before reading any metric",
             experiment.name, ratio.pvalue, ratio.counts, weights,
         )  # fmt: skip
-    if not ratio.mismatch and all(ratio.counts[name] > 1 for name in weights):
+        verdicts = dict.fromkeys(treatments, WITHHELD)
+    elif any(ratio.counts[name] < 2 for name in weights):
+        verdicts = dict.fromkeys(treatments, INCONCLUSIVE)
+    else:
         specs = metric_specs(experiment)
-        total = sum(weights.values())
+        finished = planned_end is not None and window[1] >= planned_end
+        verdicts = {}
         for treatment in treatments:
             found = analyze(
                 users, specs, experiment.control, treatment, experiment.alpha,
-                _pair_planned(planned_users, weights, experiment.control, treatment, total),
+                _pair_planned(planned_users, weights, experiment.control, treatment),
             )  # fmt: skip
             results.extend(found)
-            finished = planned_end is not None and window[1] >= planned_end
             verdicts[treatment] = _verdict(found, experiment.alpha, finished)
-    elif not ratio.mismatch:
-        verdicts = dict.fromkeys(treatments, INCONCLUSIVE)
     impressions = users.groupby("variant")["impressions"].sum()
     return Readout(
         experiment.name,
@@ -164,14 +169,14 @@ def _pair_planned(
     weights: dict[str, float],
     control: str,
     treatment: str,
-    total: float,
 ) -> int | None:
     """The planned users of one control-treatment pair: fixed for the experiment's whole life,
     so its confidence sequence stays one sequence across looks (any fixed value is valid; the
     plan's is where it is tightest)."""
     if planned_users is None:
         return None
-    return max(round(planned_users * (weights[control] + weights[treatment]) / total), 1)
+    share = (weights[control] + weights[treatment]) / sum(weights.values())
+    return max(round(planned_users * share), 1)
 
 
 HARMFUL_IF_UP = {str(Metric.DISMISSALS_PER_USER), str(Metric.UNSUBSCRIBES_PER_USER)}
@@ -224,15 +229,15 @@ def exposure_looks(
 ) -> list[tuple[datetime, pd.DataFrame]]:
     """The exposed users (with pre-period covariates) from the start until each moment."""
     lake = Lake(settings.lake)
-    experiment = Experiment.model_validate(state.config)
     start = state.started()
     during = window_events(lake, start, max(moments))
-    before = window_events(lake, start - timedelta(days=experiment.planned_days), start)
+    before = window_events(lake, start - timedelta(days=state.experiment().planned_days), start)
+    pre = pre_period_counts(before)
     return [
         (
             moment,
             with_pre_period(
-                exposed_users(during[during["ts"] < pd.Timestamp(moment)], state.name), before
+                exposed_users(during[during["ts"] < pd.Timestamp(moment)], state.name), pre
             ),
         )
         for moment in moments
@@ -241,29 +246,26 @@ def exposure_looks(
 
 def read_out_look(state: ExperimentState, moment: datetime, users: pd.DataFrame) -> Readout:
     """`read_out` for a started experiment: its planned size and end from its state."""
-    experiment = Experiment.model_validate(state.config)
+    experiment = state.experiment()
     expected = state.power.get("users_expected")
     planned_users = expected if isinstance(expected, int) and expected > 0 else None
     planned_end = state.started() + timedelta(days=experiment.planned_days)
     return read_out(experiment, users, (state.started(), moment), planned_users, planned_end)
 
 
-def running_experiments(at: datetime, settings: Settings | None = None) -> list[str]:
-    """Experiments serving at `at` or stopped within the last day (their final readout)."""
-    settings = settings or get_settings()
-    states = read_states(Lake(settings.lake)).values()
-    return sorted(
-        s.name
-        for s in states
-        if s.started() < at and (s.stopped() is None or s.stopped() > at - timedelta(days=1))  # type: ignore[operator]
-    )
-
-
-def due(state: ExperimentState, at: datetime) -> bool:
-    """Whether the `inbo_experiments` run at `at` analyses it: every hour while young, else at
+def due_experiments(at: datetime, settings: Settings | None = None) -> list[str]:
+    """The experiments the `inbo_experiments` run at `at` analyses: those serving at `at` or
+    stopped within the last day (their final readout), every hour while young, else at
     midnight."""
-    young = at - state.started() <= YOUNG
-    return young or (at.hour == 0 and at.minute == 0)
+    settings = settings or get_settings()
+    midnight = at.hour == 0 and at.minute == 0
+    found = []
+    for state in read_states(Lake(settings.lake)).values():
+        stopped = state.stopped()
+        recent = state.started() < at and (stopped is None or stopped > at - timedelta(days=1))
+        if recent and (midnight or at - state.started() <= YOUNG):
+            found.append(state.name)
+    return sorted(found)
 
 
 def write_results(readout: Readout, settings: Settings) -> str:

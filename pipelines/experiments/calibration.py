@@ -55,8 +55,6 @@ def aa_calibration(
     """Re-salt `splits` times; the fixed-horizon test is read at the last look, the sequential
     one at every look (a split counts once it crosses at any), tuned to `planned_users` at
     every look as a running experiment's is. The rates are those of this data set's splits."""
-    from scipy.stats import binomtest
-
     from pipelines.experiments.analysis import metric_specs
 
     primary = metric_specs(experiment)[:1]
@@ -74,10 +72,19 @@ def aa_calibration(
                 fixed += result.pvalue < experiment.alpha
         sequential += crossed
 
-    def wilson(count: int) -> tuple[float, float]:
-        interval = binomtest(count, splits).proportion_ci(method="wilson")
-        return (float(interval.low), float(interval.high))
-
     return Calibration(
-        splits, len(looks), fixed / splits, wilson(fixed), sequential / splits, wilson(sequential)
+        splits,
+        len(looks),
+        fixed / splits,
+        wilson(fixed, splits),
+        sequential / splits,
+        wilson(sequential, splits),
     )
+
+
+def wilson(count: int, trials: int) -> tuple[float, float]:
+    """The Wilson 95% interval of a rate of `count` in `trials` (scipy)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(count, trials).proportion_ci(method="wilson")
+    return (float(interval.low), float(interval.high))

@@ -131,6 +131,11 @@ class Experiment(BaseModel):
             raise ValueError("the primary metric is also listed as secondary or guardrail")
         return self
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each variant's configured weight, by name."""
+        return {v.name: v.weight for v in self.variants}
+
     def label(self, variant: str) -> str:
         """What the payload and the exposure log call a user of `variant`."""
         return f"{self.name}/{variant}"

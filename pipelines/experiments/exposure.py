@@ -62,10 +62,14 @@ def exposed_users(events: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return counts.reindex(variant.index, fill_value=0).assign(variant=variant).reset_index()
 
 
-def with_pre_period(users: pd.DataFrame, before: pd.DataFrame) -> pd.DataFrame:
-    """`users` with `pre_<count>` columns: the same counts over the pre-period (CUPED's
-    covariates), 0 for users who did nothing then."""
-    pre = user_counts(before).add_prefix("pre_")
+def pre_period_counts(before: pd.DataFrame) -> pd.DataFrame:
+    """Per user, the counts of the pre-period's events as `pre_<count>` (CUPED's covariates)."""
+    return user_counts(before).add_prefix("pre_")
+
+
+def with_pre_period(users: pd.DataFrame, pre: pd.DataFrame) -> pd.DataFrame:
+    """`users` with the `pre_<count>` columns of `pre_period_counts`, 0 for users who did
+    nothing then."""
     joined = users.merge(pre, left_on="user_id", right_index=True, how="left")
     return joined.fillna({column: 0 for column in pre.columns}).astype(
         {column: "int64" for column in pre.columns}

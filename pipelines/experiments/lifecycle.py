@@ -18,7 +18,13 @@ from inbo.errors import ConfigError, DataNotFound
 from inbo.lake import Lake
 from inbo.settings import Settings, get_settings
 from pipelines.experiments.assignment import Allocation, Slot, allocation
-from pipelines.experiments.config import BUCKETS, CHAMPION, ExperimentsFile, load_experiments
+from pipelines.experiments.config import (
+    BUCKETS,
+    CHAMPION,
+    Experiment,
+    ExperimentsFile,
+    load_experiments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,10 @@ class ExperimentState:
 
     def stopped(self) -> datetime | None:
         return None if self.stopped_at is None else datetime.fromisoformat(self.stopped_at)
+
+    def experiment(self) -> Experiment:
+        """The experiment as it started (editing the file later changes nothing)."""
+        return Experiment.model_validate(self.config)
 
     def serves_at(self, moment: datetime) -> bool:
         stopped = self.stopped()

@@ -12,17 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from inbo.lake import Lake
 from inbo.settings import Settings, get_settings
 from pipelines.experiments.analysis import (
     Readout,
     analyze_experiment,
-    due,
+    due_experiments,
     log_readout,
-    running_experiments,
     write_results,
 )
-from pipelines.experiments.lifecycle import read_state
 from pipelines.experiments.report import write_report
 
 log = logging.getLogger(__name__)
@@ -56,11 +53,8 @@ def analyze_experiments(
     settings = settings or get_settings()
     # Airflow hands a pendulum DateTime, whose differences do not compare with timedeltas
     interval_end = datetime.fromtimestamp(interval_end.timestamp(), UTC)
-    lake = Lake(settings.lake)
     summary: dict[str, object] = {}
-    for name in running_experiments(interval_end, settings):
-        if not due(read_state(lake, name), interval_end):
-            continue
+    for name in due_experiments(interval_end, settings):
         done = report_experiment(name, interval_end, settings)
         summary[name] = {
             "users": done.readout.users,

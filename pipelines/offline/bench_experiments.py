@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,9 +38,9 @@ from pipelines.experiments.analysis import (
     looks_until,
     read_out_look,
 )
-from pipelines.experiments.calibration import aa_calibration, without_share
-from pipelines.experiments.config import BUCKETS, Experiment
-from pipelines.experiments.lifecycle import ExperimentState, read_state
+from pipelines.experiments.calibration import A, B, aa_calibration, resalted, wilson, without_share
+from pipelines.experiments.config import Experiment
+from pipelines.experiments.lifecycle import read_state
 from pipelines.experiments.statistics import (
     DEFAULT_SRM_THRESHOLD,
     MetricResult,
@@ -129,7 +130,7 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
     started = time.perf_counter()
     played = Settings(var_dir=home)
     state = read_state(Lake(played.lake), EXPERIMENT)
-    experiment = Experiment.model_validate(state.config)
+    experiment = state.experiment()
     end = state.started() + timedelta(days=params.days)
     hourly = exposure_looks(state, looks_until(state, end, timedelta(hours=1)), played)
     readouts = [read_out_look(state, moment, users) for moment, users in hourly]
@@ -147,7 +148,7 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
         without_share(users, treatment, SRM_LOSS, seed=params.seed)["variant"]
         .value_counts()
         .to_dict(),
-        {v.name: v.weight for v in experiment.variants},
+        experiment.weights,
     )
     truth_lift, truth_ci, expected_clicks = _truth_ctr_lift(home, experiment, treatment)
     clicks = users.groupby("variant")["clicks"].sum()
@@ -176,7 +177,7 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
         aa_sequential_rate=calibration.sequential_rate,
         aa_sequential_ci=calibration.sequential_interval,
         injected_srm_pvalue=injected.pvalue,
-        srm=_srm_rates(users, experiment, state, params),
+        srm=_srm_rates(users, params.splits),
         analysis_seconds=round(time.perf_counter() - started, 1),
     )
 
@@ -184,8 +185,6 @@ def run_experiments_bench(settings: Settings, params: ExperimentsParams) -> Expe
 def play(home: Path, params: ExperimentsParams) -> None:
     """`inbo play` with the repo's experiment, in a fresh var dir (it records its own time)."""
     if home.exists():
-        import shutil
-
         shutil.rmtree(home)
     inbo = str(Path(sys.executable).with_name("inbo"))
     env = {**os.environ, "INBO_VAR_DIR": str(home)}
@@ -195,8 +194,10 @@ def play(home: Path, params: ExperimentsParams) -> None:
         "--history-days", str(params.history_days), "--seed", str(params.seed),
         "--experiment", EXPERIMENT,
     ]  # fmt: skip
-    subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
-    subprocess.run([inbo, "services", "--stop"], check=False, env=env, cwd=REPO_ROOT)
+    try:
+        subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
+    finally:  # the embedded Redis the play started, even when it failed
+        subprocess.run([inbo, "services", "--stop"], check=False, env=env, cwd=REPO_ROOT)
 
 
 def _first_conclusive(readouts: list[Readout], treatment: str) -> int | None:
@@ -235,32 +236,20 @@ def _truth_ctr_lift(
     return result.rel_effect, result.rel_effect_ci, {k: float(v) for k, v in expected.items()}
 
 
-def _srm_rates(
-    users: pd.DataFrame, experiment: Experiment, state: ExperimentState, params: ExperimentsParams
-) -> list[SrmRow]:
-    """How often a 3% loss of one variant's users is flagged, over fresh 50/50 splits."""
-    from scipy.stats import binomtest
-
-    from pipelines.experiments.assignment import buckets
-
-    weights = {v.name: v.weight for v in experiment.variants}
-    names = list(weights)
-    trials = params.splits
+def _srm_rates(users: pd.DataFrame, trials: int) -> list[SrmRow]:
+    """How often a 3% loss of one half's users is flagged, over fresh 50/50 splits."""
     rows = []
-    audiences = [("the A/B's exposed users", users["user_id"].to_numpy())]
-    audiences += [("hashed ids", np.arange(1, n + 1)) for n in SRM_AUDIENCES]
+    audiences = [("the A/B's exposed users", users[["user_id"]])]
+    audiences += [
+        ("hashed ids", pd.DataFrame({"user_id": np.arange(1, n + 1)})) for n in SRM_AUDIENCES
+    ]
     for label, ids in audiences:
         flagged = 0
         for trial in range(trials):
-            halves = buckets(f"srm-{trial}", ids) < BUCKETS // 2
-            frame = pd.DataFrame({"variant": np.where(halves, names[0], names[1])})
-            broken = without_share(frame, names[1], SRM_LOSS, seed=trial)
+            broken = without_share(resalted(ids, f"srm-{trial}"), B, SRM_LOSS, seed=trial)
             counts = broken["variant"].value_counts().to_dict()
-            flagged += sample_ratio(counts, weights).mismatch
-        interval = binomtest(flagged, trials).proportion_ci(method="wilson")
-        rows.append(
-            SrmRow(label, len(ids), trials, flagged / trials, (interval.low, interval.high))
-        )
+            flagged += sample_ratio(counts, {A: 1, B: 1}).mismatch
+        rows.append(SrmRow(label, len(ids), trials, flagged / trials, wilson(flagged, trials)))
     return rows
 
 
